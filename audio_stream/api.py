@@ -1,0 +1,106 @@
+"""Run one command line against the switch and the stream registry; return the reply text.
+
+Called on FreeSWITCH's API or session thread (fsapi/handler). It validates, locates the session
+(read lock held only for the duration of the call), and hands work to the loop without waiting
+for the network: `start` answers as soon as the bug is attached.
+"""
+from . import commands, config, service
+from .commands import CommandError, err
+from .config import ConfigError
+from .stream import Stream
+from .switch import backend
+
+LOOP_TIMEOUT = 5.0
+
+
+def execute(line, be=None):
+    """The reply for one command line: '+OK …', '-ERR …' or '-USAGE: …'. Never raises."""
+    try:
+        cmd = commands.parse(line)
+        return run(cmd, be or backend())
+    except CommandError as e:
+        return e.reply
+    except Exception as e:  # last line of defence: the switch must get an answer
+        try:
+            (be or backend()).log("ERR", "internal error on '%s': %r" % (line, e))
+        except Exception:
+            pass
+        return "-ERR internal error: %s" % (e,)
+
+
+def run(cmd, be):
+    core = be.core
+    session = core.locate(cmd.uuid)
+    if not session:
+        raise err("no such channel '%s'" % cmd.uuid)
+    try:
+        return _dispatch(cmd, be, session)
+    finally:
+        core.unlock(session)
+
+
+def _live(uuid):
+    stream = service.get(uuid)
+    if stream is None:
+        raise err("not streaming on %s" % uuid)
+    return stream
+
+
+def _on_loop(fn, *args):
+    """Run a plain function on the loop thread and wait for it (playback and text controls)."""
+    async def call():
+        return fn(*args)
+    return service.call(call(), LOOP_TIMEOUT)
+
+
+def _dispatch(cmd, be, session):
+    name = cmd.name
+    if name == "start":
+        return _start(cmd, be, session)
+    stream = _live(cmd.uuid)
+    if name == "stop":
+        if cmd.text is not None:
+            commands.check_utf8(cmd.text, "the stop text")
+        stream.request_stop(session, cmd.text)
+    elif name == "send_text":
+        _on_loop(stream.send_text, commands.check_utf8(cmd.text, "the text"))
+    elif name in ("pause", "resume"):
+        stream.set_paused(name == "pause")
+    elif name in ("playback_pause", "playback_resume", "playback_clear"):
+        if stream.queue is None:
+            raise err("playback is off for this stream (STREAM_PLAYBACK=false)")
+        if name == "playback_clear":
+            _on_loop(stream.clear_playback)
+        else:
+            _on_loop(stream.pause_playback, name == "playback_pause")
+    return commands.OK
+
+
+def _start(cmd, be, session):
+    core = be.core
+    if cmd.text is not None:
+        commands.check_utf8(cmd.text, "the metadata")
+    if service.get(cmd.uuid) is not None:
+        raise err("already streaming on %s (stop it first)" % cmd.uuid)
+    if not core.pre_answer(session):
+        raise err("cannot pre-answer %s: the channel has no media" % cmd.uuid)
+    impl = core.read_impl(session)
+    if impl is None or not impl.actual_samples_per_second or impl.microseconds_per_packet <= 0:
+        raise err("channel %s has no read codec yet" % cmd.uuid)
+    call_rate = impl.actual_samples_per_second
+    ptime_ms = impl.microseconds_per_packet // 1000
+    try:
+        settings = config.settings_from(lambda n: core.get_var(session, n), ptime_ms)
+    except ConfigError as e:
+        raise err(str(e)) from None
+    stream = Stream(be, cmd.uuid, cmd, settings, call_rate, ptime_ms)
+    if not service.register(cmd.uuid, stream):
+        raise err("already streaming on %s (stop it first)" % cmd.uuid)
+    ok, reason = stream.attach(session)
+    if not ok:
+        service.unregister(cmd.uuid, stream)
+        raise err(reason)
+    service.submit(stream.run())
+    if not settings.suppress_log:
+        be.log("INFO", "streaming %s %d Hz to %s" % (cmd.mix, cmd.rate, cmd.url), cmd.uuid)
+    return commands.OK

@@ -1,0 +1,293 @@
+"""Audio: uplink resampling and chunking, downlink decoding, the playback queue. Pure.
+
+Everything here runs on the loop thread except PlaybackQueue.pull(), which the media thread calls
+once a frame; the queue's lock is held for microseconds.
+"""
+import io
+import threading
+import time
+import wave
+from collections import deque
+
+import numpy as np
+import samplerate
+
+CONVERTER = "sinc_fastest"   # ≈30 µs per 20 ms frame; transparent for speech
+
+
+def to_float(pcm16):
+    return np.frombuffer(pcm16, dtype="<i2").astype(np.float32) * (1.0 / 32768.0)
+
+
+def to_pcm16(x):
+    return (np.clip(np.rint(x * 32768.0), -32768, 32767).astype("<i2")).tobytes()
+
+
+class Resampler:
+    """Stateful int16 resampler (libsamplerate) with exact output counts.
+
+    After n input frames have gone in, round(n * ratio) output frames have come out once flush()
+    is called: libsamplerate holds back a few samples of filter delay, which flush() drains.
+    """
+
+    def __init__(self, rate_in, rate_out, channels=1):
+        self.rate_in, self.rate_out, self.channels = rate_in, rate_out, channels
+        self.ratio = rate_out / rate_in
+        self._r = None if rate_in == rate_out else samplerate.Resampler(CONVERTER, channels)
+        self._in = 0    # frames (samples per channel) consumed
+        self._out = 0   # frames produced
+
+    def _shape(self, x):
+        return x if self.channels == 1 else x.reshape(-1, self.channels)
+
+    def process(self, pcm16):
+        """int16 bytes in → int16 bytes out (may be shorter or longer than ratio × input)."""
+        if self._r is None:
+            return bytes(pcm16)
+        n = len(pcm16) // (2 * self.channels)
+        if not n:
+            return b""
+        self._in += n
+        y = self._r.process(self._shape(to_float(pcm16[:n * 2 * self.channels])), self.ratio)
+        self._out += len(y)
+        return to_pcm16(y)
+
+    def flush(self):
+        """Drain the filter delay so the total output is exactly round(input × ratio)."""
+        if self._r is None:
+            return b""
+        want = int(round(self._in * self.ratio)) - self._out
+        if want <= 0:
+            return b""
+        pad = np.zeros((int(want / self.ratio) + 64) * self.channels, dtype=np.float32)
+        y = self._r.process(self._shape(pad), self.ratio, end_of_input=True)
+        y = y[:want]
+        self._r.reset()
+        self._in = self._out = 0
+        return to_pcm16(y)
+
+
+class Uplink:
+    """Channel frames (L16 at the call's rate, already in the stream's layout) → binary messages
+    of `chunk_ms` at the stream's rate."""
+
+    def __init__(self, rate_in, rate_out, channels, chunk_ms):
+        self.channels = channels
+        self.resampler = Resampler(rate_in, rate_out, channels)
+        self.chunk_bytes = rate_out * chunk_ms // 1000 * 2 * channels
+        self._buf = bytearray()
+
+    def feed(self, pcm16):
+        """Returns the complete chunks now available (a list of bytes)."""
+        self._buf += self.resampler.process(pcm16)
+        return self._take()
+
+    def _take(self):
+        out = []
+        cb = self.chunk_bytes
+        while len(self._buf) >= cb:
+            out.append(bytes(self._buf[:cb]))
+            del self._buf[:cb]
+        return out
+
+    def flush(self):
+        """Everything still held, as a list of chunks (the last one may be short)."""
+        self._buf += self.resampler.flush()
+        out = self._take()
+        if self._buf:
+            out.append(bytes(self._buf))
+            self._buf.clear()
+        return out
+
+
+# ---- downlink decoding --------------------------------------------------------------------
+
+def _ulaw_table():
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = u & 0x80
+    exponent = (u >> 4) & 0x07
+    mantissa = u & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return np.where(sign, -magnitude, magnitude).astype("<i2")
+
+
+def _alaw_table():
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    sign = a & 0x80
+    exponent = (a >> 4) & 0x07
+    mantissa = a & 0x0F
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << (exponent - 1))
+    return np.where(sign, magnitude, -magnitude).astype("<i2")
+
+
+ULAW = _ulaw_table()
+ALAW = _alaw_table()
+
+
+class AudioFormatError(ValueError):
+    pass
+
+
+def decode_wav(data):
+    """WAV bytes → (mono int16 bytes, sample rate). PCM 8/16-bit, mono or stereo (averaged)."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
+            frames = w.readframes(w.getnframes())
+    except (wave.Error, EOFError, ValueError) as e:
+        raise AudioFormatError("broken WAV: %s" % e) from None
+    if channels not in (1, 2):
+        raise AudioFormatError("WAV with %d channels (1 or 2 supported)" % channels)
+    if not 8000 <= rate <= 192000:
+        raise AudioFormatError("WAV sample rate %d out of range" % rate)
+    if width == 2:
+        x = np.frombuffer(frames[:len(frames) // 2 * 2], dtype="<i2").astype(np.int32)
+    elif width == 1:
+        x = (np.frombuffer(frames, dtype=np.uint8).astype(np.int32) - 128) << 8
+    else:
+        raise AudioFormatError("WAV with %d-bit samples (8 or 16 supported)" % (width * 8))
+    if channels == 2:
+        x = x[:len(x) // 2 * 2].reshape(-1, 2).sum(axis=1) // 2
+    return x.astype("<i2").tobytes(), rate
+
+
+def decode(audio_type, payload, sample_rate):
+    """Decoded mono int16 bytes and their rate, for the types we can play ourselves."""
+    if audio_type == "raw":
+        return payload[:len(payload) // 2 * 2], sample_rate
+    if audio_type == "wav":
+        return decode_wav(payload)
+    if audio_type == "pcmu":
+        return ULAW[np.frombuffer(payload, dtype=np.uint8)].tobytes(), 8000
+    if audio_type == "pcma":
+        return ALAW[np.frombuffer(payload, dtype=np.uint8)].tobytes(), 8000
+    raise AudioFormatError("no decoder for %s" % audio_type)
+
+
+class Downlink:
+    """Server audio at any rate → mono int16 at the call's rate, continuous across messages."""
+
+    def __init__(self, rate_out):
+        self.rate_out = rate_out
+        self._rs = None
+        self._carry = b""   # odd trailing byte of a binary frame
+
+    def convert(self, pcm16, rate_in):
+        if self._rs is None or self._rs.rate_in != rate_in:
+            self._rs = Resampler(rate_in, self.rate_out, 1)
+        return self._rs.process(pcm16)
+
+    def binary(self, data, rate_in):
+        """A binary frame of raw L16: an odd trailing byte is carried to the next frame."""
+        if self._carry:
+            data = self._carry + data
+        cut = len(data) & ~1
+        self._carry = data[cut:]
+        return self.convert(data[:cut], rate_in)
+
+    def reset(self):
+        """After a clear: no old filter state or half sample may leak into new audio."""
+        self._rs = None
+        self._carry = b""
+
+
+class PlaybackQueue:
+    """Audio waiting to be played into the call, with marks. Loop thread pushes, media thread pulls.
+
+    Positions count bytes ever pushed; a mark sits at the position of the end of the queue when it
+    arrived and is reached once that many bytes have been played.
+    """
+
+    def __init__(self, rate, max_ms, clock=time.monotonic):
+        self.rate = rate
+        self.max_bytes = rate * max_ms // 1000 * 2
+        self._lock = threading.Lock()
+        self._chunks = deque()
+        self._head = 0          # bytes of _chunks[0] already played
+        self.queued = 0         # bytes waiting
+        self.pushed = 0         # position: bytes ever pushed
+        self.played = 0         # position: bytes ever played
+        self._marks = deque()   # (position, name)
+        self.paused = False
+        self._clock = clock
+        self._last_push = -1e9
+        self.hold_s = 0.04      # a short tail waits this long for more audio before it plays
+
+    def push(self, pcm16):
+        """Queue audio; False (nothing queued) if it would go over the cap."""
+        if not pcm16:
+            return True
+        with self._lock:
+            if self.queued + len(pcm16) > self.max_bytes:
+                return False
+            self._chunks.append(bytes(pcm16))
+            self.queued += len(pcm16)
+            self.pushed += len(pcm16)
+            self._last_push = self._clock()
+        return True
+
+    def mark(self, name):
+        """Place a mark at the end of the queue; True if nothing is queued (acknowledge now)."""
+        with self._lock:
+            if not self.queued:
+                return True
+            self._marks.append((self.pushed, name))
+            return False
+
+    def clear(self):
+        """Drop everything queued; returns the names of the marks dropped."""
+        with self._lock:
+            self._chunks.clear()
+            self._head = 0
+            self.pushed -= self.queued
+            self.queued = 0
+            names = [n for _, n in self._marks]
+            self._marks.clear()
+            return names
+
+    def clear_marks(self):
+        with self._lock:
+            names = [n for _, n in self._marks]
+            self._marks.clear()
+            return names
+
+    @property
+    def queued_ms(self):
+        return self.queued * 1000 // (2 * self.rate)
+
+    def pull(self, nbytes):
+        """Media thread: the next `nbytes` of audio, or None when there is nothing to play now.
+
+        A tail shorter than `nbytes` is held back while more audio may still be arriving (a
+        server streaming in real time), then played padded with silence. Returns (data, marks)
+        where marks lists the names of the marks reached by this frame.
+        """
+        with self._lock:
+            if self.paused or not self.queued:
+                return None, None
+            if self.queued < nbytes and self._clock() - self._last_push < self.hold_s:
+                return None, None
+            parts = []
+            need = nbytes
+            while need and self._chunks:
+                c = self._chunks[0]
+                avail = len(c) - self._head
+                take = avail if avail <= need else need
+                parts.append(c[self._head:self._head + take] if (self._head or take < len(c)) else c)
+                need -= take
+                if take == avail:
+                    self._chunks.popleft()
+                    self._head = 0
+                else:
+                    self._head += take
+            got = nbytes - need
+            self.queued -= got
+            self.played += got
+            reached = None
+            while self._marks and self._marks[0][0] <= self.played:
+                if reached is None:
+                    reached = []
+                reached.append(self._marks.popleft()[1])
+        if need:
+            parts.append(bytes(need))
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), reached

@@ -1,0 +1,139 @@
+"""Per-stream settings from channel variables (STREAM_*), validated into one frozen object. Pure.
+
+`settings_from(get_var, ptime_ms)` takes a function that returns a channel variable's value (or
+None) and raises ConfigError with a reason a person can act on when a value is unusable: a stream
+that silently ignores what the operator asked for is worse than one that refuses to start.
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import ujson
+
+DEFAULTS = {
+    "STREAM_BUFFER_SIZE": "20",          # ms of audio per binary WebSocket message
+    "STREAM_HEART_BEAT": "0",            # s between WebSocket pings, 0 = off
+    "STREAM_CONNECT_TIMEOUT": "5",       # s for TCP + TLS + WebSocket handshake
+    "STREAM_PLAYBACK": "true",           # inject the server's audio into the call
+    "STREAM_PLAYBACK_BUFFER": "60000",   # ms of server audio the playback queue may hold
+    "STREAM_MAX_MESSAGE": "4194304",     # bytes: largest message accepted from the server
+}
+
+MAX_BUFFER_MS = 10000
+_HEADER_TOKEN = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def switch_true(value):
+    """FreeSWITCH's switch_true(): yes/on/true/t/enabled/active/allow or a non-zero number."""
+    if value is None:
+        return False
+    v = value.strip().lower()
+    if v in ("yes", "on", "true", "t", "enabled", "active", "allow"):
+        return True
+    try:
+        return int(v) != 0
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    buffer_ms: int = 20
+    heart_beat: float = 0.0
+    connect_timeout: float = 5.0
+    deflate: bool = True
+    suppress_log: bool = False
+    extra_headers: Tuple[Tuple[str, str], ...] = ()
+    playback: bool = True
+    playback_buffer_ms: int = 60000
+    max_message: int = 4 * 1024 * 1024
+    sample_rate: Optional[int] = None     # rate of binary audio from the server (None: stream rate)
+    tls_ca_file: str = "SYSTEM"
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    tls_no_hostname_check: bool = False
+
+
+def _int(name, raw, lo, hi):
+    try:
+        value = int(raw.strip(), 10)
+    except (ValueError, AttributeError):
+        raise ConfigError("%s='%s' is not an integer" % (name, raw)) from None
+    if not lo <= value <= hi:
+        raise ConfigError("%s=%s is out of range (%d to %d)" % (name, raw, lo, hi))
+    return value
+
+
+def _number(name, raw, lo, hi):
+    try:
+        value = float(raw.strip())
+    except (ValueError, AttributeError):
+        raise ConfigError("%s='%s' is not a number" % (name, raw)) from None
+    if not lo <= value <= hi:
+        raise ConfigError("%s=%s is out of range (%g to %g)" % (name, raw, lo, hi))
+    return value
+
+
+def parse_extra_headers(raw):
+    """STREAM_EXTRA_HEADERS: a JSON object of string values → tuple of (name, value)."""
+    try:
+        obj = ujson.loads(raw)
+    except (ValueError, TypeError):
+        raise ConfigError("STREAM_EXTRA_HEADERS is not valid JSON: %s" % raw[:200]) from None
+    if not isinstance(obj, dict):
+        raise ConfigError("STREAM_EXTRA_HEADERS must be a JSON object of strings")
+    out = []
+    for name, value in obj.items():
+        if not isinstance(value, str):
+            raise ConfigError("STREAM_EXTRA_HEADERS: the value of '%s' is not a string" % name)
+        if not name or not set(name) <= _HEADER_TOKEN:
+            raise ConfigError("STREAM_EXTRA_HEADERS: '%s' is not a valid header name" % name)
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigError("STREAM_EXTRA_HEADERS: the value of '%s' contains CR, LF or NUL" % name)
+        out.append((name, value))
+    return tuple(out)
+
+
+def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaults=None) -> Settings:
+    """Build the settings of one stream from channel variables (get_var) over the defaults."""
+    base = dict(DEFAULTS)
+    if defaults:
+        base.update(defaults)
+
+    def var(name):
+        value = get_var(name)
+        return base.get(name) if value is None or value == "" else value
+
+    buffer_ms = _int("STREAM_BUFFER_SIZE", var("STREAM_BUFFER_SIZE"), 1, MAX_BUFFER_MS)
+    if ptime_ms and buffer_ms % ptime_ms:
+        raise ConfigError("STREAM_BUFFER_SIZE=%d is not a multiple of the call's %d ms ptime"
+                          % (buffer_ms, ptime_ms))
+    rate = var("STREAM_SAMPLE_RATE")
+    raw_headers = var("STREAM_EXTRA_HEADERS")
+    return Settings(
+        buffer_ms=buffer_ms,
+        heart_beat=_number("STREAM_HEART_BEAT", var("STREAM_HEART_BEAT"), 0, 3600),
+        connect_timeout=_number("STREAM_CONNECT_TIMEOUT", var("STREAM_CONNECT_TIMEOUT"), 0.1, 120),
+        # mod_audio_stream: STREAM_MESSAGE_DEFLATE=true *disables* permessage-deflate.
+        deflate=not switch_true(var("STREAM_MESSAGE_DEFLATE")),
+        suppress_log=switch_true(var("STREAM_SUPPRESS_LOG")),
+        extra_headers=parse_extra_headers(raw_headers) if raw_headers else (),
+        playback=switch_true(var("STREAM_PLAYBACK")),
+        playback_buffer_ms=_int("STREAM_PLAYBACK_BUFFER", var("STREAM_PLAYBACK_BUFFER"), 100, 3600000),
+        max_message=_int("STREAM_MAX_MESSAGE", var("STREAM_MAX_MESSAGE"), 1024, 256 * 1024 * 1024),
+        sample_rate=_int("STREAM_SAMPLE_RATE", rate, 8000, 192000) if rate else None,
+        tls_ca_file=var("STREAM_TLS_CA_FILE") or "SYSTEM",
+        tls_cert_file=var("STREAM_TLS_CERT_FILE"),
+        tls_key_file=var("STREAM_TLS_KEY_FILE"),
+        tls_no_hostname_check=switch_true(var("STREAM_TLS_DISABLE_HOSTNAME_VALIDATION")),
+    )
+
+
+VARIABLES = ("STREAM_BUFFER_SIZE", "STREAM_HEART_BEAT", "STREAM_CONNECT_TIMEOUT",
+             "STREAM_MESSAGE_DEFLATE", "STREAM_SUPPRESS_LOG", "STREAM_EXTRA_HEADERS",
+             "STREAM_PLAYBACK", "STREAM_PLAYBACK_BUFFER", "STREAM_MAX_MESSAGE",
+             "STREAM_SAMPLE_RATE", "STREAM_TLS_CA_FILE", "STREAM_TLS_CERT_FILE",
+             "STREAM_TLS_KEY_FILE", "STREAM_TLS_DISABLE_HOSTNAME_VALIDATION")

@@ -1,0 +1,179 @@
+"""The wire protocol, both directions, and the event bodies. Pure: no sockets, no threads.
+
+Downlink (server → us) text frames are JSON. `parse_text()` turns one into a message object:
+StreamAudio, KillAudio, Mark, ClearMarks, PausePlayback, ResumePlayback, Passthrough (anything we
+do not act on: fired as `mod_audio_stream::json` verbatim, as mod_audio_stream does) or
+BadMessage (a message we would act on but cannot: an error event and a reply to the server).
+Uplink builders return the exact text we send. Event bodies match mod_audio_stream's JSON.
+"""
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Optional
+
+import ujson
+
+AUDIO_TYPES = ("raw", "wav", "pcmu", "pcma", "mp3", "ogg")
+
+# mod_audio_stream::error codes (libwsc's numbering, kept for compatibility)
+ERR_IO = 1
+ERR_INVALID_HEADER = 2
+ERR_SERVER_MASKED = 3
+ERR_NOT_SUPPORTED = 4
+ERR_PING_TIMEOUT = 5
+ERR_CONNECT_FAILED = 6
+ERR_TLS_INIT_FAILED = 7
+ERR_SSL_HANDSHAKE_FAILED = 8
+ERR_SSL_ERROR = 9
+ERR_TIMEOUT = 10
+ERR_PROTOCOL = 11
+
+
+@dataclass(frozen=True)
+class StreamAudio:
+    audio_type: str
+    sample_rate: Optional[int]
+    payload: bytes
+    data: dict  # the message's "data" object without "audioData" (for the play event)
+
+
+@dataclass(frozen=True)
+class KillAudio:
+    pass
+
+
+@dataclass(frozen=True)
+class Mark:
+    name: str
+
+
+@dataclass(frozen=True)
+class ClearMarks:
+    pass
+
+
+@dataclass(frozen=True)
+class PausePlayback:
+    pass
+
+
+@dataclass(frozen=True)
+class ResumePlayback:
+    pass
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    text: str
+
+
+@dataclass(frozen=True)
+class BadMessage:
+    reason: str
+    text: str
+
+
+def dumps(obj):
+    # cJSON (mod_audio_stream) neither escapes '/' nor non-ASCII: match it.
+    return ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False)
+
+
+def _decode_b64(value):
+    if not isinstance(value, str):
+        raise ValueError("audioData is not a string (expected base64)")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("audioData is not valid base64") from None
+
+
+def _stream_audio(data, text):
+    if not isinstance(data, dict):
+        return BadMessage("streamAudio without a data object", text)
+    audio_type = data.get("audioDataType")
+    if not isinstance(audio_type, str) or audio_type.lower() not in AUDIO_TYPES:
+        return BadMessage("streamAudio: unsupported audioDataType %r (one of %s)"
+                          % (audio_type, ", ".join(AUDIO_TYPES)), text)
+    audio_type = audio_type.lower()
+    rate = data.get("sampleRate")
+    if audio_type == "raw":
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 8000 <= rate <= 192000:
+            return BadMessage("streamAudio: raw audio needs an integer sampleRate from 8000 to "
+                              "192000, got %r" % (rate,), text)
+    elif audio_type in ("pcmu", "pcma"):
+        rate = 8000
+    else:
+        rate = rate if isinstance(rate, int) and not isinstance(rate, bool) else None
+    if "audioData" not in data:
+        return BadMessage("streamAudio: missing audioData", text)
+    try:
+        payload = _decode_b64(data["audioData"])
+    except ValueError as e:
+        return BadMessage("streamAudio: %s" % e, text)
+    rest = {k: v for k, v in data.items() if k != "audioData"}
+    return StreamAudio(audio_type, rate, payload, rest)
+
+
+def _mark_name(obj):
+    if isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]:
+        return obj["name"]
+    return None
+
+
+def parse_text(text):
+    """Classify one text frame from the server."""
+    try:
+        msg = ujson.loads(text)
+    except (ValueError, TypeError, OverflowError):
+        return Passthrough(text)
+    if not isinstance(msg, dict):
+        return Passthrough(text)
+    kind = msg.get("type")
+    event = msg.get("event")  # Twilio Media Streams dialect
+    if kind == "streamAudio":
+        return _stream_audio(msg.get("data"), text)
+    if kind in ("killAudio", "clear") or event == "clear":
+        return KillAudio()
+    if kind == "mark" or event == "mark":
+        name = _mark_name(msg.get("data") if kind == "mark" else msg.get("mark"))
+        if name is None:
+            return BadMessage("mark without a name", text)
+        return Mark(name)
+    if kind == "clearMarks":
+        return ClearMarks()
+    if kind == "pausePlayback":
+        return PausePlayback()
+    if kind == "resumePlayback":
+        return ResumePlayback()
+    return Passthrough(text)
+
+
+# ---- uplink (what we send) -------------------------------------------------------------------
+
+def mark_ack(name, event):
+    """`event` is "playout" (the audio before the mark has been played) or "cleared"."""
+    return dumps({"type": "mark", "data": {"name": name, "event": event}})
+
+
+def error_reply(error, message):
+    return dumps({"type": "error", "data": {"error": error, "message": message}})
+
+
+# ---- event bodies (mod_audio_stream::<name>) ----------------------------------------------------
+
+def connect_body():
+    return dumps({"status": "connected"})
+
+
+def disconnect_body(code, reason):
+    return dumps({"status": "disconnected", "message": {"code": int(code), "reason": reason or ""}})
+
+
+def error_body(code, error):
+    return dumps({"status": "error", "message": {"code": int(code), "error": error}})
+
+
+def play_body(data, file):
+    body = dict(data)
+    body["file"] = file
+    return dumps(body)

@@ -1,0 +1,196 @@
+"""The media bug: one process-wide ctypes callback and the per-stream MediaPort it dispatches to.
+
+This module is imported, never reloaded (mod_python3 reloads only the entry module), so the
+callback object below lives as long as the process: FreeSWITCH may call it at any time while a
+bug is attached. The callback runs on FreeSWITCH's media threads (240 KB stacks): it copies
+frames out, copies prepared playback in, and never blocks, allocates much, or raises.
+"""
+import ctypes
+import itertools
+import threading
+import time
+
+from . import core as C
+
+_ports = {}                    # user_data key -> MediaPort
+_keys = itertools.count(1)
+_ports_lock = threading.Lock()
+
+
+def _on_bug(bug, user_data, abc_type):
+    try:
+        port = _ports.get(user_data)
+        if port is None:
+            return 1
+        if abc_type == C.ABC_READ:
+            port.on_read(bug)
+        elif abc_type == C.ABC_WRITE_REPLACE:
+            port.on_write_replace(bug)
+        elif abc_type == C.ABC_READ_PING:
+            port.on_read_ping(bug)
+        elif abc_type == C.ABC_CLOSE:
+            port.on_close()
+        return 1
+    except BaseException:  # never let an exception cross into the core
+        return 1
+
+
+CALLBACK = C.BUG_CALLBACK(_on_bug)
+
+BUG_NAME = "audio_stream"
+
+
+class MediaPort:
+    """One stream's attachment to one call.
+
+    `sink(bytes)` receives every frame read from the bug (media thread; must not block).
+    `queue` (a PlaybackQueue or None) is what plays into the call. `listener` gets, through
+    `notify(fn, *args)` (which must hand the call to the loop thread), `bug_closed()`,
+    `playback_started()`, `playback_done()` and `marks_played(names)`.
+    """
+
+    def __init__(self, core, flags, rate, ptime_ms, sink, queue, listener, notify):
+        self.core = core
+        self.flags = flags
+        self.rate = rate
+        self.ptime_ms = ptime_ms
+        self.sink = sink
+        self.queue = queue
+        self.listener = listener
+        self.notify = notify
+        self.key = next(_keys)
+        self.bug = None
+        self.paused = False
+        self.closed = False
+        self.playing = False
+        self.frames_read = 0
+        self.frames_replaced = 0
+        self.frames_written = 0
+        self._buf = ctypes.create_string_buffer(C.SWITCH_RECOMMENDED_BUFFER_SIZE)
+        self._frame = C.Frame()
+        self._frame_ptr = ctypes.pointer(self._frame)
+        self._codec = None
+        self._wbuf = None
+        self._wframe = None
+        self._wframe_ptr = None
+        self._write_bytes = rate * ptime_ms // 1000 * 2
+        self._self_writing = False
+        self._last_core_write = -1e9
+        self._core_window = 3 * ptime_ms / 1000.0
+
+    # -- attach / detach (API or loop thread, session read-locked by the caller) ----------------
+    def attach(self, session):
+        """Add the bug; returns (ok, reason)."""
+        if self.queue is not None:
+            codec = self.core.l16_codec(self.rate, self.ptime_ms)
+            if codec is None:
+                return False, "cannot initialise an L16 codec at %d Hz / %d ms" % (self.rate, self.ptime_ms)
+            self._codec = codec
+            self._wbuf = ctypes.create_string_buffer(C.SWITCH_RECOMMENDED_BUFFER_SIZE)
+            wf = C.Frame()
+            wf.codec = ctypes.addressof(codec)
+            wf.data = ctypes.addressof(self._wbuf)
+            wf.buflen = C.SWITCH_RECOMMENDED_BUFFER_SIZE
+            wf.rate = self.rate
+            wf.channels = 1
+            self._wframe = wf
+            self._wframe_ptr = ctypes.pointer(wf)
+        with _ports_lock:
+            _ports[self.key] = self
+        bug, status = self.core.bug_add(session, BUG_NAME, CALLBACK, self.key, self.flags)
+        if bug is None:
+            with _ports_lock:
+                _ports.pop(self.key, None)
+            self._release_codec()
+            return False, "switch_core_media_bug_add failed (status %d)" % status
+        self.bug = bug
+        return True, None
+
+    def detach(self, session):
+        """Remove the bug (the core then calls CLOSE on this thread). Safe after a hangup."""
+        if self.bug is not None and not self.closed:
+            self.core.bug_remove(session, self.bug)
+
+    # -- media thread ----------------------------------------------------------------------------
+    def on_read(self, bug):
+        frame = self._frame
+        read = self.core.switch_core_media_bug_read
+        for _ in range(32):
+            frame.data = ctypes.addressof(self._buf)
+            frame.buflen = C.SWITCH_RECOMMENDED_BUFFER_SIZE
+            frame.datalen = 0
+            if read(bug, self._frame_ptr, 1) != C.SUCCESS:
+                break
+            n = frame.datalen
+            if n and not self.paused:
+                self.frames_read += 1
+                self.sink(ctypes.string_at(self._buf, n))
+
+    def _pull(self, nbytes):
+        data, marks = self.queue.pull(nbytes)
+        if marks:
+            self.notify(self.listener.marks_played, marks)
+        if data is None:
+            if self.playing and not self.queue.queued:
+                self.playing = False
+                self.notify(self.listener.playback_done)
+            return None
+        if not self.playing:
+            self.playing = True
+            self.notify(self.listener.playback_started)
+        return data
+
+    def on_write_replace(self, bug):
+        if self._self_writing or self.queue is None:
+            return
+        self._last_core_write = time.monotonic()
+        fp = self.core.switch_core_media_bug_get_write_replace_frame(bug)
+        if not fp:
+            return
+        frame = fp.contents
+        n = frame.datalen
+        if not n:
+            return
+        data = self._pull(n)
+        if data is None:
+            return
+        ctypes.memmove(frame.data, data, n)
+        self.core.switch_core_media_bug_set_write_replace_frame(bug, fp)
+        self.frames_replaced += 1
+
+    def on_read_ping(self, bug):
+        if self.queue is None or time.monotonic() - self._last_core_write < self._core_window:
+            return
+        n = self._write_bytes
+        data = self._pull(n)
+        if data is None:
+            return
+        ctypes.memmove(self._wbuf, data, n)
+        wf = self._wframe
+        wf.datalen = n
+        wf.samples = n // 2
+        session = self.core.switch_core_media_bug_get_session(bug)
+        self._self_writing = True
+        try:
+            self.core.switch_core_session_write_frame(session, self._wframe_ptr, 0, 0)
+        finally:
+            self._self_writing = False
+        self.frames_written += 1
+
+    def on_close(self):
+        if self.closed:
+            return
+        self.closed = True
+        with _ports_lock:
+            _ports.pop(self.key, None)
+        self._release_codec()
+        self.notify(self.listener.bug_closed)
+
+    def _release_codec(self):
+        if self._codec is not None:
+            self.core.codec_destroy(self._codec)
+            self._codec = None
+
+
+def live_ports():
+    return len(_ports)

@@ -1,0 +1,82 @@
+"""Real-switch tests: a FreeSWITCH 1.10 with mod_python3 and this package importable, reached over
+its event socket (AUDIO_STREAM_ESL, default 127.0.0.1:8021, password ClueCon). They skip, saying
+why, when no switch answers there. See docs/testing.md for building one."""
+import os
+import uuid as uuidlib
+
+import pytest
+
+from . import esl
+
+HOST, _, PORT = os.environ.get("AUDIO_STREAM_ESL", "127.0.0.1:8021").partition(":")
+PORT = int(PORT or 8021)
+PASSWORD = os.environ.get("AUDIO_STREAM_ESL_PASSWORD", "ClueCon")
+SUBCLASSES = ["mod_audio_stream::%s" % n for n in (
+    "connect", "disconnect", "error", "json", "play", "mark", "playback_started", "playback_stopped")]
+
+
+def _why_not():
+    if not esl.reachable(HOST, PORT, PASSWORD):
+        return "no FreeSWITCH event socket at %s:%d (see docs/testing.md)" % (HOST, PORT)
+    c = esl.Connection(HOST, PORT, PASSWORD)
+    try:
+        if c.api("module_exists mod_python3") != "true":
+            return "FreeSWITCH at %s:%d has no mod_python3" % (HOST, PORT)
+        reply = c.api("python audio_stream")
+        if not reply.startswith("-USAGE"):
+            return "audio_stream is not importable by mod_python3 there (python audio_stream -> %r)" % reply
+    finally:
+        c.close()
+    return None
+
+
+_REASON = _why_not()
+
+
+@pytest.fixture(scope="session")
+def fs():
+    if _REASON:
+        pytest.skip(_REASON)
+    c = esl.Connection(HOST, PORT, PASSWORD)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def events(fs):
+    listener = esl.EventListener(SUBCLASSES, HOST, PORT, PASSWORD)
+    yield listener
+    listener.close()
+
+
+class Calls:
+    """Originates loopback calls and hangs up exactly those (never hupall)."""
+
+    def __init__(self, fs):
+        self.fs = fs
+        self.uuids = []
+
+    def originate(self, dest, app="&park()", variables=""):
+        a = str(uuidlib.uuid4())
+        vars_ = "origination_uuid=%s%s" % (a, ("," + variables) if variables else "")
+        reply = self.fs.api("originate {%s}%s %s" % (vars_, dest, app))
+        assert reply == "+OK " + a, reply
+        self.uuids.append(a)
+        b = self.fs.api("uuid_getvar %s other_loopback_leg_uuid" % a)
+        if b and not b.startswith("-ERR") and b != "_undef_":
+            self.uuids.append(b)
+        return a, b
+
+    def exists(self, u):
+        return self.fs.api("uuid_exists %s" % u) == "true"
+
+    def hangup_all(self):
+        for u in self.uuids:
+            self.fs.api("uuid_kill %s" % u)
+
+
+@pytest.fixture
+def calls(fs):
+    c = Calls(fs)
+    yield c
+    c.hangup_all()

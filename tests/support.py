@@ -1,0 +1,160 @@
+"""Test support shared by the simulator tests and the real-switch tests: a real aiohttp WebSocket
+server on 127.0.0.1 running on its own thread, and audio analysis helpers."""
+import asyncio
+import socket
+import threading
+import time
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+
+def dominant_hz(x, rate, seconds=None):
+    """Frequency of the strongest component of int16 samples (last `seconds`, default all)."""
+    x = np.asarray(x, dtype=np.float64)
+    if seconds:
+        x = x[-int(rate * seconds):]
+    if len(x) < 64 or np.abs(x - x.mean()).max() < 50:
+        return 0.0
+    spec = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(len(x))))
+    return float(np.argmax(spec) * rate / len(x))
+
+
+def tone(hz, rate, seconds, amplitude=8000):
+    n = int(rate * seconds)
+    return (amplitude * np.sin(2 * np.pi * hz * np.arange(n) / rate)).astype("<i2")
+
+
+class Conn:
+    """One WebSocket connection as the server saw it."""
+
+    def __init__(self, request, ws):
+        self.request = request
+        self.ws = ws
+        self.path = request.path
+        self.headers = dict(request.headers)
+        self.messages = []      # ("text", str) / ("binary", bytes) in arrival order
+        self.closed = threading.Event()
+        self.close_code = None
+        self.opened_at = time.monotonic()
+
+    @property
+    def texts(self):
+        return [m for k, m in self.messages if k == "text"]
+
+    @property
+    def binaries(self):
+        return [m for k, m in self.messages if k == "binary"]
+
+    def audio(self):
+        return np.frombuffer(b"".join(self.binaries), dtype="<i2")
+
+
+class WSServer:
+    """`on_connect(conn, server)` (optional coroutine) runs when a client connects, before the
+    receive loop; it may send messages or close. `reject` = HTTP status to refuse upgrades."""
+
+    def __init__(self, on_connect=None, on_message=None, reject=None):
+        self.on_connect = on_connect
+        self.on_message = on_message
+        self.reject = reject
+        self.conns = []
+        self.cond = threading.Condition()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.port = self.call(self._start())
+
+    def call(self, coro, timeout=10):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def later(self, fn, *args):
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    async def _start(self):
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        await web.SockSite(self.runner, sock).start()
+        return port
+
+    @property
+    def url(self):
+        return "ws://127.0.0.1:%d/stream" % self.port
+
+    async def _handler(self, request):
+        if self.reject:
+            return web.Response(status=self.reject, text="rejected")
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        conn = Conn(request, ws)
+        with self.cond:
+            self.conns.append(conn)
+            self.cond.notify_all()
+        if self.on_connect:
+            await self.on_connect(conn, self)
+        async for m in ws:
+            with self.cond:
+                if m.type == WSMsgType.TEXT:
+                    conn.messages.append(("text", m.data))
+                elif m.type == WSMsgType.BINARY:
+                    conn.messages.append(("binary", m.data))
+                self.cond.notify_all()
+            if self.on_message:
+                await self.on_message(conn, m, self)
+        conn.close_code = ws.close_code
+        conn.closed.set()
+        with self.cond:
+            self.cond.notify_all()
+        return ws
+
+    def wait_conn(self, n=1, timeout=10):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.conns) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("no WebSocket connection within %g s" % timeout)
+                self.cond.wait(left)
+            return self.conns[n - 1]
+
+    def wait_for(self, predicate, timeout=10):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return True
+
+    def send(self, conn, data):
+        async def go():
+            if isinstance(data, (bytes, bytearray)):
+                await conn.ws.send_bytes(bytes(data))
+            else:
+                await conn.ws.send_str(data)
+        self.call(go())
+
+    def close_conn(self, conn, code=1000, message=b""):
+        self.call(conn.ws.close(code=code, message=message))
+
+    def stop(self):
+        try:
+            self.call(self.runner.cleanup())
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
