@@ -145,6 +145,8 @@ _PROTOTYPES = {
                                                     c_uint32, c_int, c_int, c_uint32, c_uint32,
                                                     c_void_p, c_void_p]),
     "switch_core_codec_destroy": (c_int, [POINTER(Codec)]),
+    "switch_core_session_get_pool": (c_void_p, [c_void_p]),
+    "switch_mutex_unlock": (c_int, [c_void_p]),
 }
 
 
@@ -212,12 +214,14 @@ class Core:
         ref = c_void_p(bug)
         return self.switch_core_media_bug_remove(session, byref(ref)) == SUCCESS
 
-    def l16_codec(self, rate, ptime_ms):
-        """An initialised L16 mono codec (a Codec struct the caller keeps alive), or None."""
+    def l16_codec(self, session, rate, ptime_ms):
+        """An initialised L16 mono codec in the session's pool (a Codec struct the caller keeps
+        alive and destroys before the session ends), or None."""
         codec = Codec()
         status = self.switch_core_codec_init_with_bitrate(
             byref(codec), b"L16", None, None, rate, ptime_ms, 1, 0,
-            SWITCH_CODEC_FLAG_ENCODE | SWITCH_CODEC_FLAG_DECODE, None, None)
+            SWITCH_CODEC_FLAG_ENCODE | SWITCH_CODEC_FLAG_DECODE, None,
+            self.switch_core_session_get_pool(session))
         return codec if status == SUCCESS else None
 
     def codec_destroy(self, codec):

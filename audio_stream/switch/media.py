@@ -67,6 +67,8 @@ class MediaPort:
         self.frames_replaced = 0
         self.frames_written = 0
         self._buf = ctypes.create_string_buffer(C.SWITCH_RECOMMENDED_BUFFER_SIZE)
+        self._buf_addr = ctypes.addressof(self._buf)
+        self._both_sides = bool(flags & C.SMBF_WRITE_STREAM)
         self._frame = C.Frame()
         self._frame_ptr = ctypes.pointer(self._frame)
         self._codec = None
@@ -82,13 +84,14 @@ class MediaPort:
     def attach(self, session):
         """Add the bug; returns (ok, reason)."""
         if self.queue is not None:
-            codec = self.core.l16_codec(self.rate, self.ptime_ms)
+            codec = self.core.l16_codec(session, self.rate, self.ptime_ms)
             if codec is None:
                 return False, "cannot initialise an L16 codec at %d Hz / %d ms" % (self.rate, self.ptime_ms)
             self._codec = codec
             self._wbuf = ctypes.create_string_buffer(C.SWITCH_RECOMMENDED_BUFFER_SIZE)
             wf = C.Frame()
-            wf.codec = ctypes.addressof(codec)
+            self._codec_addr = ctypes.addressof(codec)
+            wf.codec = self._codec_addr
             wf.data = ctypes.addressof(self._wbuf)
             wf.buflen = C.SWITCH_RECOMMENDED_BUFFER_SIZE
             wf.rate = self.rate
@@ -112,19 +115,32 @@ class MediaPort:
             self.core.bug_remove(session, self.bug)
 
     # -- media thread ----------------------------------------------------------------------------
-    def on_read(self, bug):
+    def _read_one(self, bug, fill):
         frame = self._frame
-        read = self.core.switch_core_media_bug_read
-        for _ in range(32):
-            frame.data = ctypes.addressof(self._buf)
-            frame.buflen = C.SWITCH_RECOMMENDED_BUFFER_SIZE
-            frame.datalen = 0
-            if read(bug, self._frame_ptr, 1) != C.SUCCESS:
-                break
-            n = frame.datalen
-            if n and not self.paused:
-                self.frames_read += 1
-                self.sink(ctypes.string_at(self._buf, n))
+        frame.data = self._buf_addr
+        frame.buflen = C.SWITCH_RECOMMENDED_BUFFER_SIZE
+        frame.datalen = 0
+        if self.core.switch_core_media_bug_read(bug, self._frame_ptr, fill) != C.SUCCESS:
+            return False
+        n = frame.datalen
+        if n and not self.paused:
+            self.frames_read += 1
+            self.sink(ctypes.string_at(self._buf_addr, n))
+        return True
+
+    def on_read(self, bug):
+        # The core calls READ once for each frame it adds to the read buffer.
+        # fill=TRUE returns a frame only when every stream of the bug has one: a READ-only bug
+        # drains its buffer, but a READ|WRITE bug (mixed, stereo) gets nothing while the core
+        # writes nothing to the channel (a parked call), and its read buffer just grows.
+        # fill=FALSE pads a missing side with silence, but loops forever on a READ-only bug.
+        # So: take the paired frames there are; if there were none, this tick's read frame goes
+        # out alone (write side silent). The output then follows the caller's clock exactly.
+        n = 0
+        while n < 8 and self._read_one(bug, 1):
+            n += 1
+        if not n and self._both_sides:
+            self._read_one(bug, 0)
 
     def _pull(self, nbytes):
         data, marks = self.queue.pull(nbytes)
@@ -175,6 +191,14 @@ class MediaPort:
             self.core.switch_core_session_write_frame(session, self._wframe_ptr, 0, 0)
         finally:
             self._self_writing = False
+        if wf.codec != self._codec_addr:
+            # FreeSWITCH 1.10 bug: when the channel's write codec is L16 and a WRITE_REPLACE bug
+            # is present, switch_core_session_write_frame takes the encoder's NOOP branch, which
+            # sets frame->codec to the session's write codec; it then unlocks that codec's mutex
+            # instead of ours, leaving ours locked by this thread (a later codec destroy from
+            # another thread deadlocks). Undo exactly that: restore the pointer, unlock ours.
+            wf.codec = self._codec_addr
+            self.core.switch_mutex_unlock(self._codec.mutex)
         self.frames_written += 1
 
     def on_close(self):

@@ -76,6 +76,21 @@ def test_mixed_has_both_legs(fs, calls, server):
     assert p440 > 20 * floor and p1000 > 20 * floor
 
 
+@pytest.mark.parametrize("mix", ["mixed", "stereo"])
+def test_parked_call_streams_in_both_sides_modes(fs, calls, server, mix):
+    # Nothing is written to a parked channel: the write side must come out as silence, not
+    # stop the stream (the C module streams nothing here).
+    a, _ = calls.originate("loopback/tone/fstest")
+    conn = stream_for(fs, server, a, 2.0, mix, "8k")
+    x = conn.audio()
+    per_channel = len(x) // (2 if mix == "stereo" else 1)
+    assert 1.6 * 8000 <= per_channel <= 2.6 * 8000, per_channel
+    left = x[0::2] if mix == "stereo" else x
+    assert abs(dominant_hz(left, 8000, 1.0) - 440) < 10
+    if mix == "stereo":
+        assert np.abs(x[1::2].astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize("ms", [60, 100])
 def test_buffer_size(fs, calls, server, ms):
     a, _ = calls.originate("loopback/tone/fstest", variables="STREAM_BUFFER_SIZE=%d" % ms)
