@@ -3,6 +3,7 @@
 The only module that knows aiohttp. Runs on the loop thread.
 """
 import asyncio
+import http
 import os
 import socket
 import ssl
@@ -52,7 +53,7 @@ def _describe(exc):
     return str(exc) or exc.__class__.__name__
 
 
-async def connect(http, url, settings):
+async def connect(client, url, settings):
     """Open the WebSocket or raise ConnectError with a code from protocol.ERR_*."""
     is_tls = url.lower().startswith("wss://")
     ctx = tls_context(settings) if is_tls else None
@@ -60,7 +61,7 @@ async def connect(http, url, settings):
     headers.update(settings.extra_headers)
     try:
         return await asyncio.wait_for(
-            http.ws_connect(url, headers=headers, ssl=ctx if is_tls else False,
+            client.ws_connect(url, headers=headers, ssl=ctx if is_tls else False,
                             compress=15 if settings.deflate else 0,
                             heartbeat=settings.heart_beat or None,
                             max_msg_size=settings.max_message * 4, autoping=True),
@@ -74,8 +75,12 @@ async def connect(http, url, settings):
     except aiohttp.ClientSSLError as e:
         raise ConnectError(protocol.ERR_SSL_ERROR, "TLS error: %s" % _describe(e)) from None
     except aiohttp.WSServerHandshakeError as e:
+        try:
+            phrase = http.HTTPStatus(e.status).phrase
+        except ValueError:
+            phrase = e.message
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "WebSocket handshake rejected: HTTP %s %s"
-                           % (e.status, e.message)) from None
+                           % (e.status, phrase)) from None
     except aiohttp.ClientConnectorError as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
                            % (url, _describe(e.os_error))) from None

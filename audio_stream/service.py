@@ -32,8 +32,10 @@ def loop():
             finally:
                 try:
                     new_loop.run_until_complete(new_loop.shutdown_asyncgens())
+                    new_loop.run_until_complete(new_loop.shutdown_default_executor())
                 except Exception:
                     pass
+                new_loop.close()
 
         t = threading.Thread(target=run, name="audio_stream-loop", daemon=True)
         t.start()

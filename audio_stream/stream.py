@@ -103,6 +103,10 @@ class Stream:
         except Exception as e:  # an event must never take the stream down
             self.log("ERR", "cannot fire %s: %s" % (name, e))
 
+    def detached(self):
+        """On the thread that closed the bug: from now on commands see no stream on the call."""
+        service.unregister(self.uuid, self)
+
     def bug_closed(self):
         """The media bug is gone (hangup, stop, or our own removal)."""
         if self.media_ended:

@@ -8,7 +8,6 @@ frames out, copies prepared playback in, and never blocks, allocates much, or ra
 import ctypes
 import itertools
 import threading
-import time
 
 from . import core as C
 
@@ -38,6 +37,7 @@ def _on_bug(bug, user_data, abc_type):
 CALLBACK = C.BUG_CALLBACK(_on_bug)
 
 BUG_NAME = "audio_stream"
+QUIET_PINGS = 3
 
 
 class MediaPort:
@@ -46,7 +46,8 @@ class MediaPort:
     `sink(bytes)` receives every frame read from the bug (media thread; must not block).
     `queue` (a PlaybackQueue or None) is what plays into the call. `listener` gets, through
     `notify(fn, *args)` (which must hand the call to the loop thread), `bug_closed()`,
-    `playback_started()`, `playback_done()` and `marks_played(names)`.
+    `playback_started()`, `playback_done()` and `marks_played(names)`; and, directly on the
+    thread that closes the bug, `detached()` (must be quick and never block).
     """
 
     def __init__(self, core, flags, rate, ptime_ms, sink, queue, listener, notify):
@@ -76,9 +77,10 @@ class MediaPort:
         self._wframe = None
         self._wframe_ptr = None
         self._write_bytes = rate * ptime_ms // 1000 * 2
-        self._self_writing = False
-        self._last_core_write = -1e9
-        self._core_window = 3 * ptime_ms / 1000.0
+        self._writer = None        # thread ident while we write a frame ourselves
+        self._replaced = 0         # core writes seen by WRITE_REPLACE (any thread)
+        self._replaced_seen = 0    # ... as of the last READ_PING
+        self._quiet_pings = 0      # READ_PINGs in a row with no core write in between
 
     # -- attach / detach (API or loop thread, session read-locked by the caller) ----------------
     def attach(self, session):
@@ -157,9 +159,9 @@ class MediaPort:
         return data
 
     def on_write_replace(self, bug):
-        if self._self_writing or self.queue is None:
-            return
-        self._last_core_write = time.monotonic()
+        if self.queue is None or self._writer == threading.get_ident():
+            return          # our own frame, written from READ_PING: let it through
+        self._replaced += 1
         fp = self.core.switch_core_media_bug_get_write_replace_frame(bug)
         if not fp:
             return
@@ -175,7 +177,17 @@ class MediaPort:
         self.frames_replaced += 1
 
     def on_read_ping(self, bug):
-        if self.queue is None or time.monotonic() - self._last_core_write < self._core_window:
+        # Write ourselves only when the core has written nothing to the channel for the last
+        # QUIET_PINGS frames (counted in events, not wall time, so a GIL stall cannot fool it):
+        # two writers on one session make the core drop a frame.
+        if self.queue is None:
+            return
+        if self._replaced != self._replaced_seen:
+            self._replaced_seen = self._replaced
+            self._quiet_pings = 0
+            return
+        if self._quiet_pings < QUIET_PINGS:
+            self._quiet_pings += 1
             return
         n = self._write_bytes
         data = self._pull(n)
@@ -186,11 +198,11 @@ class MediaPort:
         wf.datalen = n
         wf.samples = n // 2
         session = self.core.switch_core_media_bug_get_session(bug)
-        self._self_writing = True
+        self._writer = threading.get_ident()
         try:
             self.core.switch_core_session_write_frame(session, self._wframe_ptr, 0, 0)
         finally:
-            self._self_writing = False
+            self._writer = None
         if wf.codec != self._codec_addr:
             # FreeSWITCH 1.10 bug: when the channel's write codec is L16 and a WRITE_REPLACE bug
             # is present, switch_core_session_write_frame takes the encoder's NOOP branch, which
@@ -208,6 +220,7 @@ class MediaPort:
         with _ports_lock:
             _ports.pop(self.key, None)
         self._release_codec()
+        self.listener.detached()
         self.notify(self.listener.bug_closed)
 
     def _release_codec(self):
