@@ -12,7 +12,7 @@ _loop = None
 _thread = None
 _http = None
 streams = {}          # uuid -> Stream (the live one for that call)
-finishing = set()     # streams whose media has ended and whose WebSocket is closing
+finishing_streams = set()   # streams whose media has ended and whose WebSocket is closing
 
 
 def loop():
@@ -87,6 +87,28 @@ def unregister(uuid, stream):
             del streams[uuid]
 
 
+def retire(uuid, stream):
+    """The stream's media ended: off the registry; tracked until finished() if still closing."""
+    with _lock:
+        if streams.get(uuid) is stream:
+            del streams[uuid]
+        if not stream.finished:
+            finishing_streams.add(stream)
+
+
+def finished(stream):
+    """The stream's WebSocket side is done (any thread; idempotent)."""
+    with _lock:
+        stream.finished = True
+        finishing_streams.discard(stream)
+
+
+def busy():
+    """True while any stream is live or closing (tests, shutdown)."""
+    with _lock:
+        return bool(streams or finishing_streams)
+
+
 def get(uuid):
     with _lock:
         return streams.get(uuid)
@@ -103,7 +125,7 @@ def stop_loop(timeout=5.0):
 
     async def close_all():
         global _http
-        for s in list(streams.values()) + list(finishing):
+        for s in list(streams.values()) + list(finishing_streams):
             await s.shutdown()
         if _http is not None:
             await _http.close()

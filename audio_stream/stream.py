@@ -58,6 +58,7 @@ class Stream:
         self.media_ended = False
         self.closing = False
         self.done = asyncio.Event()
+        self.finished = False     # set by service.finished(), under its lock
         self._wake = asyncio.Event()
         self._kick_pending = False
         self._files = []
@@ -72,7 +73,6 @@ class Stream:
 
     def request_stop(self, session, text):
         self.final_text = text
-        service.unregister(self.uuid, self)
         self.port.detach(session)
 
     def set_paused(self, paused):
@@ -104,17 +104,15 @@ class Stream:
             self.log("ERR", "cannot fire %s: %s" % (name, e))
 
     def detached(self):
-        """On the thread that closed the bug: from now on commands see no stream on the call."""
-        service.unregister(self.uuid, self)
+        """On the thread that closed the bug: from now on commands see no stream on the call,
+        and the stream counts as finishing until its WebSocket side is done."""
+        service.retire(self.uuid, self)
 
     def bug_closed(self):
         """The media bug is gone (hangup, stop, or our own removal)."""
         if self.media_ended:
             return
         self.media_ended = True
-        service.unregister(self.uuid, self)
-        if not self.done.is_set():
-            service.finishing.add(self)
         if self.port.playing:
             self.port.playing = False
             self.fire("playback_stopped", protocol.dumps({"reason": "hangup"}))
@@ -371,5 +369,5 @@ class Stream:
             except OSError:
                 pass
         self._files.clear()
-        service.finishing.discard(self)
         self.done.set()
+        service.finished(self)

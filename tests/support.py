@@ -54,7 +54,8 @@ class WSServer:
     """`on_connect(conn, server)` (optional coroutine) runs when a client connects, before the
     receive loop; it may send messages or close. `reject` = HTTP status to refuse upgrades."""
 
-    def __init__(self, on_connect=None, on_message=None, reject=None):
+    def __init__(self, on_connect=None, on_message=None, reject=None, handshake_delay=0.0):
+        self.handshake_delay = handshake_delay
         self.on_connect = on_connect
         self.on_message = on_message
         self.reject = reject
@@ -74,7 +75,7 @@ class WSServer:
     async def _start(self):
         app = web.Application()
         app.router.add_get("/{tail:.*}", self._handler)
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, shutdown_timeout=2.0)
         await self.runner.setup()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -89,6 +90,8 @@ class WSServer:
     async def _handler(self, request):
         if self.reject:
             return web.Response(status=self.reject, text="rejected")
+        if self.handshake_delay:
+            await asyncio.sleep(self.handshake_delay)
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         conn = Conn(request, ws)
@@ -146,6 +149,7 @@ class WSServer:
     def stop(self):
         try:
             self.call(self.runner.cleanup())
+            self.call(self.loop.shutdown_default_executor())
         except Exception:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)

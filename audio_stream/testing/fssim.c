@@ -24,11 +24,16 @@
  *     thread, with the bug list write-locked, as switch_core_session_hangup_state
  *     does), then waits for every read lock to be released and destroys the
  *     session.
+ *   - Codec mutexes are real recursive pthread mutexes, locked where the real core locks
+ *     them. On an L16 channel, write_frame reproduces 1.10.12's NOOP bug (the caller's
+ *     frame->codec is rewritten to the session's write codec and the caller's codec mutex is
+ *     left locked by the writing thread); see "Codec mutexes" in core-semantics.md.
  *   - Everything the real core would do that deadlocks or corrupts memory
  *     (removing a bug from inside a callback, media_bug_read with fill=FALSE
  *     spinning, a stereo read into a too-small buffer, use of a destroyed
- *     session...) is detected, counted as a "violation" (fssim_violations()) and
- *     reported on stderr instead of hanging the test run.
+ *     session, destroying a codec whose mutex another thread holds...) is
+ *     detected, counted as a "violation" (fssim_violations()) and reported on
+ *     stderr instead of hanging the test run.
  *
  * Build: cc -O2 -Wall -Wextra -shared -fPIC -pthread fssim.c -o fssim.so -lm
  */
@@ -387,12 +392,26 @@ static void sbuf_zero(sbuf_t *b)
 #define SIM_POOL_MAGIC 0x504f4f4cu
 #define SESSION_POOL_MAGIC 0x53504f4cu
 
+/* A codec mutex: what switch_mutex_init(&codec->mutex, SWITCH_MUTEX_NESTED, pool) makes. The
+ * first two fields have the layout of APR's fspr_thread_mutex_t {pool*, pthread_mutex_t}, so
+ * (pthread_mutex_t *)((char *)codec->mutex + 8) is the real recursive pthread mutex. The rest
+ * is bookkeeping of our own, kept by whichever thread holds the mutex:
+ *   depth  = (lock count << 32) | scoped, where "scoped" counts the levels taken by a core call
+ *            that is still running and will release them before it returns (write_frame,
+ *            codec_destroy). count > scoped means a level is held outside any core call: by
+ *            user code, or leaked by write_frame's NOOP bug.
+ *   owner  = gettid of the holder, 0 when free. */
 typedef struct sim_mutex {
+	void *pool;
+	pthread_mutex_t m;
 	uint32_t magic;
 	int dead;                 /* allocated from a session pool that has been destroyed */
-	pthread_mutex_t m;
+	_Atomic uint64_t depth;
+	atomic_long owner;
 	struct sim_mutex *pool_next;
 } sim_mutex_t;
+
+_Static_assert(offsetof(sim_mutex_t, m) == sizeof(void *), "pthread_mutex_t right after the pool pointer");
 
 typedef struct {
 	uint32_t magic;
@@ -485,11 +504,101 @@ static const sim_codec_impl_t *l16_find(uint32_t rate, int ms, int channels, uin
 	return NULL;
 }
 
-static sim_mutex_t *sim_mutex_new(void)
+static sim_mutex_t *sim_mutex_new(void *pool)
 {
 	sim_mutex_t *m = xcalloc(1, sizeof(*m));
+	m->pool = pool;
 	m->magic = SIM_MUTEX_MAGIC;
 	init_recursive_mutex(&m->m);
+	return m;
+}
+
+#define DEPTH_COUNT(d) ((uint32_t) ((d) >> 32))
+#define DEPTH_SCOPED(d) ((uint32_t) ((d) & 0xffffffffu))
+
+/* bookkeeping after pthread_mutex_lock succeeded (we are the owner) */
+static void mutex_note_locked(sim_mutex_t *m, long me, int scoped)
+{
+	uint64_t old = atomic_fetch_add(&m->depth, ((uint64_t) 1 << 32) + (scoped ? 1u : 0u));
+	if (!DEPTH_COUNT(old)) atomic_store(&m->owner, me);
+}
+
+/* a core call that took a level with scoped=1 has ended (whether or not it released it) */
+static void mutex_end_scope(sim_mutex_t *m)
+{
+	atomic_fetch_sub(&m->depth, 1);
+}
+
+/* pthread_mutex_unlock, as switch_mutex_unlock does it: on a recursive mutex this thread does not
+ * hold, glibc returns EPERM and nothing changes */
+static int mutex_unlock(sim_mutex_t *m)
+{
+	long me = sim_gettid();
+	if (atomic_load(&m->owner) == me) {
+		uint64_t d = atomic_load(&m->depth);
+		if (DEPTH_COUNT(d) == 1) atomic_store(&m->owner, 0);
+		atomic_fetch_sub(&m->depth, (uint64_t) 1 << 32);
+	}
+	return pthread_mutex_unlock(&m->m);
+}
+
+/* Lock a codec mutex as the real core does (it blocks), but where it would block forever say so
+ * instead: when another thread holds a level outside any running core call (count > scoped) it
+ * is not going to give it back on its own. Returns 1 when locked, 0 (violation counted) when the
+ * real core would deadlock here. */
+static int mutex_lock(sim_mutex_t *m, int scoped, const char *where)
+{
+	long me = sim_gettid();
+	int64_t deadline = now_ns() + 10000000000LL;
+	int rc = pthread_mutex_trylock(&m->m);
+	for (;;) {
+		uint64_t d;
+		long owner;
+		struct timespec ts;
+		if (rc == 0) {
+			mutex_note_locked(m, me, scoped);
+			return 1;
+		}
+		if (rc != EBUSY && rc != ETIMEDOUT) {
+			violation("%s: locking the codec mutex failed (%s)", where, strerror(rc));
+			return 0;
+		}
+		d = atomic_load(&m->depth);
+		owner = atomic_load(&m->owner);
+		if (owner && owner != me && DEPTH_COUNT(d) > DEPTH_SCOPED(d)) {
+			violation("%s would deadlock: mutex held by thread %ld (locked %u time(s), %u of them by a core call in "
+					  "progress)", where, owner, DEPTH_COUNT(d), DEPTH_SCOPED(d));
+			return 0;
+		}
+		if (now_ns() >= deadline) {
+			violation("%s would deadlock: mutex held by thread %ld for more than 10 s", where, owner);
+			return 0;
+		}
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 1000000;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		rc = pthread_mutex_timedlock(&m->m, &ts);
+	}
+}
+
+static sim_mutex_t *mutex_check(void *p, const char *fn)
+{
+	sim_mutex_t *m = p;
+	if (!m) {
+		violation("%s: NULL mutex (the real core crashes)", fn);
+		return NULL;
+	}
+	if (m->magic != SIM_MUTEX_MAGIC) {
+		violation("%s: %p is not a codec mutex (wrong pointer, or the codec was destroyed)", fn, p);
+		return NULL;
+	}
+	if (m->dead) {
+		violation("%s: the mutex lived in a destroyed session's pool (use after free)", fn);
+		return NULL;
+	}
 	return m;
 }
 
@@ -598,14 +707,21 @@ struct sim_chan {
 	/* codec */
 	uint32_t rate;
 	uint32_t ptime_ms;
-	sim_codec_impl_t impl;        /* read == write implementation */
+	sim_codec_impl_t impl;        /* session->read_impl == write_impl (a copy of the codec's) */
 	char iananame[32];
-	sim_codec_t read_codec;       /* the channel's (read == write) codec handle */
+	const sim_codec_impl_t *chan_impl; /* what read_codec/write_codec point to: the registered L16
+									    * implementation on an L16 channel, else &impl */
+	int write_raw;                /* the write codec is L16: its encoder returns NOOP (switch_pcm.c) */
+	sim_codec_t read_codec;       /* session->read_codec */
 	sim_mutex_t *read_codec_mutex;
+	sim_codec_t write_codec;      /* session->write_codec: another object, as on a real channel */
+	sim_mutex_t *write_codec_mutex;
 	const sim_codec_impl_t *core_impl; /* L16 at the channel rate/ptime, for core writes */
 	sim_codec_impl_t core_impl_own;
-	sim_codec_t core_codec;
+	sim_codec_t core_codec;       /* the core's own writes on the session thread */
 	sim_mutex_t *core_codec_mutex;
+	sim_codec_t partner_codec;    /* ... and on the bridged leg's thread */
+	sim_mutex_t *partner_codec_mutex;
 
 	/* variables (profile_mutex) */
 	pthread_mutex_t profile_mutex;
@@ -1112,12 +1228,40 @@ static void read_path(sim_chan_t *c, sim_frame_t *frame)
 
 static void hangup_request(sim_chan_t *c, const char *cause);
 
+/* perform_write: what the far end hears */
+static void send_frame(sim_chan_t *c, const sim_frame_t *f)
+{
+	heard_append(c, f->data, f->datalen);
+}
+
+static sim_mutex_t *frame_codec_mutex(sim_frame_t *frame, const char *when)
+{
+	sim_mutex_t *m = frame->codec ? frame->codec->mutex : NULL;
+	if (!m) {
+		violation("switch_core_session_write_frame: frame->codec%s is NULL %s (the real core crashes)",
+				  frame->codec ? "->mutex" : "", when);
+		return NULL;
+	}
+	if (m->magic != SIM_MUTEX_MAGIC) {
+		violation("switch_core_session_write_frame: frame->codec->mutex is not a codec mutex %s (codec not made by "
+				  "switch_core_codec_init?)", when);
+		return NULL;
+	}
+	if (m->dead) {
+		violation("switch_core_session_write_frame: the frame's codec lives in a destroyed session's pool %s (use "
+				  "after free)", when);
+		return NULL;
+	}
+	return m;
+}
+
 static int write_frame(sim_chan_t *c, sim_frame_t *frame)
 {
 	sim_frame_t *wf = frame;
 	const sim_codec_impl_t *fi;
-	sim_mutex_t *fm;
-	int status = ST_FALSE, ptime_mismatch, perfect, prune = 0;
+	sim_mutex_t *wm = c->write_codec.mutex, *fm = NULL, *again;
+	int status = ST_FALSE, ptime_mismatch = 0, need_codec = 0, do_bugs = 0, perfect, prune = 0;
+	int wm_locked = 0, fm_locked = 0;
 	uint32_t bpp = c->impl.decoded_bytes_per_packet;
 	sim_bug_t *bp;
 
@@ -1139,17 +1283,12 @@ static int write_frame(sim_chan_t *c, sim_frame_t *frame)
 	}
 	if (!chan_ready(c) || !chan_media_ready(c)) { status = ST_FALSE; goto unlock_write; }
 
-	fm = frame->codec->mutex;
-	if (fm && fm->magic != SIM_MUTEX_MAGIC) {
-		violation("switch_core_session_write_frame: frame->codec->mutex is not a codec mutex (codec not made by switch_core_codec_init?)");
-		goto unlock_write;
-	}
-	if (fm && fm->dead) {
-		violation("switch_core_session_write_frame: the frame's codec lives in a destroyed session's pool (use after free)");
-		goto unlock_write;
-	}
-	if (fm) pthread_mutex_lock(&fm->m);
-	if (!codec_ready(frame->codec)) goto unlock_codec;
+	/* switch_mutex_lock(session->write_codec->mutex); switch_mutex_lock(frame->codec->mutex); */
+	if (!(fm = frame_codec_mutex(frame, "on entry"))) goto unlock_write;
+	wm_locked = mutex_lock(wm, 1, "switch_core_session_write_frame (session write codec)");
+	fm_locked = mutex_lock(fm, 1, "switch_core_session_write_frame (frame codec)");
+	if (!wm_locked || !fm_locked) goto unlock_codec;
+	if (!codec_ready(&c->write_codec) || !codec_ready(frame->codec)) goto unlock_codec;
 
 	fi = frame->codec->implementation;
 	if (fi->actual_samples_per_second != c->impl.actual_samples_per_second) {
@@ -1164,7 +1303,27 @@ static int write_frame(sim_chan_t *c, sim_frame_t *frame)
 		status = ST_GENERR;
 		goto unlock_codec;
 	}
-	ptime_mismatch = fi->microseconds_per_packet != c->impl.microseconds_per_packet;
+	/* another implementation object: "ptime mismatch" if it is the same codec (codec_id) or
+	 * another packet time; either way the frame has to be transcoded */
+	if (fi != c->write_codec.implementation) {
+		if (c->impl.codec_id == fi->codec_id || c->impl.microseconds_per_packet != fi->microseconds_per_packet)
+			ptime_mismatch = 1;
+		need_codec = 1;
+	}
+	/* the write codec's own implementation: bugs are the only reason to look at the frame */
+	if (c->bugs && !need_codec) {
+		do_bugs = 1;
+		need_codec = 1;
+	}
+	if (!need_codec) {
+		if (!frame->data && frame->datalen) {
+			violation("switch_core_session_write_frame on %s: frame->data is NULL", c->uuid);
+			goto unlock_codec;
+		}
+		send_frame(c, frame);   /* as it is: no padding */
+		status = ST_SUCCESS;
+		goto unlock_codec;
+	}
 
 	/* bugs: per bug, WRITE_STREAM (buffer + WRITE callback) first, then WRITE_REPLACE */
 	if (c->bugs && bug_rdlock(c, "switch_core_session_write_frame")) {
@@ -1180,6 +1339,7 @@ static int write_frame(sim_chan_t *c, sim_frame_t *frame)
 				ok = cb_call(bp, ABC_WRITE);
 			}
 			if (bp->flags & SMBF_WRITE_REPLACE) {
+				do_bugs = 0;
 				bp->write_replace_frame_in = wf;
 				bp->write_replace_frame_out = wf;
 				if ((ok = cb_call(bp, ABC_WRITE_REPLACE)) == B_TRUE) wf = bp->write_replace_frame_out;
@@ -1189,6 +1349,17 @@ static int write_frame(sim_chan_t *c, sim_frame_t *frame)
 		}
 		bug_rdunlock(c);
 		if (prune) bug_prune(c);
+	}
+
+	if (do_bugs) {
+		/* no WRITE_REPLACE bug: the frame goes out as it came in */
+		if (!frame->data && frame->datalen) {
+			violation("switch_core_session_write_frame on %s: frame->data is NULL", c->uuid);
+			goto unlock_codec;
+		}
+		send_frame(c, frame);
+		status = ST_SUCCESS;
+		goto unlock_codec;
 	}
 
 	if (!wf) {
@@ -1210,7 +1381,22 @@ static int write_frame(sim_chan_t *c, sim_frame_t *frame)
 			memset(wf->data, 255, bpp - wf->datalen);
 			wf->datalen = bpp;
 		}
-		heard_append(c, wf->data, wf->datalen);
+		/* switch_core_codec_encode(session->write_codec, frame->codec, ...) */
+		if (c->write_raw) {
+			/* L16 -> L16 at one rate: switch_raw_encode returns NOOP, and the NOOP branch makes the
+			 * frame it was given (enc_frame = write_frame: the caller's own frame unless a
+			 * WRITE_REPLACE callback substituted another) the encoded frame, in place */
+			wf->codec = &c->write_codec;
+			wf->samples = wf->datalen / 2 / c->impl.number_of_channels;
+			wf->channels = c->impl.number_of_channels;
+			wf->timestamp = frame->timestamp;
+			wf->m = frame->m;
+			wf->seq = frame->seq;
+			wf->ssrc = frame->ssrc;
+			wf->payload = wf->codec->implementation->ianacode;
+		}
+		/* else: SUCCESS, the result goes to the session's own enc_write_frame (not modelled) */
+		send_frame(c, wf);
 		status = ST_SUCCESS;
 	} else {
 		uint8_t tmp[RECOMMENDED_BUFFER_SIZE];
@@ -1224,6 +1410,8 @@ static int write_frame(sim_chan_t *c, sim_frame_t *frame)
 			goto unlock_codec;
 		}
 		status = ST_SUCCESS;
+		/* each whole frame is encoded from session->raw_write_frame: a NOOP there rewrites that
+		 * session-owned frame, never the caller's */
 		while (c->raw_write_buffer->used >= bpp) {
 			if (!chan_up(c)) break;
 			sbuf_read(c->raw_write_buffer, tmp, bpp);
@@ -1232,13 +1420,22 @@ static int write_frame(sim_chan_t *c, sim_frame_t *frame)
 	}
 
 unlock_codec:
-	if (fm) pthread_mutex_unlock(&fm->m);
+	/* switch_mutex_unlock(session->write_codec->mutex); switch_mutex_unlock(frame->codec->mutex);
+	 * -- frame->codec is read again here, after the NOOP branch may have changed it */
+	if (wm_locked) {
+		mutex_unlock(wm);
+		mutex_end_scope(wm);
+	}
+	if (fm_locked) {
+		if ((again = frame_codec_mutex(frame, "on exit"))) mutex_unlock(again);  /* EPERM if not ours */
+		mutex_end_scope(fm);
+	}
 unlock_write:
 	pthread_mutex_unlock(&c->codec_write_mutex);
 	return status;
 }
 
-static void core_write(sim_chan_t *c)
+static void core_write(sim_chan_t *c, sim_codec_t *codec)
 {
 	sim_frame_t f;
 	uint32_t n = c->impl.samples_per_packet;
@@ -1246,7 +1443,7 @@ static void core_write(sim_chan_t *c)
 	pthread_mutex_lock(&c->tone_lock);
 	gen_tone(c->core_write_buf, n, c->write_hz, c->amplitude, &c->write_phase, c->rate);
 	pthread_mutex_unlock(&c->tone_lock);
-	f.codec = &c->core_codec;
+	f.codec = codec;
 	f.data = c->core_write_buf;
 	f.datalen = n * 2;
 	f.buflen = sizeof(c->core_write_buf);
@@ -1284,9 +1481,15 @@ static void tick(sim_chan_t *c)
 	f.source = "fssim read";
 	c->read_ts += n;
 
-	read_path(c, &f);
+	/* switch_core_session_read_frame holds session->read_codec->mutex from the top to the end,
+	 * bug callbacks included (switch_core_io.c) */
+	if (mutex_lock(c->read_codec_mutex, 1, "switch_core_session_read_frame (read codec)")) {
+		read_path(c, &f);
+		mutex_unlock(c->read_codec_mutex);
+		mutex_end_scope(c->read_codec_mutex);
+	}
 
-	if (atomic_load(&c->core_writing) == 1 && chan_up(c)) core_write(c);
+	if (atomic_load(&c->core_writing) == 1 && chan_up(c)) core_write(c, &c->core_codec);
 }
 
 /* Wait until `deadline` (monotonic ns) or until the control state changes.
@@ -1318,7 +1521,7 @@ static void *partner_thread(void *arg)
 		if (c->hangup_req) break;
 		pthread_mutex_unlock(&c->ctl);
 		if (c->speed <= 0) sched_yield();
-		core_write(c);
+		core_write(c, &c->partner_codec);
 		pthread_mutex_lock(&c->ctl);
 	}
 	pthread_mutex_unlock(&c->ctl);
@@ -1951,7 +2154,8 @@ API int switch_core_codec_init_with_bitrate(sim_codec_t *codec, const char *code
 	codec->codec_interface = &g_l16_iface;
 	codec->implementation = impl;
 	codec->flags = flags;
-	codec->mutex = sim_mutex_new();
+	/* switch_mutex_init(&codec->mutex, SWITCH_MUTEX_NESTED, codec->memory_pool): recursive */
+	codec->mutex = sim_mutex_new(pool);
 	if (pool && ((sim_session_pool_t *) pool)->magic == SESSION_POOL_MAGIC) {
 		/* a session pool: the codec's memory goes away with the session */
 		sim_session_pool_t *sp = pool;
@@ -1980,6 +2184,7 @@ API int switch_core_codec_init_with_bitrate(sim_codec_t *codec, const char *code
 		sp->mutex = codec->mutex;
 		if (fmtp) codec->fmtp_in = sp->fmtp = xstrdup(fmtp);
 		codec->memory_pool = sp;
+		((sim_mutex_t *) codec->mutex)->pool = sp;
 		codec->flags |= CODEC_FLAG_FREE_POOL;
 	}
 	/* the raw codec's init result (FALSE without ENCODE|DECODE) is ignored by the core */
@@ -1991,7 +2196,7 @@ API int switch_core_codec_destroy(sim_codec_t *codec)
 {
 	sim_mutex_t *m;
 	void *pool;
-	int free_pool;
+	int free_pool, locked = 0;
 	if (!codec) {
 		violation("switch_core_codec_destroy: NULL codec (the real core asserts)");
 		return ST_FALSE;
@@ -2007,26 +2212,55 @@ API int switch_core_codec_destroy(sim_codec_t *codec)
 				  "destroyed (the real core touches freed memory here)");
 		return ST_FALSE;
 	}
-	if (m) pthread_mutex_lock(&m->m);
+	/* switch_mutex_lock(codec->mutex) first: blocks while another thread holds it, forever if that
+	 * thread holds it outside any core call (write_frame's NOOP bug leaves it so). Sim: violation,
+	 * and the destroy goes on without the lock. */
+	if (m) locked = mutex_lock(m, 1, "switch_core_codec_destroy");
 	if (!codec_ready(codec)) {
-		if (m) pthread_mutex_unlock(&m->m);
+		if (locked) {
+			mutex_unlock(m);
+			mutex_end_scope(m);
+		}
 		core_error("Codec is not initialized!");
 		return ST_NOT_INITALIZED;
 	}
 	codec->flags &= ~CODEC_FLAG_READY;
 	free_pool = (codec->flags & CODEC_FLAG_FREE_POOL) != 0;
-	if (m) pthread_mutex_unlock(&m->m);
+	if (locked) {
+		mutex_unlock(m);
+		mutex_end_scope(m);
+	}
 	if (free_pool) {
 		sim_pool_t *sp = pool;
 		if (sp && sp->magic == SIM_POOL_MAGIC) {
 			sp->magic = 0;
-			sim_mutex_free(sp->mutex);
+			/* the pool takes the mutex with it; one still held by another thread (the deadlock
+			 * case above) is kept until fssim_reset so that thread's unlock touches live memory */
+			if (m && !locked) orphan_add(sp->mutex, 1);
+			else sim_mutex_free(sp->mutex);
 			free(sp->fmtp);
 			free(sp);
 		}
 	}
 	memset(codec, 0, sizeof(*codec));
 	return ST_SUCCESS;
+}
+
+/* switch_apr.c: switch_mutex_lock/unlock return fspr_thread_mutex_lock/unlock's result, which
+ * is pthread's (0, or an errno value such as EPERM = 1 for unlocking a recursive mutex this
+ * thread does not hold). The only switch_mutex_t the simulator hands out is codec->mutex. */
+API int switch_mutex_lock(void *mutex)
+{
+	sim_mutex_t *m = mutex_check(mutex, "switch_mutex_lock");
+	if (!m) return ST_FALSE;
+	return mutex_lock(m, 0, "switch_mutex_lock") ? 0 : EDEADLK;
+}
+
+API int switch_mutex_unlock(void *mutex)
+{
+	sim_mutex_t *m = mutex_check(mutex, "switch_mutex_unlock");
+	if (!m) return ST_FALSE;
+	return mutex_unlock(m);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2316,6 +2550,36 @@ static void set_rate_vars(sim_chan_t *c)
 	var_set(c, "write_rate", tmp);
 }
 
+static void codec_setup(sim_chan_t *c, sim_codec_t *codec, sim_mutex_t *m, const sim_codec_impl_t *impl,
+						const sim_codec_iface_t *iface)
+{
+	memset(codec, 0, sizeof(*codec));
+	codec->codec_interface = (void *) iface;
+	codec->implementation = impl;
+	codec->flags = CODEC_FLAG_ENCODE | CODEC_FLAG_DECODE | CODEC_FLAG_READY;
+	codec->memory_pool = &c->pool;
+	codec->mutex = m;
+	codec->session = &c->session;
+}
+
+static void chan_setup_codecs(sim_chan_t *c)
+{
+	const sim_codec_iface_t *iface = c->write_raw ? &g_l16_iface : &g_chan_iface;
+	codec_setup(c, &c->read_codec, c->read_codec_mutex, c->chan_impl, iface);
+	codec_setup(c, &c->write_codec, c->write_codec_mutex, c->chan_impl, iface);
+	c->core_impl = l16_find(c->rate, (int) c->ptime_ms, 1, 0);
+	if (!c->core_impl && c->write_raw) c->core_impl = c->chan_impl;
+	if (!c->core_impl) {
+		c->core_impl_own = c->impl;
+		c->core_impl_own.iananame = "L16";
+		c->core_impl_own.ianacode = 100;
+		c->core_impl_own.codec_id = L16_CODEC_ID;
+		c->core_impl = &c->core_impl_own;
+	}
+	codec_setup(c, &c->core_codec, c->core_codec_mutex, c->core_impl, &g_l16_iface);
+	codec_setup(c, &c->partner_codec, c->partner_codec_mutex, c->core_impl, &g_l16_iface);
+}
+
 static void chan_set_impl(sim_chan_t *c, const char *iananame, int ianacode, uint32_t clock_rate, int bits)
 {
 	uint32_t spf = c->rate * c->ptime_ms / 1000;
@@ -2336,6 +2600,19 @@ static void chan_set_impl(sim_chan_t *c, const char *iananame, int ianacode, uin
 	c->impl.codec_id = !strcasecmp(iananame, "L16") ? L16_CODEC_ID : 1 + (uint32_t) (ianacode & 0x7f) + 10;
 	c->impl.impl_id = atomic_fetch_add(&g_impl_ids, 1);
 	c->impl.modname = "fssim";
+	c->chan_impl = &c->impl;
+	c->write_raw = 0;
+	if (!strcasecmp(iananame, "L16")) {
+		/* an L16 channel (loopback, or a call that negotiated L16) has codecs made by
+		 * switch_core_codec_init("L16", rate, ptime): the registered implementation itself */
+		const sim_codec_impl_t *reg = l16_find(c->rate, (int) c->ptime_ms, 1, 0);
+		if (reg) {
+			c->impl = *reg;
+			c->chan_impl = reg;
+		}
+		c->write_raw = 1;
+	}
+	chan_setup_codecs(c);
 	set_rate_vars(c);
 }
 
@@ -2402,29 +2679,12 @@ API int fssim_channel_new(const char *uuid, uint32_t rate, uint32_t ptime_ms)
 	init_mono_cond(&c->ctl_cond);
 	pthread_rwlock_init(&c->bug_rwlock, NULL);
 
+	c->read_codec_mutex = sim_mutex_new(&c->pool);
+	c->write_codec_mutex = sim_mutex_new(&c->pool);
+	c->core_codec_mutex = sim_mutex_new(&c->pool);
+	c->partner_codec_mutex = sim_mutex_new(&c->pool);
 	if (rate == 8000) chan_set_impl(c, "PCMU", 0, 8000, 64000);
 	else chan_set_impl(c, "L16", 100, rate, (int) rate * 16);
-
-	c->read_codec_mutex = sim_mutex_new();
-	c->read_codec.codec_interface = &g_chan_iface;
-	c->read_codec.implementation = &c->impl;
-	c->read_codec.flags = CODEC_FLAG_ENCODE | CODEC_FLAG_DECODE | CODEC_FLAG_READY;
-	c->read_codec.mutex = c->read_codec_mutex;
-	c->read_codec.session = &c->session;
-
-	c->core_impl = l16_find(rate, (int) ptime_ms, 1, 0);
-	if (!c->core_impl) {
-		c->core_impl_own = c->impl;
-		c->core_impl_own.iananame = "L16";
-		c->core_impl_own.ianacode = 100;
-		c->core_impl_own.codec_id = L16_CODEC_ID;
-		c->core_impl = &c->core_impl_own;
-	}
-	c->core_codec_mutex = sim_mutex_new();
-	c->core_codec.codec_interface = &g_l16_iface;
-	c->core_codec.implementation = c->core_impl;
-	c->core_codec.flags = CODEC_FLAG_ENCODE | CODEC_FLAG_DECODE | CODEC_FLAG_READY;
-	c->core_codec.mutex = c->core_codec_mutex;
 
 	c->read_hz = 440.0;
 	c->write_hz = 880.0;
@@ -2683,6 +2943,34 @@ API long fssim_channel_partner_tid(int id)
 	return tid;
 }
 
+API void *fssim_channel_read_codec(int id)
+{
+	sim_chan_t *c = chan_by_id(id);
+	return c ? &c->read_codec : NULL;
+}
+
+API void *fssim_channel_write_codec(int id)
+{
+	sim_chan_t *c = chan_by_id(id);
+	return c ? &c->write_codec : NULL;
+}
+
+/* how many times a codec mutex (codec->mutex) is locked right now, 0 if free, -1 if not one */
+API int fssim_mutex_lock_count(void *mutex)
+{
+	sim_mutex_t *m = mutex;
+	if (!m || m->magic != SIM_MUTEX_MAGIC) return -1;
+	return (int) DEPTH_COUNT(atomic_load(&m->depth));
+}
+
+/* gettid of the thread holding a codec mutex, 0 if free (or not a codec mutex) */
+API long fssim_mutex_owner(void *mutex)
+{
+	sim_mutex_t *m = mutex;
+	if (!m || m->magic != SIM_MUTEX_MAGIC) return 0;
+	return atomic_load(&m->owner);
+}
+
 API int fssim_locks_outstanding(void)
 {
 	return atomic_load(&g_locks_outstanding);
@@ -2778,7 +3066,9 @@ static void chan_free(sim_chan_t *c)
 		c->pool.magic = 0;
 	}
 	sim_mutex_free(c->read_codec_mutex);
+	sim_mutex_free(c->write_codec_mutex);
 	sim_mutex_free(c->core_codec_mutex);
+	sim_mutex_free(c->partner_codec_mutex);
 	free(c->heard);
 	c->session.magic = 0;
 	c->channel.magic = 0;

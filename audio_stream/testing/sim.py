@@ -21,6 +21,24 @@ Typical use in a test::
 ``SimSwitch.path`` is the shared library; the project loads it with
 ``ctypes.CDLL(path)`` where inside FreeSWITCH it uses ``ctypes.CDLL(None)``.
 
+Channel codecs. An 8 kHz channel is PCMU by default; any other rate is L16 by default.
+``ch.set_codec(...)`` (before start) renames it, e.g. ``("G722", 9, 8000, 64000)`` at 16 kHz.
+A channel whose codec is L16 behaves like a loopback channel (mod_loopback's codecs are
+``switch_core_codec_init("L16", rate, ptime)``): its read and write codecs use the registered
+L16 implementation itself, and the L16 encoder returns SWITCH_STATUS_NOOP. That exposes the
+1.10.12 write_frame bug (docs/internals/core-semantics.md, "Codec mutexes"): with a
+WRITE_REPLACE bug on the session, a frame written with your own L16 codec of the same rate and
+ptime comes back with ``frame->codec`` set to the session's write codec, and your codec's
+mutex stays locked (once more per such write) by the writing thread. To get such a channel at
+8 kHz::
+
+    ch = sw.loopback_channel(rate=8000)   # same as sw.channel(rate=8000) + ch.set_codec("L16", 100)
+    ch.write_codec_ptr                    # the session's switch_codec_t* (what frame->codec becomes)
+    sw.mutex_lock_count(codec.mutex)      # 1 after one such write from the session thread...
+    sw.mutex_owner(codec.mutex)           # ...held by ch.thread_id
+
+PCMU (and any other non-L16 name) encodes with SUCCESS and never touches the caller's frame.
+
 Environment: ``CC`` (compiler, default ``cc``), ``AUDIO_STREAM_SIM_CACHE`` (cache
 dir, default ``$XDG_CACHE_HOME/audio_stream`` or ``~/.cache/audio_stream``),
 ``FSSIM_LOG=1`` (print what the real core would log at ERROR level),
@@ -122,6 +140,10 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "fssim_channel_state": (c_int, [c_int]),
     "fssim_channel_thread_tid": (c_long, [c_int]),
     "fssim_channel_partner_tid": (c_long, [c_int]),
+    "fssim_channel_read_codec": (c_void_p, [c_int]),
+    "fssim_channel_write_codec": (c_void_p, [c_int]),
+    "fssim_mutex_lock_count": (c_int, [c_void_p]),
+    "fssim_mutex_owner": (c_long, [c_void_p]),
     "fssim_locks_outstanding": (c_int, []),
     "fssim_sessions_alive": (c_int, []),
     "fssim_violations": (c_int, []),
@@ -182,6 +204,12 @@ class SimSwitch:
             raise ValueError(f"fssim_channel_new({uuid!r}, {rate}, {ptime_ms}) failed: {self.last_violation()}")
         return SimChannel(self, cid)
 
+    def loopback_channel(self, uuid: str | None = None, rate: int = 8000, ptime_ms: int = 20) -> SimChannel:
+        """A channel with L16 codecs, like a mod_loopback leg (see the module docstring)."""
+        ch = self.channel(uuid, rate, ptime_ms)
+        ch.set_codec("L16", 100)
+        return ch
+
     def find(self, uuid: str) -> SimChannel | None:
         cid = self.lib.fssim_channel_find(uuid.encode())
         return SimChannel(self, cid) if cid > 0 else None
@@ -191,6 +219,16 @@ class SimSwitch:
         """Hold a reference (e.g. a CFUNCTYPE callback) until reset()."""
         self._keep.append(obj)
         return obj
+
+    # -- codec mutexes ----------------------------------------------------
+    def mutex_lock_count(self, mutex: int | None) -> int:
+        """How many times a codec mutex (``switch_codec_t.mutex``) is locked now; 0 if free,
+        -1 if the pointer is not a codec mutex."""
+        return self.lib.fssim_mutex_lock_count(mutex)
+
+    def mutex_owner(self, mutex: int | None) -> int:
+        """Native thread id (gettid) holding a codec mutex, 0 if free."""
+        return self.lib.fssim_mutex_owner(mutex)
 
     # -- global counters --------------------------------------------------
     def locks_outstanding(self) -> int:
@@ -246,7 +284,9 @@ class SimChannel:
 
     def set_codec(self, iananame: str, ianacode: int, clock_rate: int = 0, bits_per_second: int = 0) -> None:
         """Change the negotiated codec's name/payload/RTP clock rate (before start);
-        the sample rate stays the channel's. E.g. ("G722", 9, 8000, 64000) at 16 kHz."""
+        the sample rate stays the channel's. E.g. ("G722", 9, 8000, 64000) at 16 kHz.
+        "L16" makes it loopback-like: the registered L16 implementation at the channel's
+        rate/ptime (clock_rate and bits_per_second are then ignored) and a NOOP encoder."""
         if self.lib.fssim_channel_set_codec(self.id, iananame.encode(), ianacode, clock_rate, bits_per_second):
             raise RuntimeError(self.switch.last_violation())
 
@@ -326,6 +366,17 @@ class SimChannel:
     def thread_id(self) -> int:
         """Native id (gettid) of the session thread; compare with threading.get_native_id()."""
         return self.lib.fssim_channel_thread_tid(self.id)
+
+    @property
+    def read_codec_ptr(self) -> int:
+        """The session's read codec (``switch_codec_t*``; the codec of the frames bugs are pinged with)."""
+        return self.lib.fssim_channel_read_codec(self.id) or 0
+
+    @property
+    def write_codec_ptr(self) -> int:
+        """The session's write codec (``switch_codec_t*``); on an L16 channel, what the write_frame
+        NOOP bug stores into the caller's ``frame->codec``."""
+        return self.lib.fssim_channel_write_codec(self.id) or 0
 
     @property
     def partner_thread_id(self) -> int:

@@ -1,0 +1,147 @@
+import io
+import wave
+
+import numpy as np
+import pytest
+
+from audio_stream import audio
+from .support import dominant_hz, tone
+
+
+def chunks(b, n):
+    return [b[i:i + n] for i in range(0, len(b), n)]
+
+
+@pytest.mark.parametrize("rin,rout", [(8000, 16000), (16000, 8000), (8000, 44100), (16000, 48000),
+                                      (48000, 8000), (8000, 8000), (16000, 24000)])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_uplink_exact_counts_and_chunks(rin, rout, channels):
+    x = tone(440, rin, 1.0)
+    if channels == 2:
+        x = np.stack([x, tone(1000, rin, 1.0)], axis=1).reshape(-1)
+    up = audio.Uplink(rin, rout, channels, 20)
+    out = []
+    for c in chunks(x.tobytes(), rin // 50 * 2 * channels):
+        out += up.feed(c)
+    out += up.flush()
+    assert sum(len(c) for c in out) == rout * 2 * channels
+    assert {len(c) for c in out[:-1]} == {rout // 50 * 2 * channels}
+    y = np.frombuffer(b"".join(out), "<i2")
+    if channels == 2:
+        assert abs(dominant_hz(y[0::2], rout, 0.5) - 440) < 5
+        assert abs(dominant_hz(y[1::2], rout, 0.5) - 1000) < 5
+    else:
+        assert abs(dominant_hz(y, rout, 0.5) - 440) < 5
+
+
+def test_frame_by_frame_resampling_has_no_edges():
+    """Stateful: resampling 20 ms at a time equals resampling the whole signal at once."""
+    x = tone(440, 8000, 1.0).tobytes()
+    whole = audio.Resampler(8000, 16000)
+    ref = np.frombuffer(whole.process(x) + whole.flush(), "<i2").astype(int)
+    parts = audio.Resampler(8000, 16000)
+    got = np.frombuffer(b"".join(parts.process(c) for c in chunks(x, 320)) + parts.flush(), "<i2").astype(int)
+    assert len(got) == len(ref) == 16000
+    assert np.abs(got - ref).max() <= 2
+    d = np.abs(np.diff(got[400:-400]))
+    assert d.max() < 1.2 * np.abs(np.diff(ref[400:-400])).max()
+
+
+def test_uplink_buffer_sizes_with_30ms_ptime():
+    up = audio.Uplink(8000, 8000, 1, 60)
+    x = tone(440, 8000, 0.99).tobytes()
+    out = []
+    for c in chunks(x, 480):  # 30 ms frames
+        out += up.feed(c)
+    out += up.flush()
+    assert [len(c) for c in out[:-1]] == [960] * (len(out) - 1)
+    assert sum(map(len, out)) == len(x)
+
+
+def test_g711_matches_reference():
+    audioop = pytest.importorskip("audioop")
+    b = bytes(range(256))
+    assert audio.ULAW[np.frombuffer(b, np.uint8)].tobytes() == audioop.ulaw2lin(b, 2)
+    assert audio.ALAW[np.frombuffer(b, np.uint8)].tobytes() == audioop.alaw2lin(b, 2)
+
+
+def wav_bytes(x, rate, channels=1, width=2):
+    f = io.BytesIO()
+    with wave.open(f, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(x)
+    return f.getvalue()
+
+
+def test_wav_decoding():
+    x = tone(700, 16000, 0.2)
+    pcm, rate = audio.decode_wav(wav_bytes(x.tobytes(), 16000))
+    assert rate == 16000 and pcm == x.tobytes()
+    st = np.stack([x, x], axis=1).reshape(-1)
+    pcm, _ = audio.decode_wav(wav_bytes(st.tobytes(), 16000, 2))
+    assert np.array_equal(np.frombuffer(pcm, "<i2"), x)
+    u8 = ((x.astype(int) >> 8) + 128).astype(np.uint8)
+    pcm, _ = audio.decode_wav(wav_bytes(u8.tobytes(), 8000, 1, 1))
+    assert np.abs(np.frombuffer(pcm, "<i2").astype(int) - (x.astype(int) >> 8 << 8)).max() == 0
+    with pytest.raises(audio.AudioFormatError, match="broken WAV"):
+        audio.decode_wav(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with pytest.raises(audio.AudioFormatError):
+        audio.decode_wav(wav_bytes(b"\x00" * 12, 8000, 1, 3))
+
+
+def test_downlink_carries_odd_byte():
+    d = audio.Downlink(8000)
+    x = tone(500, 8000, 0.1).tobytes()
+    out = d.binary(x[:101], 8000) + d.binary(x[101:], 8000)
+    assert out == x
+
+
+def test_queue_cap_marks_clear_pause():
+    t = [0.0]
+    q = audio.PlaybackQueue(8000, 1010, clock=lambda: t[0])
+    assert q.mark("empty") is True
+    assert q.push(b"\x01\x00" * 8000)
+    assert not q.push(b"\x00\x00" * 100)    # over the 1.01 s cap: refused whole
+    assert q.mark("m1") is False
+    assert q.push(b"\x02\x00" * 80)
+    assert q.mark("m2") is False
+    t[0] = 1.0
+    got, marks = q.pull(16000 - 320)
+    assert len(got) == 15680 and marks is None
+    got, marks = q.pull(320)
+    assert marks == ["m1"] and got == b"\x01\x00" * 160
+    q.paused = True
+    assert q.pull(320) == (None, None)
+    q.paused = False
+    got, marks = q.pull(320)                 # 160 bytes left: padded with silence, mark m2 reached
+    assert got == b"\x02\x00" * 80 + b"\x00" * 160 and marks == ["m2"]
+    assert q.pull(320) == (None, None)
+
+
+def test_queue_short_tail_waits_for_more_audio():
+    t = [0.0]
+    q = audio.PlaybackQueue(8000, 1000, clock=lambda: t[0])
+    q.push(b"\x01\x00" * 100)
+    assert q.pull(320) == (None, None)       # just arrived: more may follow
+    t[0] = 0.01
+    q.push(b"\x01\x00" * 100)
+    got, _ = q.pull(320)
+    assert got == b"\x01\x00" * 160          # a full frame now
+    t[0] = 1.0
+    got, _ = q.pull(320)
+    assert got == b"\x01\x00" * 40 + b"\x00" * 240
+
+
+def test_queue_clear_returns_marks_and_keeps_positions():
+    q = audio.PlaybackQueue(8000, 1000, clock=lambda: 10.0)
+    q.push(b"\x00" * 640)
+    q.mark("a")
+    q.push(b"\x00" * 640)
+    q.mark("b")
+    assert q.clear() == ["a", "b"] and q.queued == 0
+    assert q.mark("c") is True
+    q.push(b"\x00" * 320)
+    q.mark("d")
+    assert q.pull(320)[1] == ["d"]

@@ -1,0 +1,67 @@
+import pytest
+from hypothesis import given, strategies as st
+
+from audio_stream.config import ConfigError, settings_from, switch_true
+
+
+def make(vars_, ptime=20):
+    return settings_from(lambda n: vars_.get(n), ptime)
+
+
+def test_defaults():
+    s = make({})
+    assert (s.buffer_ms, s.heart_beat, s.deflate, s.suppress_log, s.playback) == (20, 0, True, False, True)
+    assert s.extra_headers == () and s.sample_rate is None and s.playback_buffer_ms == 60000
+
+
+def test_mod_audio_stream_variables():
+    s = make({"STREAM_BUFFER_SIZE": "100", "STREAM_HEART_BEAT": "15", "STREAM_MESSAGE_DEFLATE": "true",
+              "STREAM_SUPPRESS_LOG": "yes", "STREAM_EXTRA_HEADERS": '{"Authorization": "Bearer x", "X-A": "1"}'})
+    assert s.buffer_ms == 100 and s.heart_beat == 15 and s.deflate is False and s.suppress_log
+    assert s.extra_headers == (("Authorization", "Bearer x"), ("X-A", "1"))
+
+
+def test_buffer_size_multiple_of_ptime():
+    assert make({"STREAM_BUFFER_SIZE": "60"}, ptime=30).buffer_ms == 60
+    with pytest.raises(ConfigError, match="not a multiple of the call's 30 ms ptime"):
+        make({"STREAM_BUFFER_SIZE": "40"}, ptime=30)
+    with pytest.raises(ConfigError, match="not an integer"):
+        make({"STREAM_BUFFER_SIZE": "fast"})
+    with pytest.raises(ConfigError, match="out of range"):
+        make({"STREAM_BUFFER_SIZE": "0"})
+
+
+@pytest.mark.parametrize("raw,why", [("{bad", "not valid JSON"), ("[1]", "JSON object"),
+                                     ('{"A": 1}', "not a string"), ('{"A B": "x"}', "not a valid header name"),
+                                     ('{"A": "x\\r\\nInjected: 1"}', "CR, LF")])
+def test_extra_headers_rejected(raw, why):
+    with pytest.raises(ConfigError, match=why):
+        make({"STREAM_EXTRA_HEADERS": raw})
+
+
+@pytest.mark.parametrize("v,expected", [("true", True), ("YES", True), ("on", True), ("t", True), ("1", True),
+                                        ("enabled", True), ("false", False), ("0", False), ("no", False),
+                                        ("", False), (None, False), ("maybe", False)])
+def test_switch_true(v, expected):
+    assert switch_true(v) is expected
+
+
+def test_playback_and_rates():
+    s = make({"STREAM_PLAYBACK": "false", "STREAM_SAMPLE_RATE": "24000", "STREAM_PLAYBACK_BUFFER": "5000"})
+    assert s.playback is False and s.sample_rate == 24000 and s.playback_buffer_ms == 5000
+    with pytest.raises(ConfigError, match="STREAM_SAMPLE_RATE"):
+        make({"STREAM_SAMPLE_RATE": "7"})
+
+
+def test_empty_value_means_default():
+    assert make({"STREAM_BUFFER_SIZE": ""}).buffer_ms == 20
+
+
+@given(st.dictionaries(st.sampled_from(["STREAM_BUFFER_SIZE", "STREAM_HEART_BEAT", "STREAM_EXTRA_HEADERS",
+                                        "STREAM_PLAYBACK_BUFFER", "STREAM_SAMPLE_RATE", "STREAM_MAX_MESSAGE",
+                                        "STREAM_CONNECT_TIMEOUT"]), st.text(max_size=40)))
+def test_any_values_give_settings_or_config_error(vars_):
+    try:
+        make(vars_)
+    except ConfigError as e:
+        assert str(e)

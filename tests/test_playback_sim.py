@@ -1,0 +1,360 @@
+"""Full duplex on the switch simulator: what the server sends is what the far end hears."""
+import base64
+import io
+import json
+import os
+import wave
+
+import numpy as np
+import pytest
+import samplerate
+
+from audio_stream.testing.sim import wait_until
+
+from .support import dominant_hz, tone
+
+def b64(b):
+    return base64.b64encode(b).decode()
+
+
+def stream_audio(kind, payload, rate=None, **extra):
+    data = {"audioDataType": kind, "audioData": b64(payload)}
+    if rate is not None:
+        data["sampleRate"] = rate
+    data.update(extra)
+    return json.dumps({"type": "streamAudio", "data": data})
+
+
+def wav(x, rate, channels=1):
+    f = io.BytesIO()
+    with wave.open(f, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(x.tobytes())
+    return f.getvalue()
+
+
+def lin2ulaw(x):
+    """Independent G.711 mu-law encoder (the reference formula)."""
+    x = np.clip(x.astype(np.int32), -32635, 32635)
+    sign = np.where(x < 0, 0x80, 0)
+    m = np.abs(x) + 0x84
+    exp = np.floor(np.log2(m)).astype(int) - 7
+    mant = (m >> (exp + 3)) & 0x0F
+    return (~(sign | (exp << 4) | mant) & 0xFF).astype(np.uint8)
+
+
+def ulaw2lin(u):
+    u = ~u.astype(np.int32) & 0xFF
+    t = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 7)
+    return np.where(u & 0x80, 0x84 - t, t - 0x84)
+
+
+def segment(heard, n):
+    """The first n samples after the channel started hearing something that is not silence."""
+    nz = np.nonzero(np.abs(heard.astype(int)) > 2)[0]
+    assert len(nz), "nothing heard"
+    return heard[nz[0]:nz[0] + n]
+
+
+def snr_db(ref, got):
+    ref = ref.astype(float)
+    got = got.astype(float)
+    # align on the cross-correlation peak (the filters differ by a few samples)
+    corr = np.correlate(got[:2000], ref[:1000], mode="valid")
+    lag = int(np.argmax(corr))
+    got = got[lag:lag + len(ref)]
+    ref = ref[:len(got)]
+    return 10 * np.log10(np.sum(ref ** 2) / max(np.sum((ref - got) ** 2), 1e-9))
+
+
+def start(h, ch, server, mix="mono", rate="8k"):
+    assert h.api("%s start %s %s %s" % (ch.uuid, server.url, mix, rate)) == "+OK Success"
+    return server.wait_conn()
+
+
+@pytest.mark.parametrize("core_writing", [0, 1, 2], ids=["parked", "core-writing", "bridged"])
+def test_raw_same_rate_is_bit_exact(h, core_writing):
+    x = tone(700, 8000, 1.0, 6000)
+    server = h.server()
+    ch = h.call(rate=8000, core_writing=core_writing, write_hz=300)
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", x.tobytes(), 8000))
+    server.send(conn, '{"type":"mark","data":{"name":"end"}}')
+    assert server.wait_for(lambda: any('"end"' in t for t in conn.texts), 5)
+    t0 = ch.ticks
+    assert wait_until(lambda: ch.ticks >= t0 + 2)    # the acked frame is handed over, then heard
+    heard = ch.heard()
+    i = int(np.argmax(np.correlate(heard[:24000].astype(float), x[:400].astype(float), "valid")))
+    assert np.array_equal(heard[i:i + 8000], x)
+    if core_writing:
+        assert abs(dominant_hz(heard[:i], 8000) - 300) < 10 if i > 800 else True
+
+
+@pytest.mark.parametrize("kind,src_rate", [("raw", 16000), ("raw", 24000), ("raw", 48000), ("wav", 8000),
+                                           ("wav", 16000), ("wav", 48000), ("pcmu", 8000), ("pcma", 8000),
+                                           ("binary", 8000), ("binary", 16000), ("binary", 24000)])
+@pytest.mark.parametrize("call_rate", [8000, 16000])
+def test_formats_and_rates(h, kind, src_rate, call_rate):
+    x = tone(700, src_rate, 1.0, 6000)
+    extra = {}
+    if kind == "binary":
+        extra["STREAM_SAMPLE_RATE"] = src_rate
+    server = h.server()
+    ch = h.call(rate=call_rate, **extra)
+    conn = start(h, ch, server, rate="16k")
+    if kind == "raw":
+        server.send(conn, stream_audio("raw", x.tobytes(), src_rate))
+        ref = x
+    elif kind == "wav":
+        server.send(conn, stream_audio("wav", wav(x, src_rate)))
+        ref = x
+    elif kind == "pcmu":
+        u = lin2ulaw(x)
+        server.send(conn, stream_audio("pcmu", u.tobytes()))
+        ref = ulaw2lin(u).astype("<i2")
+    elif kind == "pcma":
+        import audio_stream.audio as A
+        # nearest A-law code for each sample (the decode table itself is checked against audioop)
+        table = A.ALAW.astype(int)
+        order = np.argsort(table)
+        idx = np.clip(np.searchsorted(table[order], x.astype(int)), 0, 255)
+        codes = order[idx].astype(np.uint8)
+        server.send(conn, stream_audio("pcma", codes.tobytes()))
+        ref = table[codes].astype("<i2")
+    else:
+        raw = x.tobytes()
+        for i in range(0, len(raw), 333):        # odd-sized binary frames
+            server.send(conn, raw[i:i + 333])
+        ref = x
+    server.send(conn, '{"type":"mark","data":{"name":"end"}}')
+    assert server.wait_for(lambda: any('"end"' in t for t in conn.texts), 6)
+    heard = ch.heard()
+    if src_rate != call_rate:
+        ref = (samplerate.resample(ref.astype(np.float32) / 32768, call_rate / src_rate, "sinc_best") * 32768)
+    got = segment(heard, int(call_rate * 1.05))
+    assert abs(dominant_hz(got, call_rate, 0.5) - 700) < 5
+    assert snr_db(np.asarray(ref)[call_rate // 10:call_rate // 2], got) > 30
+    nz = np.nonzero(np.abs(heard.astype(int)) > 2)[0]
+    assert abs((nz[-1] - nz[0] + 1) - call_rate) < call_rate * 0.01   # 1 s heard, no gap, no extra
+
+
+def test_kill_audio_silences_within_one_frame(h):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", tone(700, 8000, 5.0).tobytes(), 8000))
+    server.send(conn, '{"type":"mark","data":{"name":"m1"}}')
+    assert wait_until(lambda: len(ch.heard()) > 4000, 5)
+    assert h.api("%s playback_clear" % ch.uuid) == "+OK Success"
+    n0 = len(ch.heard())
+    t0 = ch.ticks
+    assert wait_until(lambda: ch.ticks >= t0 + 10, 5)
+    assert len(ch.heard()) - n0 <= 160                    # at most the frame in flight
+    assert server.wait_for(lambda: '{"type":"mark","data":{"name":"m1","event":"cleared"}}' in conn.texts)
+    stopped = h.event("playback_stopped")
+    assert json.loads(stopped["_body"]) == {"reason": "cleared"}
+    mark = h.event("mark")
+    assert json.loads(mark["_body"]) == {"name": "m1", "event": "cleared"}
+
+
+@pytest.mark.parametrize("message", ['{"type":"killAudio"}', '{"type":"clear"}', '{"event":"clear"}'])
+def test_kill_audio_messages(h, message):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", tone(700, 8000, 5.0).tobytes(), 8000))
+    assert wait_until(lambda: len(ch.heard()) > 1600, 5)
+    server.send(conn, message)
+    h.event("playback_stopped")
+    n0 = len(ch.heard())
+    t0 = ch.ticks
+    assert wait_until(lambda: ch.ticks >= t0 + 10, 5)
+    assert len(ch.heard()) - n0 <= 160
+
+
+def test_marks_in_order_playout_and_cleared(h):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, '{"type":"mark","data":{"name":"early"}}')      # empty queue: at once
+    for i in range(3):
+        server.send(conn, stream_audio("raw", tone(500 + 100 * i, 8000, 0.2).tobytes(), 8000))
+        server.send(conn, '{"event":"mark","mark":{"name":"m%d"}}' % i)
+    server.send(conn, stream_audio("raw", tone(900, 8000, 5.0).tobytes(), 8000))
+    server.send(conn, '{"type":"mark","data":{"name":"late"}}')
+    acks = lambda: [json.loads(t)["data"] for t in conn.texts if t.startswith('{"type":"mark"')]  # noqa: E731
+    assert server.wait_for(lambda: len(acks()) >= 4, 5)
+    server.send(conn, '{"type":"killAudio"}')
+    assert server.wait_for(lambda: len(acks()) >= 5, 5)
+    assert acks() == [{"name": "early", "event": "playout"}, {"name": "m0", "event": "playout"},
+                      {"name": "m1", "event": "playout"}, {"name": "m2", "event": "playout"},
+                      {"name": "late", "event": "cleared"}]
+    # each playout ack came when its audio had been heard, not before
+    assert [json.loads(e["_body"])["name"] for e in h.events("mark")] == ["early", "m0", "m1", "m2", "late"]
+
+
+def test_clear_marks(h):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", tone(700, 8000, 3.0).tobytes(), 8000))
+    server.send(conn, '{"type":"mark","data":{"name":"x"}}')
+    server.send(conn, '{"type":"clearMarks"}')
+    assert server.wait_for(lambda: '{"type":"mark","data":{"name":"x","event":"cleared"}}' in conn.texts)
+    assert wait_until(lambda: len(ch.heard()) > 8000, 5)   # the audio itself keeps playing
+
+
+def test_pause_resume_keeps_the_queue(h):
+    x = tone(700, 8000, 1.0, 6000)
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", x.tobytes(), 8000))
+    assert wait_until(lambda: len(ch.heard()) >= 2000, 5)
+    server.send(conn, '{"type":"pausePlayback"}')
+    ev = h.event("playback_stopped")
+    assert json.loads(ev["_body"]) == {"reason": "paused"}
+    n0 = len(ch.heard())
+    t0 = ch.ticks
+    assert wait_until(lambda: ch.ticks >= t0 + 15, 5)
+    assert len(ch.heard()) - n0 <= 160
+    assert h.api("%s playback_resume" % ch.uuid) == "+OK Success"
+    server.send(conn, '{"type":"mark","data":{"name":"done"}}')
+    assert server.wait_for(lambda: any('"done"' in t for t in conn.texts), 5)
+    heard = ch.heard()
+    i = int(np.argmax(np.correlate(heard[:4000].astype(float), x[:400].astype(float), "valid")))
+    assert np.array_equal(heard[i:i + 8000], x)          # nothing lost, nothing repeated
+    assert len(h.events("playback_started")) == 2
+    assert json.loads(h.event("playback_stopped", predicate=lambda e: "done" in e["_body"])["_body"]) == \
+        {"reason": "done"}
+
+
+def test_api_playback_pause_and_off(h):
+    server = h.server()
+    ch = h.call(rate=8000, STREAM_PLAYBACK="false")
+    start(h, ch, server)
+    assert h.api("%s playback_pause" % ch.uuid) == \
+        "-ERR playback is off for this stream (STREAM_PLAYBACK=false)"
+    ch2 = h.call(rate=8000)
+    start2 = h.api("%s start %s mono 8k" % (ch2.uuid, server.url))
+    assert start2 == "+OK Success"
+    assert h.api("%s playback_pause" % ch2.uuid) == "+OK Success"
+    assert h.api("%s playback_resume" % ch2.uuid) == "+OK Success"
+    assert h.api("%s playback_clear" % ch2.uuid) == "+OK Success"
+
+
+def test_queue_cap_refuses_newest_with_error_and_reply(h):
+    server = h.server()
+    ch = h.call(rate=8000, STREAM_PLAYBACK_BUFFER="1000")
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", tone(700, 8000, 0.8).tobytes(), 8000))
+    server.send(conn, stream_audio("raw", tone(700, 8000, 0.8).tobytes(), 8000))
+    ev = h.event("error")
+    body = json.loads(ev["_body"])
+    assert body["message"]["code"] == 11 and "playback queue full" in body["message"]["error"]
+    assert server.wait_for(lambda: any('"playback_buffer_full"' in t for t in conn.texts))
+    server.send(conn, '{"type":"mark","data":{"name":"end"}}')
+    assert server.wait_for(lambda: any('"end"' in t for t in conn.texts), 5)
+    nz = np.nonzero(ch.heard())[0]
+    assert abs((nz[-1] - nz[0] + 1) - 6400) <= 160
+
+
+@pytest.mark.parametrize("message,why", [
+    (stream_audio("raw", b"\x00\x01", None), "sampleRate"),
+    ('{"type":"streamAudio","data":{"audioDataType":"raw","sampleRate":8000,"audioData":"@@@"}}', "base64"),
+    (stream_audio("flac", b"\x00\x01", 8000), "unsupported audioDataType"),
+    (stream_audio("wav", b"RIFFjunkWAVEfmt nothing", None), "broken WAV"),
+    ('{"type":"mark","data":{}}', "mark without a name"),
+])
+def test_bad_messages_fire_errors_and_leave_the_call_alone(h, message, why):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    assert server.wait_for(lambda: len(conn.binaries) >= 3)
+    server.send(conn, message)
+    ev = h.event("error")
+    assert why in json.loads(ev["_body"])["message"]["error"]
+    assert server.wait_for(lambda: any(t.startswith('{"type":"error"') for t in conn.texts))
+    n = len(conn.binaries)
+    assert server.wait_for(lambda: len(conn.binaries) >= n + 5)          # the uplink goes on
+    server.send(conn, stream_audio("raw", tone(700, 8000, 0.2).tobytes(), 8000))
+    assert wait_until(lambda: len(np.nonzero(ch.heard())[0]) >= 1500, 5)  # and playback still works
+    assert len(h.events("error")) == 1
+
+
+def test_invalid_json_is_a_json_event(h):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, '{"type": "streamAudio", oops')
+    assert h.event("json")["_body"] == '{"type": "streamAudio", oops'
+    assert not h.events("error")
+    assert conn.closed.is_set() is False
+
+
+def test_oversize_message_is_refused_not_fatal(h):
+    server = h.server()
+    ch = h.call(rate=8000, STREAM_MAX_MESSAGE="2048")
+    conn = start(h, ch, server)
+    server.send(conn, json.dumps({"type": "transcript", "text": "x" * 5000}))
+    body = json.loads(h.event("error")["_body"])
+    assert "over STREAM_MAX_MESSAGE" in body["message"]["error"]
+    n = len(conn.binaries)
+    assert server.wait_for(lambda: len(conn.binaries) >= n + 5)
+
+
+def test_file_mode_is_mod_audio_stream_compatible(h, tmp_path):
+    server = h.server()
+    ch = h.call(rate=8000, STREAM_PLAYBACK="false")
+    conn = start(h, ch, server)
+    payload = tone(440, 16000, 0.1).tobytes()
+    server.send(conn, stream_audio("raw", payload, 16000, extra="kept"))
+    server.send(conn, stream_audio("mp3", b"ID3fake", None))
+    ev = h.event("play")
+    body = json.loads(ev["_body"])
+    assert body == {"audioDataType": "raw", "sampleRate": 16000, "extra": "kept", "file": body["file"]}
+    assert os.path.basename(body["file"]) == "%s_0.tmp.r16" % ch.uuid
+    with open(body["file"], "rb") as f:
+        assert f.read() == payload
+    ev2 = h.event("play", predicate=lambda e: "mp3" in e["_body"])
+    f2 = json.loads(ev2["_body"])["file"]
+    assert f2.endswith("%s_1.tmp.mp3" % ch.uuid)
+    assert len(ch.heard()) == 0                       # never injected
+    ch.hangup()
+    assert h.settle()
+    assert not os.path.exists(body["file"]) and not os.path.exists(f2)
+
+
+def test_mp3_always_uses_the_file_path(h):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("ogg", b"OggSfake", None))
+    assert json.loads(h.event("play")["_body"])["file"].endswith("_0.tmp.ogg")
+
+
+def test_hangup_while_playing(h):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", tone(700, 8000, 3.0).tobytes(), 8000))
+    h.event("playback_started")
+    ch.hangup()
+    assert json.loads(h.event("playback_stopped")["_body"]) == {"reason": "hangup"}
+    assert conn.closed.wait(5) and conn.close_code == 1000
+
+
+def test_playback_mixed_into_stereo_right_channel_when_we_write(h):
+    """On a parked call our own writes are the write stream: the stereo right channel carries
+    the bot's voice (what the caller hears)."""
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server, mix="stereo")
+    server.send(conn, stream_audio("raw", tone(700, 8000, 1.0).tobytes(), 8000))
+    server.send(conn, '{"type":"mark","data":{"name":"end"}}')
+    assert server.wait_for(lambda: any('"end"' in t for t in conn.texts), 5)
+    x = conn.audio()
+    assert abs(dominant_hz(x[1::2], 8000) - 700) < 10
+    assert abs(dominant_hz(x[0::2], 8000) - 440) < 10
