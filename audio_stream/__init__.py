@@ -11,12 +11,11 @@ no state and delegates at once to submodules (imported once, never reloaded).
 
 def fsapi(session=None, stream=None, env=None, args=None):
     """`python audio_stream <args>` from fs_cli / ESL."""
-    from . import api
     if stream is None:
-        # mod_python3 calls us with no arguments when it cannot decode the line as UTF-8.
-        from .switch import backend
-        backend().log("ERR", "the command line is not valid UTF-8; nothing was done")
+        # mod_python3 calls us with no arguments, and a UnicodeDecodeError pending, when the line
+        # is not valid UTF-8: nothing can be done or answered (FreeSWITCH says "-ERR no reply").
         return
+    from . import api
     stream.write(api.execute(args) + "\n")
 
 

@@ -34,6 +34,7 @@ class Conn:
         self.path = request.path
         self.headers = dict(request.headers)
         self.messages = []      # ("text", str) / ("binary", bytes) in arrival order
+        self.pings = []         # arrival times of pings (servers made with autoping=False)
         self.closed = threading.Event()
         self.close_code = None
         self.opened_at = time.monotonic()
@@ -54,7 +55,11 @@ class WSServer:
     """`on_connect(conn, server)` (optional coroutine) runs when a client connects, before the
     receive loop; it may send messages or close. `reject` = HTTP status to refuse upgrades."""
 
-    def __init__(self, on_connect=None, on_message=None, reject=None, handshake_delay=0.0):
+    def __init__(self, on_connect=None, on_message=None, reject=None, handshake_delay=0.0, autoping=True,
+                 pong=True):
+        """autoping=False: pings are recorded in conn.pings and answered only if `pong`."""
+        self.autoping = autoping
+        self.pong = pong
         self.handshake_delay = handshake_delay
         self.on_connect = on_connect
         self.on_message = on_message
@@ -92,7 +97,7 @@ class WSServer:
             return web.Response(status=self.reject, text="rejected")
         if self.handshake_delay:
             await asyncio.sleep(self.handshake_delay)
-        ws = web.WebSocketResponse(max_msg_size=0)
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=self.autoping)
         await ws.prepare(request)
         conn = Conn(request, ws)
         with self.cond:
@@ -106,7 +111,11 @@ class WSServer:
                     conn.messages.append(("text", m.data))
                 elif m.type == WSMsgType.BINARY:
                     conn.messages.append(("binary", m.data))
+                elif m.type == WSMsgType.PING:
+                    conn.pings.append(time.monotonic())
                 self.cond.notify_all()
+            if m.type == WSMsgType.PING and self.pong:
+                await ws.pong(m.data)
             if self.on_message:
                 await self.on_message(conn, m, self)
         conn.close_code = ws.close_code

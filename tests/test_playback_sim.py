@@ -140,6 +140,12 @@ def test_formats_and_rates(h, kind, src_rate, call_rate):
     assert abs((nz[-1] - nz[0] + 1) - call_rate) < call_rate * 0.01   # 1 s heard, no gap, no extra
 
 
+@pytest.mark.parametrize("call_rate", [24000, 48000])
+@pytest.mark.parametrize("kind,src_rate", [("raw", 16000), ("raw", 48000), ("pcmu", 8000), ("binary", 24000)])
+def test_wideband_calls(h, kind, src_rate, call_rate):
+    test_formats_and_rates(h, kind, src_rate, call_rate)
+
+
 def test_kill_audio_silences_within_one_frame(h):
     server = h.server()
     ch = h.call(rate=8000)

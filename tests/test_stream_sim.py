@@ -263,6 +263,45 @@ def test_headers_deflate_and_heartbeat(h):
     assert "permessage-deflate" in conn2.headers.get("Sec-WebSocket-Extensions", "")
 
 
+def test_heartbeat_pings(h):
+    server = h.server(autoping=False)
+    ch = h.call(rate=8000, STREAM_HEART_BEAT="0.3")
+    assert h.api("%s start %s mono 8k" % (ch.uuid, server.url)) == "+OK Success"
+    conn = server.wait_conn()
+    assert server.wait_for(lambda: len(conn.pings) >= 3, 3)
+    gaps = np.diff(conn.pings)
+    assert 0.2 < gaps.mean() < 0.45
+    ch2 = h.call(rate=8000)
+    assert h.api("%s start %s mono 8k" % (ch2.uuid, server.url)) == "+OK Success"
+    conn2 = server.wait_conn(2)
+    time.sleep(0.8)
+    assert conn2.pings == []        # off by default
+
+
+def test_missing_pong_is_error_5_and_ends_the_stream(h):
+    server = h.server(autoping=False, pong=False)
+    ch = h.call(rate=8000, STREAM_HEART_BEAT="0.4")
+    assert h.api("%s start %s mono 8k" % (ch.uuid, server.url)) == "+OK Success"
+    body = json.loads(h.event("error", timeout=5)["_body"])
+    assert body["message"]["code"] == 5 and "pong" in body["message"]["error"]
+    assert wait_until(lambda: service.get(ch.uuid) is None)
+    assert ch.bug_count == 0
+
+
+def test_suppress_log(h):
+    async def talk(conn, server):
+        await conn.ws.send_str('{"type":"transcript","text":"secret words"}')
+    server = h.server(on_connect=talk)
+    ch = h.call(rate=8000, STREAM_SUPPRESS_LOG="true")
+    assert h.api("%s start %s mono 8k" % (ch.uuid, server.url)) == "+OK Success"
+    h.event("json")
+    assert not any("secret words" in m for _, m in h.fs.logs())
+    ch2 = h.call(rate=8000)
+    assert h.api("%s start %s mono 8k" % (ch2.uuid, server.url)) == "+OK Success"
+    h.event("json", predicate=lambda e: e["Unique-ID"] == ch2.uuid)
+    assert any("secret words" in m for _, m in h.fs.logs())
+
+
 def test_every_error_reply(h):
     server = h.server()
     ch = h.call(rate=8000)
