@@ -87,3 +87,26 @@ async def connect(client, url, settings):
     except (aiohttp.ClientError, OSError, ValueError) as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
                            % (url, _describe(e))) from None
+
+
+# ---- receiving: what the stream needs to know, without aiohttp's types --------------------------
+
+TEXT, BINARY, CLOSED, LOST = "text", "binary", "closed", "lost"
+
+
+async def receive(ws):
+    """The next event from the server: (TEXT, str), (BINARY, bytes), (CLOSED, code, reason) for
+    a close frame, or (LOST, error_code, message) when the connection failed without one."""
+    msg = await ws.receive()
+    if msg.type == aiohttp.WSMsgType.TEXT:
+        return TEXT, msg.data
+    if msg.type == aiohttp.WSMsgType.BINARY:
+        return BINARY, msg.data
+    if msg.type == aiohttp.WSMsgType.CLOSE:
+        return CLOSED, msg.data, msg.extra or ""
+    exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return LOST, protocol.ERR_PING_TIMEOUT, "no pong from the server within the heartbeat"
+    if isinstance(exc, aiohttp.WebSocketError) and exc.code == 1009:
+        return LOST, protocol.ERR_IO, "message over the size limit (4 x STREAM_MAX_MESSAGE): closed with 1009"
+    return LOST, protocol.ERR_IO, "connection lost: %s" % (exc or "closed without a close frame")

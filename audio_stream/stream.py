@@ -12,8 +12,6 @@ import asyncio
 import os
 from collections import deque
 
-import aiohttp
-
 from . import audio, connection, protocol, service
 from .switch import core as C
 from .switch.media import MediaPort
@@ -43,6 +41,7 @@ class Stream:
         self.frames_dropped = 0
         self.texts = deque()
         self.final_text = None
+        self.stop_requested = False
         self.queue = audio.PlaybackQueue(call_rate, settings.playback_buffer_ms) if settings.playback else None
         self.downlink = audio.Downlink(call_rate)
         flags = C.SMBF_READ_STREAM
@@ -73,6 +72,7 @@ class Stream:
 
     def request_stop(self, session, text):
         self.final_text = text
+        self.stop_requested = True
         self.port.detach(session)
 
     def set_paused(self, paused):
@@ -115,7 +115,8 @@ class Stream:
         self.media_ended = True
         if self.port.playing:
             self.port.playing = False
-            self.fire("playback_stopped", protocol.dumps({"reason": "hangup"}))
+            reason = "stopped" if self.stop_requested else "hangup"
+            self.fire("playback_stopped", protocol.dumps({"reason": reason}))
         self._wake.set()
 
     def end_media(self):
@@ -188,38 +189,30 @@ class Stream:
         self._wake.set()
 
     async def _receive(self):
-        ws = self.ws
-        msg = None
+        event = None
         try:
             while True:
-                msg = await ws.receive()
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    self._on_text(msg.data)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self._on_binary(msg.data)
+                event = await connection.receive(self.ws)
+                if event[0] == connection.TEXT:
+                    self._on_text(event[1])
+                elif event[0] == connection.BINARY:
+                    self._on_binary(event[1])
                 else:
                     break
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a handler bug must not kill the receiver silently
             self.log("ERR", "receive failed: %r" % (e,))
+            event = (connection.LOST, protocol.ERR_IO, "receive failed: %r" % (e,))
         if self.closing:
             return
-        if msg is not None and msg.type == aiohttp.WSMsgType.CLOSE:
-            code, reason = msg.data, msg.extra or ""
-            self.log("INFO", "server closed the connection: %s %s" % (code, reason))
-            self.fire("disconnect", protocol.disconnect_body(code, reason))
+        kind, code, text = event
+        if kind == connection.CLOSED:
+            self.log("INFO", "server closed the connection: %s %s" % (code, text))
+            self.fire("disconnect", protocol.disconnect_body(code, text))
         else:
-            exc = ws.exception()
-            if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-                code, text = protocol.ERR_PING_TIMEOUT, "no pong from the server within the heartbeat"
-            else:
-                code = protocol.ERR_IO
-                text = "connection lost: %s" % (exc or "closed without a close frame")
             self.log("ERR", text)
             self.fire("error", protocol.error_body(code, text))
-            if ws.close_code is not None:
-                self.fire("disconnect", protocol.disconnect_body(ws.close_code, ""))
         self.end_media()
         self._wake.set()
 

@@ -352,6 +352,32 @@ def test_hangup_while_playing(h):
     assert conn.closed.wait(5) and conn.close_code == 1000
 
 
+def test_stop_while_playing(h):
+    server = h.server()
+    ch = h.call(rate=8000)
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", tone(700, 8000, 3.0).tobytes(), 8000))
+    h.event("playback_started")
+    assert h.api("%s stop" % ch.uuid) == "+OK Success"
+    assert json.loads(h.event("playback_stopped")["_body"]) == {"reason": "stopped"}
+    assert conn.closed.wait(5) and conn.close_code == 1000
+    n0 = len(ch.heard())
+    t0 = ch.ticks
+    assert wait_until(lambda: ch.ticks >= t0 + 5)
+    assert len(ch.heard()) == n0
+
+
+def test_far_oversize_message_closes_1009(h):
+    server = h.server()
+    ch = h.call(rate=8000, STREAM_MAX_MESSAGE="1024")
+    conn = start(h, ch, server)
+    server.send(conn, "x" * 5000)
+    body = json.loads(h.event("error")["_body"])
+    assert body["message"]["code"] == 1 and "1009" in body["message"]["error"]
+    assert conn.closed.wait(5) and conn.close_code == 1009
+    assert wait_until(lambda: ch.bug_count == 0)
+
+
 def test_playback_mixed_into_stereo_right_channel_when_we_write(h):
     """On a parked call our own writes are the write stream: the stereo right channel carries
     the bot's voice (what the caller hears)."""
