@@ -10,6 +10,7 @@ failed connect or a server close); the WebSocket side then sends what is left an
 """
 import asyncio
 import os
+import time
 from collections import deque
 
 from . import audio, connection, protocol, service
@@ -63,6 +64,7 @@ class Stream:
         self._files = []
         self._file_n = 0
         self._receiver = None
+        self._arrived = None
         self.bytes_sent = 0
         self.messages_sent = 0
 
@@ -271,6 +273,8 @@ class Stream:
         self._enqueue(self.downlink.convert(pcm, rate))
 
     def _enqueue(self, pcm):
+        if not self.queue.queued:
+            self._arrived = time.monotonic()     # audio arriving at an empty queue
         if not self.queue.push(pcm):
             self._bad("playback queue full (%d ms queued, STREAM_PLAYBACK_BUFFER %d ms): audio refused"
                       % (self.queue.queued_ms, self.settings.playback_buffer_ms), "playback_buffer_full")
@@ -325,8 +329,13 @@ class Stream:
             self.fire("playback_stopped", protocol.dumps({"reason": "paused"}))
 
     # MediaPort listener (called on the loop thread through call_soon_threadsafe)
-    def playback_started(self):
-        self.fire("playback_started", protocol.dumps({"queued_ms": self.queue.queued_ms}))
+    def playback_started(self, t):
+        body = {"queued_ms": self.queue.queued_ms}
+        arrived, self._arrived = self._arrived, None
+        if arrived is not None and t >= arrived:
+            # from the server's audio reaching us (at an empty queue) to its first frame in the call
+            body["latency_ms"] = round((t - arrived) * 1000, 1)
+        self.fire("playback_started", protocol.dumps(body))
 
     def playback_done(self):
         self.fire("playback_stopped", protocol.dumps({"reason": "done"}))

@@ -8,6 +8,7 @@ frames out, copies prepared playback in, and never blocks, allocates much, or ra
 import ctypes
 import itertools
 import threading
+import time
 
 from . import core as C
 
@@ -46,7 +47,8 @@ class MediaPort:
     `sink(bytes)` receives every frame read from the bug (media thread; must not block).
     `queue` (a PlaybackQueue or None) is what plays into the call. `listener` gets, through
     `notify(fn, *args)` (which must hand the call to the loop thread), `bug_closed()`,
-    `playback_started()`, `playback_done()` and `marks_played(names)`; and, directly on the
+    `playback_started(t)` (t: time.monotonic() of the first frame), `playback_done()` and
+    `marks_played(names)`; and, directly on the
     thread that closes the bug, `detached()` (must be quick and never block).
     """
 
@@ -155,7 +157,7 @@ class MediaPort:
             return None
         if not self.playing:
             self.playing = True
-            self.notify(self.listener.playback_started)
+            self.notify(self.listener.playback_started, time.monotonic())
         return data
 
     def on_write_replace(self, bug):

@@ -98,6 +98,7 @@ class EventListener:
                     ev[k] = unquote(v)
                     i += 1
                 ev["_body"] = "\n".join(lines[i + 1:]) if int(ev.get("Content-Length", "0") or 0) else None
+                ev["_received"] = time.time()
                 with self.cond:
                     self.events.append(ev)
                     self.cond.notify_all()
