@@ -1,6 +1,7 @@
 """The simulated switch for the product tests: the project's real ctypes binding drives the switch
 simulator (audio_stream/testing/fssim.c, built with the machine's cc) from native threads, events go
 through a stand-in `freeswitch` module, and the WebSocket servers are real aiohttp servers."""
+import os
 import threading
 import time
 
@@ -13,6 +14,17 @@ from audio_stream.testing import fake_freeswitch
 from audio_stream.testing.sim import SimSwitch, wait_until
 
 from .support import WSServer
+
+
+def _fds():
+    """Open file descriptors of this process, by target (sockets, pipes, files)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add((fd, os.readlink("/proc/self/fd/" + fd)))
+        except OSError:
+            pass
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +79,7 @@ class Harness:
 @pytest.fixture
 def h(sim):
     threads_before = {t.ident for t in threading.enumerate()}
+    fds_before = _fds()
     harness = Harness(sim)
     yield harness
     for ch in harness.channels:
@@ -87,3 +100,5 @@ def h(sim):
             break
         time.sleep(0.05)
     assert not extra, "threads left running: %r" % extra
+    leaked = _fds() - fds_before
+    assert not leaked, "file descriptors left open: %r" % sorted(leaked)
