@@ -72,7 +72,6 @@ class Uplink:
     of `chunk_ms` at the stream's rate."""
 
     def __init__(self, rate_in, rate_out, channels, chunk_ms):
-        self.channels = channels
         self.resampler = Resampler(rate_in, rate_out, channels)
         self.chunk_bytes = rate_out * chunk_ms // 1000 * 2 * channels
         self._buf = bytearray()

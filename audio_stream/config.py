@@ -131,9 +131,3 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         tls_no_hostname_check=switch_true(var("STREAM_TLS_DISABLE_HOSTNAME_VALIDATION")),
     )
 
-
-VARIABLES = ("STREAM_BUFFER_SIZE", "STREAM_HEART_BEAT", "STREAM_CONNECT_TIMEOUT",
-             "STREAM_MESSAGE_DEFLATE", "STREAM_SUPPRESS_LOG", "STREAM_EXTRA_HEADERS",
-             "STREAM_PLAYBACK", "STREAM_PLAYBACK_BUFFER", "STREAM_MAX_MESSAGE",
-             "STREAM_SAMPLE_RATE", "STREAM_TLS_CA_FILE", "STREAM_TLS_CERT_FILE",
-             "STREAM_TLS_KEY_FILE", "STREAM_TLS_DISABLE_HOSTNAME_VALIDATION")

@@ -45,10 +45,6 @@ def loop():
         return _loop
 
 
-def loop_thread():
-    return _thread
-
-
 def call(coro, timeout=5.0):
     """Run a coroutine on the loop from another thread and wait for its result."""
     fut = asyncio.run_coroutine_threadsafe(coro, loop())

@@ -65,8 +65,6 @@ class Stream:
         self._file_n = 0
         self._receiver = None
         self._arrived = None
-        self.bytes_sent = 0
-        self.messages_sent = 0
 
     # ---- API thread ------------------------------------------------------------------------------
     def attach(self, session):
@@ -166,23 +164,18 @@ class Stream:
             await self._pump()
             if self.media_ended:
                 for chunk in self.uplink.flush():
-                    await self._send_audio(chunk)
+                    await self.ws.send_bytes(chunk)
                 if self.final_text:
                     await ws.send_str(self.final_text)
                 self.closing = True
                 await ws.close(code=1000, message=b"")
                 break
 
-    async def _send_audio(self, chunk):
-        await self.ws.send_bytes(chunk)
-        self.bytes_sent += len(chunk)
-        self.messages_sent += 1
-
     async def _pump(self):
         frames = self.frames
         while frames:
             for chunk in self.uplink.feed(frames.popleft()):
-                await self._send_audio(chunk)
+                await self.ws.send_bytes(chunk)
         while self.texts:
             await self.ws.send_str(self.texts.popleft())
 
@@ -371,5 +364,9 @@ class Stream:
             except OSError:
                 pass
         self._files.clear()
+        if self.frames_dropped:
+            self.log("WARNING", "%d frames (%d ms) of the call's audio were dropped: the connection "
+                     "was not ready or the server did not keep up" % (
+                         self.frames_dropped, self.frames_dropped * self.ptime_ms))
         self.done.set()
         service.finished(self)
