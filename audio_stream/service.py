@@ -86,8 +86,7 @@ def unregister(uuid, stream):
 def retire(uuid, stream):
     """The stream's media ended: off the registry; tracked until finished() if still closing."""
     with _lock:
-        if streams.get(uuid) is stream:
-            del streams[uuid]
+        unregister(uuid, stream)
         if not stream.finished:
             finishing_streams.add(stream)
 

@@ -57,8 +57,7 @@ class Stream:
         self.ws = None
         self.media_ended = False
         self.closing = False
-        self.done = asyncio.Event()
-        self.finished = False     # set by service.finished(), under its lock
+        self.finished = False     # the WebSocket side is done: set by service.finished(), under its lock
         self._wake = asyncio.Event()
         self._kick_pending = False
         self._files = []
@@ -164,7 +163,7 @@ class Stream:
             await self._pump()
             if self.media_ended:
                 for chunk in self.uplink.flush():
-                    await self.ws.send_bytes(chunk)
+                    await ws.send_bytes(chunk)
                 if self.final_text:
                     await ws.send_str(self.final_text)
                 self.closing = True
@@ -368,5 +367,4 @@ class Stream:
             self.log("WARNING", "%d frames (%d ms) of the call's audio were dropped: the connection "
                      "was not ready or the server did not keep up" % (
                          self.frames_dropped, self.frames_dropped * self.ptime_ms))
-        self.done.set()
         service.finished(self)

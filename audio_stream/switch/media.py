@@ -48,8 +48,8 @@ class MediaPort:
     `queue` (a PlaybackQueue or None) is what plays into the call. `listener` gets, through
     `notify(fn, *args)` (which must hand the call to the loop thread), `bug_closed()`,
     `playback_started(t)` (t: time.monotonic() of the first frame), `playback_done()` and
-    `marks_played(names)`; and, directly on the
-    thread that closes the bug, `detached()` (must be quick and never block).
+    `marks_played(names)`; and, directly on the thread that closes the bug, `detached()`
+    (must be quick and never block).
     """
 
     def __init__(self, core, flags, rate, ptime_ms, sink, queue, listener, notify):
