@@ -4,6 +4,8 @@ Called on FreeSWITCH's API or session thread (fsapi/handler). It validates, loca
 (read lock held only for the duration of the call), and hands work to the loop without waiting
 for the network: `start` answers as soon as the bug is attached.
 """
+import concurrent.futures
+
 from . import commands, config, service
 from .commands import CommandError, err
 from .config import ConfigError
@@ -47,10 +49,14 @@ def _live(uuid):
 
 
 def _on_loop(fn, *args):
-    """Run a plain function on the loop thread and wait for it (playback and text controls)."""
+    """Run a plain function on the loop thread and wait for it (stream controls)."""
     async def call():
         return fn(*args)
-    return service.call(call(), LOOP_TIMEOUT)
+    try:
+        return service.call(call(), LOOP_TIMEOUT)
+    except concurrent.futures.TimeoutError:
+        raise err("audio_stream's loop thread did not answer within %g s: the process is overloaded"
+                  % LOOP_TIMEOUT) from None
 
 
 def _dispatch(cmd, be, session):
@@ -61,18 +67,19 @@ def _dispatch(cmd, be, session):
     if name == "stop":
         if cmd.text is not None:
             commands.check_utf8(cmd.text, "the stop text")
-        stream.request_stop(session, cmd.text)
+        _on_loop(stream.stop, cmd.text)
     elif name == "send_text":
-        _on_loop(stream.send_text, commands.check_utf8(cmd.text, "the text"))
+        if not _on_loop(stream.send_text, commands.check_utf8(cmd.text, "the text")):
+            raise err("the server is not reading: too much text already waits to be sent")
     elif name in ("pause", "resume"):
-        stream.set_paused(name == "pause")
+        _on_loop(stream.set_paused, name == "pause")
     elif name in ("playback_pause", "playback_resume", "playback_clear"):
-        if stream.queue is None:
+        if stream.player.queue is None:
             raise err("playback is off for this stream (STREAM_PLAYBACK=false)")
         if name == "playback_clear":
-            _on_loop(stream.clear_playback)
+            _on_loop(stream.player.clear)
         else:
-            _on_loop(stream.pause_playback, name == "playback_pause")
+            _on_loop(stream.player.pause, name == "playback_pause")
     return commands.OK
 
 

@@ -5,6 +5,7 @@ once a frame; the queue's lock is held for microseconds.
 """
 import io
 import threading
+from math import gcd
 import time
 import wave
 from collections import deque
@@ -12,28 +13,55 @@ from collections import deque
 import numpy as np
 import samplerate
 
-CONVERTER = "sinc_fastest"   # ≈30 µs per 20 ms frame; transparent for speech
+CONVERTER = "sinc_fastest"   # libsamplerate, for ratios the polyphase filter does not take
+MAX_FACTOR = 6               # polyphase for rate_out/rate_in = L/M with L, M <= this (8k..48k)
 
 
 def to_float(pcm16):
-    return np.frombuffer(pcm16, dtype="<i2").astype(np.float32) * (1.0 / 32768.0)
+    """int16 bytes → float32 samples, same scale (±32768)."""
+    return np.frombuffer(pcm16, dtype="<i2").astype(np.float32)
 
 
 def to_pcm16(x):
-    return (np.clip(np.rint(x * 32768.0), -32768, 32767).astype("<i2")).tobytes()
+    """float32 samples at int16 scale → int16 bytes (rounded, clipped). Works in place."""
+    np.rint(x, out=x)
+    np.clip(x, -32768, 32767, out=x)
+    return x.astype("<i2").tobytes()
 
 
-class Resampler:
-    """Stateful int16 resampler (libsamplerate) with exact output counts.
+def resampler(rate_in, rate_out, channels=1):
+    """A stateful int16 resampler with exact output counts: after n input frames and flush(),
+    round(n * rate_out / rate_in) frames have come out. Polyphase FIR for the usual telephony
+    ratios (8k/16k/24k/32k/48k...), libsamplerate for the others; a copy when rates are equal."""
+    if rate_in == rate_out:
+        return Passthrough(rate_in, channels)
+    g = gcd(rate_in, rate_out)
+    if rate_out // g <= MAX_FACTOR and rate_in // g <= MAX_FACTOR:
+        return PolyphaseResampler(rate_in, rate_out, channels)
+    return SincResampler(rate_in, rate_out, channels)
 
-    After n input frames have gone in, round(n * ratio) output frames have come out once flush()
-    is called: libsamplerate holds back a few samples of filter delay, which flush() drains.
-    """
+
+class Passthrough:
+    def __init__(self, rate, channels=1):
+        self.rate_in = self.rate_out = rate
+        self.channels = channels
+        self.ratio = 1.0
+
+    def process(self, pcm16):
+        return bytes(pcm16)
+
+    def flush(self):
+        return b""
+
+
+class SincResampler:
+    """libsamplerate (sinc_fastest, ≈30 µs per 20 ms frame at 8→16 kHz). libsamplerate holds back
+    a few samples of filter delay, which flush() drains."""
 
     def __init__(self, rate_in, rate_out, channels=1):
         self.rate_in, self.rate_out, self.channels = rate_in, rate_out, channels
         self.ratio = rate_out / rate_in
-        self._r = None if rate_in == rate_out else samplerate.Resampler(CONVERTER, channels)
+        self._r = samplerate.Resampler(CONVERTER, channels)
         self._in = 0    # frames (samples per channel) consumed
         self._out = 0   # frames produced
 
@@ -42,20 +70,16 @@ class Resampler:
 
     def process(self, pcm16):
         """int16 bytes in → int16 bytes out (may be shorter or longer than ratio × input)."""
-        if self._r is None:
-            return bytes(pcm16)
         n = len(pcm16) // (2 * self.channels)
         if not n:
             return b""
         self._in += n
         y = self._r.process(self._shape(to_float(pcm16[:n * 2 * self.channels])), self.ratio)
         self._out += len(y)
-        return to_pcm16(y)
+        return to_pcm16(np.asarray(y, dtype=np.float32).reshape(-1))
 
     def flush(self):
         """Drain the filter delay so the total output is exactly round(input × ratio)."""
-        if self._r is None:
-            return b""
         want = int(round(self._in * self.ratio)) - self._out
         if want <= 0:
             return b""
@@ -64,7 +88,105 @@ class Resampler:
         y = y[:want]
         self._r.reset()
         self._in = self._out = 0
-        return to_pcm16(y)
+        return to_pcm16(np.asarray(y, dtype=np.float32).reshape(-1))
+
+
+class PolyphaseResampler:
+    """Rational-ratio resampler, rate_out/rate_in = L/M: a Kaiser-windowed sinc low-pass run as L
+    polyphase branches with numpy's convolve. About 3× cheaper than libsamplerate's sinc_fastest
+    for 8→16 kHz (the common case, once per frame per stream), ≈67 dB from libsamplerate's
+    sinc_best on band-limited noise and ≈72 dB image/alias rejection (ZERO_CROSSINGS = 16).
+
+    Output j is the input at time j·M/L, filtered with the filter centred on it (no delay): it
+    waits for the inputs up to half the filter length ahead; flush() feeds silence for those.
+    """
+
+    ZERO_CROSSINGS = 16      # per side of the sinc, at the lower of the two rates
+    BETA = 7.0               # Kaiser window
+    BAND = 0.92              # cutoff, as a fraction of the lower Nyquist frequency
+
+    def __init__(self, rate_in, rate_out, channels=1):
+        g = gcd(rate_in, rate_out)
+        self.L, self.M = L, M = rate_out // g, rate_in // g
+        self.rate_in, self.rate_out, self.channels = rate_in, rate_out, channels
+        self.ratio = rate_out / rate_in
+        big = max(L, M)
+        self.K = K = -(-2 * self.ZERO_CROSSINGS * big // L)     # taps per branch
+        n = K * L
+        self.d = d = n // 2                                      # the centre, at L × rate_in
+        t = np.arange(n) - d
+        window = np.i0(self.BETA * np.sqrt(np.clip(1 - (t / (n / 2.0)) ** 2, 0, 1))) / np.i0(self.BETA)
+        cutoff = 0.5 / big * self.BAND
+        h = 2 * cutoff * np.sinc(2 * cutoff * t) * window * L
+        # np.convolve(x, f)[i] = sum_k f[k] x[i - k]: branch p's f[k] = h[p + k·L] weighs the input
+        # k samples before the newest one the output needs
+        self.h = [h[p::L].astype(np.float32) for p in range(L)]
+        self._reset()
+
+    def _reset(self):
+        self.base = -(self.K - 1)             # input index of buf[0] (silence before the start)
+        self.buf = [np.zeros(self.K - 1, dtype=np.float32) for _ in range(self.channels)]
+        self.n_in = 0
+        self.n_out = 0
+
+    def _newest(self, j):
+        """The newest input index that output j needs."""
+        return (j * self.M + self.d) // self.L
+
+    def _run(self, upto):
+        """Outputs n_out .. upto-1, interleaved float32 at int16 scale."""
+        j0 = self.n_out
+        count = upto - j0
+        ch = self.channels
+        y = np.empty(count * ch, dtype=np.float32)
+        if count <= 0:
+            return y
+        L, M, K = self.L, self.M, self.K
+        for r in range(min(L, count)):
+            j = j0 + r
+            f = self.h[(j * M + self.d) % L]
+            q = (count - r + L - 1) // L                  # outputs j, j+L, j+2L, ...
+            e = self._newest(j) - self.base               # their newest inputs: e, e+M, e+2M, ...
+            lo, hi = e - K + 1, e + (q - 1) * M + 1
+            for c in range(ch):
+                v = np.convolve(self.buf[c][lo:hi], f, "valid")
+                y[r * ch + c::L * ch] = v[::M] if M > 1 else v
+        self.n_out = upto
+        drop = self._newest(upto) - K + 1 - self.base    # inputs no later output needs
+        if drop > 0:
+            self.buf = [b[drop:] for b in self.buf]
+            self.base += drop
+        return y
+
+    def _available(self):
+        last = self.base + len(self.buf[0]) - 1           # the newest input present
+        return max(self.n_out, (last * self.L + self.L - 1 - self.d) // self.M + 1)
+
+    def process(self, pcm16):
+        ch = self.channels
+        n = len(pcm16) // (2 * ch)
+        if not n:
+            return b""
+        x = to_float(pcm16[:n * 2 * ch])
+        if ch == 1:
+            self.buf[0] = np.concatenate((self.buf[0], x))
+        else:
+            x = x.reshape(-1, ch)
+            self.buf = [np.concatenate((self.buf[c], x[:, c])) for c in range(ch)]
+        self.n_in += n
+        return to_pcm16(self._run(self._available()))
+
+    def flush(self):
+        want = int(round(self.n_in * self.ratio))
+        y = b""
+        if want > self.n_out:
+            missing = self._newest(want - 1) - (self.base + len(self.buf[0]) - 1)
+            if missing > 0:
+                pad = np.zeros(missing, dtype=np.float32)
+                self.buf = [np.concatenate((b, pad)) for b in self.buf]
+            y = to_pcm16(self._run(want))
+        self._reset()
+        return y
 
 
 class Uplink:
@@ -72,7 +194,7 @@ class Uplink:
     of `chunk_ms` at the stream's rate."""
 
     def __init__(self, rate_in, rate_out, channels, chunk_ms):
-        self.resampler = Resampler(rate_in, rate_out, channels)
+        self.resampler = resampler(rate_in, rate_out, channels)
         self.chunk_bytes = rate_out * chunk_ms // 1000 * 2 * channels
         self._buf = bytearray()
 
@@ -173,7 +295,7 @@ class Downlink:
 
     def convert(self, pcm16, rate_in):
         if self._rs is None or self._rs.rate_in != rate_in:
-            self._rs = Resampler(rate_in, self.rate_out, 1)
+            self._rs = resampler(rate_in, self.rate_out, 1)
         return self._rs.process(pcm16)
 
     def binary(self, data, rate_in):
@@ -211,6 +333,7 @@ class PlaybackQueue:
         self._clock = clock
         self._last_push = -1e9
         self.hold_s = 0.04      # a short tail waits this long for more audio before it plays
+        self.dormant = False    # the consumer sleeps (no callbacks) until take_wake() says so
 
     def push(self, pcm16):
         """Queue audio; False (nothing queued) if it would go over the cap."""
@@ -224,6 +347,24 @@ class PlaybackQueue:
             self.pushed += len(pcm16)
             self._last_push = self._clock()
         return True
+
+    def sleep_if_idle(self):
+        """Media thread: nothing to play (empty or paused)? Then mark the consumer dormant and
+        return True. Atomic with push()/take_wake(), so audio cannot arrive unnoticed."""
+        with self._lock:
+            if self.queued and not self.paused:
+                return False
+            self.dormant = True
+            return True
+
+    def take_wake(self):
+        """Loop thread, after a push or a resume: True (once) if the consumer is dormant and
+        there is audio to play: the caller must wake it."""
+        with self._lock:
+            if self.dormant and self.queued and not self.paused:
+                self.dormant = False
+                return True
+            return False
 
     def mark(self, name):
         """Place a mark at the end of the queue; True if nothing is queued (acknowledge now)."""

@@ -1,11 +1,19 @@
 """Process-wide state that must survive mod_python3's reload of the entry module: the one
-asyncio loop thread that owns every WebSocket, and the registry of live streams.
+asyncio loop thread that owns every WebSocket, the registry of live streams, and the capture
+clock that reads every stream's buffered audio once per tick.
 """
 import asyncio
 import concurrent.futures
 import threading
+import time
 
 import aiohttp
+
+from .switch import backend
+
+TICK_S = 0.020                # the capture clock: every stream is read once per tick
+LAG_WARN_S = 0.2              # a tick this late is logged (rate-limited): the process is overloaded
+LAG_LOG_EVERY_S = 10.0
 
 _lock = threading.RLock()
 _loop = None
@@ -68,6 +76,77 @@ def http():
     return _http
 
 
+# ---- the capture clock (loop thread only) ------------------------------------------------------
+
+class _Clock:
+    """Calls `poll()` on every registered stream once per tick, in one pass. Runs only while
+    there are streams. Remembers how late its ticks ran (the loop thread's load)."""
+
+    def __init__(self):
+        self.streams = {}         # stream -> None (insertion-ordered set)
+        self.handle = None
+        self.due = 0.0
+        self.lag = 0.0            # how late the last tick ran, s
+        self.lag_peak = 0.0       # the largest lateness over the last LAG_LOG_EVERY_S
+        self.lag_peak_at = 0.0
+        self.lag_logged_at = -1e9
+        self.ticks = 0
+
+    def add(self, stream):
+        self.streams[stream] = None
+        if self.handle is None:
+            lp = asyncio.get_running_loop()
+            self.due = lp.time() + TICK_S
+            self.handle = lp.call_at(self.due, self.tick)
+
+    def remove(self, stream):
+        self.streams.pop(stream, None)
+        if not self.streams and self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def tick(self):
+        lp = asyncio.get_running_loop()
+        now = lp.time()
+        self.lag = lag = now - self.due
+        self.ticks += 1
+        if lag > self.lag_peak or now - self.lag_peak_at > LAG_LOG_EVERY_S:
+            self.lag_peak, self.lag_peak_at = lag, now
+        for stream in list(self.streams):
+            try:
+                stream.poll()
+            except Exception as e:  # one stream's failure must not stop the others' audio
+                stream.log("ERR", "capture failed: %r" % (e,))
+        if lag > LAG_WARN_S and now - self.lag_logged_at > LAG_LOG_EVERY_S:
+            self.lag_logged_at = now
+            backend().log("WARNING", "the capture clock ran %d ms late with %d streams: the process is "
+                          "overloaded, audio may be delayed or dropped" % (lag * 1000, len(self.streams)))
+        self.due += TICK_S
+        if self.due < now:        # far behind: do not try to catch up with a burst of ticks
+            self.due = now + TICK_S
+        if self.streams:
+            self.handle = lp.call_at(self.due, self.tick)
+        else:
+            self.handle = None
+
+
+_clock = _Clock()
+
+
+def poll_add(stream):
+    """Loop thread: read this stream on every tick of the capture clock."""
+    _clock.add(stream)
+
+
+def poll_remove(stream):
+    _clock.remove(stream)
+
+
+def loop_lag_ms():
+    """The largest lateness of the capture clock over the last few seconds, in ms."""
+    return int(_clock.lag_peak * 1000) if time.monotonic() - _clock.lag_peak_at < LAG_LOG_EVERY_S else 0
+
+
 def register(uuid, stream):
     """Make `stream` the call's live stream; False if one is already live."""
     with _lock:
@@ -83,10 +162,10 @@ def unregister(uuid, stream):
             del streams[uuid]
 
 
-def retire(uuid, stream):
+def retire(stream):
     """The stream's media ended: off the registry; tracked until finished() if still closing."""
     with _lock:
-        unregister(uuid, stream)
+        unregister(stream.uuid, stream)
         if not stream.finished:
             finishing_streams.add(stream)
 
@@ -133,3 +212,5 @@ def stop_loop(timeout=5.0):
     lp.call_soon_threadsafe(lp.stop)
     if t is not None:
         t.join(timeout)
+    global _clock
+    _clock = _Clock()

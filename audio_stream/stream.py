@@ -1,24 +1,36 @@
-"""One call's stream: media bug ↔ audio ↔ WebSocket ↔ events.
+"""One call's stream: the call's bugs ↔ audio ↔ the WebSocket ↔ events.
 
-Threads: `attach()` and `request_stop()` run on the API thread (the caller holds the session's
-read lock); `_on_frame()` runs on the media thread; everything else runs on the loop thread.
-The media thread hands frames over through a deque and one call_soon_threadsafe per batch.
+Threads: `attach()` runs on the API thread (the caller holds the session's read lock); everything
+else runs on the loop thread. No Python runs on a media thread for the audio going out: the
+capture bug has no callback, and the service's capture clock calls `poll()` for every stream
+once per tick. Python runs on a media thread only while the server's audio plays (playback.py).
 
-Life: attach (bug added, frames buffer) → run(): connect → metadata → buffered audio → live.
-The media side ends exactly once, in `bug_closed()` (hangup, `stop`, or our own removal after a
-failed connect or a server close); the WebSocket side then sends what is left and closes 1000.
+Life: attach (bugs added, the core buffers frames) → run(): connect → outbox (metadata, then the
+audio captured meanwhile, in order) → live. The media side ends exactly once, in `_end_media()`
+(hangup seen by poll(), `stop`, or our own removal after a failed connect or a server close);
+the WebSocket side then sends what is left, within a time limit, and closes 1000.
 """
 import asyncio
-import os
-import time
-from collections import deque
 
 from . import audio, connection, protocol, service
+from .outbox import Outbox
+from .playback import Player
 from .switch import core as C
-from .switch.media import MediaPort
+from .switch.media import CapturePort, ControlPort
 
 PREFIX = "mod_audio_stream::"
-RAW_EXT = {8000: "r8", 16000: "r16", 24000: "r24", 32000: "r32", 48000: "r48", 64000: "r64"}
+
+
+class _NoWake:
+    """Stands in for the stream's asyncio.Event until run() makes it on the loop thread."""
+
+    @staticmethod
+    def set():
+        pass
+
+
+CLOSE_TIMEOUT = 5.0        # s to send what is left and the close frame after the media ended
+MAX_TEXT_BYTES = 1 << 20   # texts waiting for a server that does not read
 
 
 class Stream:
@@ -35,64 +47,126 @@ class Stream:
         self.channels = 2 if cmd.mix == "stereo" else 1
         self.loop = service.loop()
         self.uplink = audio.Uplink(call_rate, cmd.rate, self.channels, settings.buffer_ms)
-        self.frames = deque()
-        # frames held while connecting (and, later, while the server is slow): bounded
-        held_s = max(settings.connect_timeout + 1.0, 2.0)
-        self.max_frames = int(held_s * 1000 / ptime_ms) + 1
-        self.frames_dropped = 0
-        self.texts = deque()
-        self.final_text = None
-        self.stop_requested = False
-        self.queue = audio.PlaybackQueue(call_rate, settings.playback_buffer_ms) if settings.playback else None
-        self.downlink = audio.Downlink(call_rate)
+        # audio held while connecting (and while the server is slow): bounded, oldest dropped
+        bytes_per_ms = cmd.rate * 2 * self.channels // 1000
+        held_ms = max(int((settings.connect_timeout + 1.0) * 1000), 2000)
+        self.outbox = Outbox(held_ms * bytes_per_ms, MAX_TEXT_BYTES + settings.max_message, bytes_per_ms)
+        if self.metadata:
+            self.outbox.put_text(self.metadata)
         flags = C.SMBF_READ_STREAM
         if cmd.mix in ("mixed", "stereo"):
             flags |= C.SMBF_WRITE_STREAM
         if cmd.mix == "stereo":
             flags |= C.SMBF_STEREO
-        if self.queue is not None:
-            flags |= C.SMBF_WRITE_REPLACE | C.SMBF_READ_PING
-        self.port = MediaPort(be.core, flags, call_rate, ptime_ms, self._on_frame, self.queue, self,
-                              self.loop.call_soon_threadsafe)
+        self.capture = CapturePort(be.core, flags)
+        self.player = Player(self, call_rate)
+        self.control = ControlPort(be.core, call_rate, ptime_ms, self.player.queue, self.capture, self,
+                                   self.player, self.loop.call_soon_threadsafe)
+        self.player.port = self.control
+        self.paused = False
+        self.stop_text = None
         self.ws = None
         self.media_ended = False
-        self.closing = False
+        self.closing = False      # we are closing the WebSocket: what comes in no longer matters
         self.finished = False     # the WebSocket side is done: set by service.finished(), under its lock
-        self._wake = asyncio.Event()
-        self._kick_pending = False
-        self._files = []
-        self._file_n = 0
+        self._wake = _NoWake      # an asyncio.Event once run() starts (made on the loop thread)
         self._receiver = None
-        self._arrived = None
 
     # ---- API thread ------------------------------------------------------------------------------
     def attach(self, session):
-        return self.port.attach(session)
+        ok, reason = self.capture.attach(session)
+        if not ok:
+            return ok, reason
+        ok, reason = self.control.attach(session)
+        if not ok:
+            self.be.core.bug_remove(session, self.capture.bug)
+            self.capture.forget()
+        return ok, reason
 
-    def request_stop(self, session, text):
-        self.final_text = text
-        self.stop_requested = True
-        self.port.detach(session)
+    # ---- loop thread: the capture clock ------------------------------------------------------
+    def poll(self, remove=False):
+        """Read what the core buffered since the last poll into the outbox (service's capture
+        clock, once per tick; and before anything that must come after the audio so far)."""
+        if self.media_ended:
+            return
+        data = self.capture.poll(self.uuid, remove)
+        if data is None:
+            # the capture bug is gone. At a hangup the control bug's CLOSE has already run and
+            # its media_closed(tail) is waiting on this loop: it ends the media, after the tail
+            if not self.control.closed:
+                self._end_media()
+            return
+        if data and not self.paused:
+            self._feed(data)
+        if remove:
+            self._end_media()
+        elif self.outbox:
+            self._wake.set()
+        self._overrun_events()
 
-    def set_paused(self, paused):
-        self.port.paused = paused
+    def _feed(self, data):
+        put = self.outbox.put_audio
+        for chunk in self.uplink.feed(data):
+            put(chunk)
 
-    # ---- media thread ----------------------------------------------------------------------------
-    def _on_frame(self, data):
-        frames = self.frames
-        frames.append(data)
-        if len(frames) > self.max_frames:
-            frames.popleft()
-            self.frames_dropped += 1
-        if not self._kick_pending:
-            self._kick_pending = True
-            self.loop.call_soon_threadsafe(self._kick)
+    def media_closed(self, tail):
+        """The control bug is gone (ControlPort, through the loop): hangup, or our own removal.
+        `tail`: the frames no capture pass had read yet."""
+        if self.media_ended:
+            return
+        if tail and not self.paused:
+            self._feed(tail)
+        self.player.playback_closed()
+        self._end_media()
 
-    # ---- loop thread -----------------------------------------------------------------------------
-    def _kick(self):
-        self._kick_pending = False
+    def _end_media(self):
+        """The call's media is over for this stream (once): flush, queue the stop text, close."""
+        if self.media_ended:
+            return
+        self.media_ended = True
+        service.retire(self)
+        self.capture.forget()
+        if not self.control.closed:
+            session = self.be.core.force_locate(self.uuid)
+            if session:
+                try:
+                    self.control.detach(session)
+                finally:
+                    self.be.core.unlock(session)
+            self.player.playback_closed()
+        for chunk in self.uplink.flush():
+            self.outbox.put_audio(chunk)
+        if self.stop_text:
+            self.outbox.put_text(self.stop_text)
         self._wake.set()
 
+    # ---- loop thread: commands -------------------------------------------------------------------
+    def stop(self, text=None):
+        """`stop [text]`: everything captured so far, then the text, then close 1000."""
+        self.stop_text = text
+        self.player.stop_requested = True
+        self.poll(remove=True)
+        self._end_media()
+
+    def set_paused(self, paused):
+        self.poll()          # audio before the command is sent (or not) as it was
+        self.paused = paused
+
+    def send_text(self, text):
+        """A text message after the audio captured so far. False if the outbox refused it."""
+        self.poll()
+        if not self.outbox.put_text(text):
+            self.log("ERR", "%d bytes of text already wait for the server: text of %d bytes dropped"
+                     % (self.outbox.text_bytes, len(text)))
+            return False
+        self._wake.set()
+        return True
+
+    def wake_playback(self):
+        if not self.control.wake(self.uuid):
+            self.log("DEBUG", "playback bug gone: audio stays queued")
+
+    # ---- loop thread: events and logs ------------------------------------------------------------
     def log(self, level, message):
         self.be.log(level, message, self.uuid)
 
@@ -102,44 +176,40 @@ class Stream:
         except Exception as e:  # an event must never take the stream down
             self.log("ERR", "cannot fire %s: %s" % (name, e))
 
-    def detached(self):
-        """On the thread that closed the bug: from now on commands see no stream on the call,
-        and the stream counts as finishing until its WebSocket side is done."""
-        service.retire(self.uuid, self)
+    def bad(self, reason, kind="bad_message"):
+        """A message from the server that cannot be used: error event, log, reply."""
+        self.log("ERR", reason)
+        self.fire("error", protocol.error_body(protocol.ERR_PROTOCOL, reason))
+        self.send_text(protocol.error_reply(kind, reason))
 
-    def bug_closed(self):
-        """The media bug is gone (hangup, stop, or our own removal)."""
-        if self.media_ended:
-            return
-        self.media_ended = True
-        if self.port.playing:
-            self.port.playing = False
-            reason = "stopped" if self.stop_requested else "hangup"
-            self.fire("playback_stopped", protocol.dumps({"reason": reason}))
-        self._wake.set()
+    def _overrun_events(self):
+        for kind, ms, total in self.outbox.take_events():
+            if kind == "overrun":
+                self.log("WARNING", "the server does not keep up (or is not connected): dropping the oldest "
+                         "audio, %d ms so far" % total)
+                self.fire("buffer_overrun", protocol.dumps({"dropped_ms": ms, "total_dropped_ms": total}))
+            else:
+                self.log("NOTICE", "sending caught up after dropping %d ms of audio" % ms)
+                self.fire("buffer_recovered", protocol.dumps({"dropped_ms": ms, "total_dropped_ms": total}))
 
-    def end_media(self):
-        """Remove our bug from the loop thread (after a failed connect or a server close)."""
-        if self.media_ended or self.port.closed:
-            return
-        session = self.be.core.locate(self.uuid)
-        if session:
-            try:
-                self.port.detach(session)
-            finally:
-                self.be.core.unlock(session)
-
+    # ---- loop thread: the connection ---------------------------------------------------------------
     async def run(self):
+        self._wake = asyncio.Event()
+        if self.media_ended or self.outbox:
+            self._wake.set()
+        service.poll_add(self)
         try:
             try:
                 self.ws = await connection.connect(service.http(), self.url, self.settings)
             except connection.ConnectError as e:
-                self.log("ERR", "%s (code %d)" % (e.message, e.code))
-                self.fire("error", protocol.error_body(e.code, e.message))
-                self.end_media()
+                message = e.message
+                lag = service.loop_lag_ms()
+                if e.code == protocol.ERR_TIMEOUT and lag > 100:
+                    message += " (audio_stream's loop thread is overloaded: %d ms late)" % lag
+                self.log("ERR", "%s (code %d)" % (message, e.code))
+                self.fire("error", protocol.error_body(e.code, message))
+                self._abandon()
                 return
-            if self.metadata:
-                await self.ws.send_str(self.metadata)
             self.log("INFO", "connected to %s" % self.url)
             self.fire("connect", protocol.connect_body())
             self._receiver = asyncio.ensure_future(self._receive())
@@ -149,38 +219,50 @@ class Stream:
         except Exception as e:
             self.log("ERR", "stream failed: %r" % (e,))
             self.fire("error", protocol.error_body(protocol.ERR_IO, str(e) or repr(e)))
-            self.end_media()
+            self._abandon()
         finally:
             await self._cleanup()
 
+    def _abandon(self):
+        """The connection is gone for good: end the media without sending anything more."""
+        self.closing = True
+        self.poll(remove=True)
+        self._end_media()
+        self.outbox.clear()
+
     async def _send_loop(self):
         ws = self.ws
+        outbox = self.outbox
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if ws.closed:
+            if ws.closed or self.closing:
                 break
-            await self._pump()
             if self.media_ended:
-                for chunk in self.uplink.flush():
-                    await ws.send_bytes(chunk)
-                if self.final_text:
-                    await ws.send_str(self.final_text)
+                try:
+                    await asyncio.wait_for(self._drain(ws, outbox), CLOSE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    self.log("WARNING", "the server did not take the last %d ms of audio within %g s: closing"
+                             % (outbox.queued_ms, CLOSE_TIMEOUT))
                 self.closing = True
-                await ws.close(code=1000, message=b"")
+                await self._close(ws, 1000)
                 break
+            await self._drain(ws, outbox)
 
-    async def _pump(self):
-        frames = self.frames
-        while frames:
-            for chunk in self.uplink.feed(frames.popleft()):
-                await self.ws.send_bytes(chunk)
-        while self.texts:
-            await self.ws.send_str(self.texts.popleft())
+    async def _drain(self, ws, outbox):
+        while outbox:
+            item = outbox.pop()
+            if item.__class__ is bytes:
+                await ws.send_bytes(item)
+            else:
+                await ws.send_str(item)
+        self._overrun_events()
 
-    def send_text(self, text):
-        self.texts.append(text)
-        self._wake.set()
+    async def _close(self, ws, code, message=b""):
+        try:
+            await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT)
+        except (asyncio.TimeoutError, Exception):
+            pass
 
     async def _receive(self):
         event = None
@@ -207,19 +289,13 @@ class Stream:
         else:
             self.log("ERR", text)
             self.fire("error", protocol.error_body(code, text))
-        self.end_media()
+        self._abandon()
         self._wake.set()
-
-    # ---- downlink --------------------------------------------------------------------------------
-    def _bad(self, reason, reply_error="bad_message"):
-        self.log("ERR", reason)
-        self.fire("error", protocol.error_body(protocol.ERR_PROTOCOL, reason))
-        self.send_text(protocol.error_reply(reply_error, reason))
 
     def _on_text(self, text):
         if len(text) > self.settings.max_message:
-            self._bad("message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
-                      % (len(text), self.settings.max_message), "message_too_large")
+            self.bad("message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
+                     % (len(text), self.settings.max_message), "message_too_large")
             return
         msg = protocol.parse_text(text)
         kind = type(msg)
@@ -227,124 +303,30 @@ class Stream:
             if not self.settings.suppress_log:
                 self.log("DEBUG", "response: %s" % text[:2000])
             self.fire("json", text)
-        elif kind is protocol.StreamAudio:
-            self._stream_audio(msg)
         elif kind is protocol.BadMessage:
-            self._bad(msg.reason)
-        elif kind is protocol.KillAudio:
-            self.clear_playback()
-        elif kind is protocol.Mark:
-            self._mark(msg.name)
-        elif kind is protocol.ClearMarks:
-            if self.queue is not None:
-                self._ack_marks(self.queue.clear_marks(), "cleared")
-        elif kind is protocol.PausePlayback:
-            self.pause_playback(True)
-        elif kind is protocol.ResumePlayback:
-            self.pause_playback(False)
+            self.bad(msg.reason)
+        else:
+            self.player.handle(msg)
 
     def _on_binary(self, data):
         if len(data) > self.settings.max_message:
-            self._bad("binary message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
-                      % (len(data), self.settings.max_message), "message_too_large")
+            self.bad("binary message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
+                     % (len(data), self.settings.max_message), "message_too_large")
             return
-        if self.queue is None:
-            return
-        rate = self.settings.sample_rate or self.rate
-        self._enqueue(self.downlink.binary(data, rate))
+        self.player.binary(data)
 
-    def _stream_audio(self, msg):
-        if self.queue is None or msg.audio_type in ("mp3", "ogg"):
-            self._play_file(msg)
-            return
-        try:
-            pcm, rate = audio.decode(msg.audio_type, msg.payload, msg.sample_rate)
-        except audio.AudioFormatError as e:
-            self._bad("streamAudio: %s" % e)
-            return
-        self._enqueue(self.downlink.convert(pcm, rate))
-
-    def _enqueue(self, pcm):
-        if not self.queue.queued:
-            self._arrived = time.monotonic()     # audio arriving at an empty queue
-        if not self.queue.push(pcm):
-            self._bad("playback queue full (%d ms queued, STREAM_PLAYBACK_BUFFER %d ms): audio refused"
-                      % (self.queue.queued_ms, self.settings.playback_buffer_ms), "playback_buffer_full")
-
-    def _play_file(self, msg):
-        """mod_audio_stream's behaviour: write the payload to a file, fire ::play with its path."""
-        if msg.audio_type == "raw":
-            ext = RAW_EXT.get(msg.sample_rate)
-            if ext is None:
-                self._bad("streamAudio: unsupported sample rate %s for a raw file (one of %s)"
-                          % (msg.sample_rate, ", ".join(str(r) for r in RAW_EXT)))
-                return
-        else:
-            ext = msg.audio_type
-        path = os.path.join(self.be.temp_dir(), "%s_%d.tmp.%s" % (self.uuid, self._file_n, ext))
-        self._file_n += 1
-        try:
-            with open(path, "wb") as f:
-                f.write(msg.payload)
-        except OSError as e:
-            self._bad("cannot write %s: %s" % (path, e), "io_error")
-            return
-        self._files.append(path)
-        self.fire("play", protocol.play_body(msg.data, path))
-
-    def _mark(self, name):
-        if self.queue is None or self.queue.mark(name):
-            self._ack_marks([name], "playout")
-
-    def _ack_marks(self, names, event):
-        for name in names:
-            self.send_text(protocol.mark_ack(name, event))
-            self.fire("mark", protocol.dumps({"name": name, "event": event}))
-
-    # ---- playback control (server messages and API commands) -------------------------------------
-    def clear_playback(self):
-        if self.queue is None:
-            return
-        dropped = self.queue.clear()
-        self.downlink.reset()
-        if self.port.playing:
-            self.port.playing = False
-            self.fire("playback_stopped", protocol.dumps({"reason": "cleared"}))
-        self._ack_marks(dropped, "cleared")
-
-    def pause_playback(self, paused):
-        if self.queue is None:
-            return
-        self.queue.paused = paused
-        if paused and self.port.playing:
-            self.port.playing = False
-            self.fire("playback_stopped", protocol.dumps({"reason": "paused"}))
-
-    # MediaPort listener (called on the loop thread through call_soon_threadsafe)
-    def playback_started(self, t):
-        body = {"queued_ms": self.queue.queued_ms}
-        arrived, self._arrived = self._arrived, None
-        if arrived is not None and t >= arrived:
-            # from the server's audio reaching us (at an empty queue) to its first frame in the call
-            body["latency_ms"] = round((t - arrived) * 1000, 1)
-        self.fire("playback_started", protocol.dumps(body))
-
-    def playback_done(self):
-        self.fire("playback_stopped", protocol.dumps({"reason": "done"}))
-
-    def marks_played(self, names):
-        self._ack_marks(names, "playout")
-
-    # ---- end -------------------------------------------------------------------------------------
+    # ---- end ---------------------------------------------------------------------------------------
     async def shutdown(self, code=1001):
         """Switch or module going away: end media, close with 1001."""
-        self.end_media()
+        self.closing = True
+        self.poll(remove=True)
+        self._end_media()
         if self.ws is not None and not self.ws.closed:
-            self.closing = True
-            await self.ws.close(code=code, message=b"going away")
+            await self._close(self.ws, code, b"going away")
         await self._cleanup()
 
     async def _cleanup(self):
+        service.poll_remove(self)
         if self._receiver is not None and not self._receiver.done():
             self._receiver.cancel()
             try:
@@ -353,18 +335,9 @@ class Stream:
                 pass
         if self.ws is not None and not self.ws.closed:
             self.closing = True
-            try:
-                await self.ws.close(code=1000, message=b"")
-            except Exception:
-                pass
-        for path in self._files:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        self._files.clear()
-        if self.frames_dropped:
-            self.log("WARNING", "%d frames (%d ms) of the call's audio were dropped: the connection "
-                     "was not ready or the server did not keep up" % (
-                         self.frames_dropped, self.frames_dropped * self.ptime_ms))
+            await self._close(self.ws, 1000)
+        self.player.remove_files()
+        if self.outbox.dropped_bytes:
+            self.log("WARNING", "%d ms of the call's audio were dropped: the connection was not ready or the "
+                     "server did not keep up" % self.outbox.dropped_ms)
         service.finished(self)

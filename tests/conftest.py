@@ -80,6 +80,7 @@ class Harness:
 def h(sim):
     threads_before = {t.ident for t in threading.enumerate()}
     fds_before = _fds()
+    sim.set_strict_locking(True)     # the product reads its bugs only under the session's bug lock
     harness = Harness(sim)
     yield harness
     for ch in harness.channels:

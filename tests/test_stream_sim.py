@@ -326,7 +326,7 @@ def test_every_error_reply(h):
     assert ch.bug_count == 0
     assert h.api("%s start %s mono 8k" % (u, server.url)) == "+OK Success"
     assert h.api("%s start %s mono 8k" % (u, server.url)) == "-ERR already streaming on %s (stop it first)" % u
-    assert ch.bug_count == 1
+    assert ch.bug_count == 2      # the capture bug and the control bug
     assert h.api("%s send_text bad \udcff" % u) == "-ERR the command line is not valid UTF-8"
 
 

@@ -30,6 +30,7 @@ SMBF_READ_REPLACE = 1 << 3
 SMBF_READ_PING = 1 << 4
 SMBF_STEREO = 1 << 5
 SMBF_NO_PAUSE = 1 << 10
+SMBF_STEREO_SWAP = 1 << 11
 
 # switch_codec_flag_enum_t
 SWITCH_CODEC_FLAG_ENCODE = 1 << 0
@@ -120,11 +121,15 @@ class Codec(Structure):
 
 # switch_bool_t (*switch_media_bug_callback_t)(switch_media_bug_t *, void *, switch_abc_type_t)
 BUG_CALLBACK = CFUNCTYPE(c_int, c_void_p, c_void_p, c_int)
+# void (*switch_media_bug_exec_cb_t)(switch_media_bug_t *bug, void *user_data)
+EXEC_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p)
+NO_CALLBACK = BUG_CALLBACK()     # a NULL callback: the core buffers the bug's audio, calls nothing
 
 _FILE = b"audio_stream/switch/core.py"
 
 _PROTOTYPES = {
     "switch_core_session_perform_locate": (c_void_p, [c_char_p, c_char_p, c_char_p, c_int]),
+    "switch_core_session_perform_force_locate": (c_void_p, [c_char_p, c_char_p, c_char_p, c_int]),
     "switch_core_session_rwunlock": (None, [c_void_p]),
     "switch_core_session_get_channel": (c_void_p, [c_void_p]),
     "switch_core_session_get_uuid": (c_char_p, [c_void_p]),
@@ -140,6 +145,9 @@ _PROTOTYPES = {
     "switch_core_media_bug_get_write_replace_frame": (POINTER(Frame), [c_void_p]),
     "switch_core_media_bug_set_write_replace_frame": (None, [c_void_p, POINTER(Frame)]),
     "switch_core_media_bug_get_session": (c_void_p, [c_void_p]),
+    "switch_core_media_bug_exec_all": (c_int, [c_void_p, c_char_p, EXEC_CALLBACK, c_void_p]),
+    "switch_core_media_bug_set_flag": (c_uint32, [c_void_p, c_uint32]),
+    "switch_core_media_bug_clear_flag": (c_uint32, [c_void_p, c_uint32]),
     "switch_core_session_write_frame": (c_int, [c_void_p, POINTER(Frame), c_uint32, c_int]),
     "switch_core_codec_init_with_bitrate": (c_int, [POINTER(Codec), c_char_p, c_char_p, c_char_p,
                                                     c_uint32, c_int, c_int, c_uint32, c_uint32,
@@ -167,6 +175,13 @@ class Core:
         if isinstance(uuid, str):
             uuid = uuid.encode("utf-8", "surrogateescape")
         return self.switch_core_session_perform_locate(uuid, _FILE, b"locate", 0) or None
+
+    def force_locate(self, uuid):
+        """Like locate(), but also after hangup, until the session is destroyed: a hung-up call's
+        bugs stay readable until the core removes them. Always pair with unlock()."""
+        if isinstance(uuid, str):
+            uuid = uuid.encode("utf-8", "surrogateescape")
+        return self.switch_core_session_perform_force_locate(uuid, _FILE, b"force_locate", 0) or None
 
     def unlock(self, session):
         self.switch_core_session_rwunlock(session)
@@ -205,9 +220,15 @@ class Core:
     # -- media bugs --------------------------------------------------------------------------
     def bug_add(self, session, function, callback, user_data, flags):
         bug = c_void_p()
-        status = self.switch_core_media_bug_add(session, function.encode(), None, callback,
+        status = self.switch_core_media_bug_add(session, function.encode(), None, callback or NO_CALLBACK,
                                                 user_data, 0, flags, byref(bug))
         return (bug.value if status == SUCCESS else None), status
+
+    def bug_exec_all(self, session, function, callback, user_data):
+        """Call `callback(bug, user_data)` for each live bug named `function` on the session, with
+        the session's bug list write-locked (no media thread is inside any of its bugs then, and
+        none can be removed). The session must be located. `function` is bytes."""
+        return self.switch_core_media_bug_exec_all(session, function, callback, user_data) == SUCCESS
 
     def bug_remove(self, session, bug):
         """Remove by pointer; the core searches the session's list, so a stale pointer is safe."""

@@ -782,9 +782,18 @@ struct sim_chan {
 	int closed;                   /* bugs removed by the hangup path */
 	int thread_done;
 	double speed;
+	int64_t first_tick_ns;        /* monotonic time of the first tick (0 before) */
+
+	/* media-bug callbacks made on this channel's bugs, by switch_abc_type_t (what the
+	 * project's per-frame Python cost is) */
+	atomic_long cb_count[9];
 };
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+/* strict locking (fssim_set_strict_locking): reading a bug or changing its flags outside the
+ * session's bug lock is a violation. The real core allows it, but it races a hangup that removes
+ * and frees the bug, so the project's own tests forbid it. */
+static atomic_int g_strict_locking;
 static sim_chan_t **g_chans;
 static int g_nchans, g_capchans;
 static atomic_int g_locks_outstanding;
@@ -1044,7 +1053,9 @@ static void gen_tone(int16_t *out, uint32_t n, double hz, double amp, double *ph
 
 static int cb_call(sim_bug_t *b, int type)
 {
-	return b->callback ? b->callback(b, b->user_data, type) : B_TRUE;
+	if (!b->callback) return B_TRUE;
+	if (type >= 0 && type < 9) atomic_fetch_add(&b->c->cb_count[type], 1);
+	return b->callback(b, b->user_data, type);
 }
 
 static int stop_time_passed(sim_bug_t *b)
@@ -1464,6 +1475,7 @@ static void tick(sim_chan_t *c)
 	uint32_t n = c->impl.samples_per_packet;
 
 	if (!chan_up(c)) return;
+	if (!c->first_tick_ns) c->first_tick_ns = now_ns();
 	memset(&f, 0, sizeof(f));
 	pthread_mutex_lock(&c->tone_lock);
 	gen_tone(c->read_buf, n, c->read_hz, c->amplitude, &c->read_phase, c->rate);
@@ -1650,6 +1662,35 @@ API void *switch_core_session_perform_locate(const char *uuid, const char *file,
 		if (c && !atomic_load(&c->destroyed) && !strcmp(c->uuid, uuid)) {
 			pthread_mutex_lock(&c->srw_lock);
 			if (!c->srw_writer && !atomic_load(&c->down) && !atomic_load(&c->destroyed)) {
+				c->srw_readers++;
+				found = c;
+			}
+			pthread_mutex_unlock(&c->srw_lock);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&g_lock);
+	if (found) {
+		atomic_fetch_add(&g_locks_outstanding, 1);
+		return &found->session;
+	}
+	return NULL;
+}
+
+/* switch_core_session_perform_force_locate: a read lock unless the session is destroyed, even
+ * after hangup (switch_core_session.c: tryrdlock, only SSF_DESTROYED fails) */
+API void *switch_core_session_perform_force_locate(const char *uuid, const char *file, const char *func, int line)
+{
+	sim_chan_t *found = NULL;
+	int i;
+	(void) file; (void) func; (void) line;
+	if (!uuid) return NULL;
+	pthread_mutex_lock(&g_lock);
+	for (i = 0; i < g_nchans; i++) {
+		sim_chan_t *c = g_chans[i];
+		if (c && !atomic_load(&c->destroyed) && !strcmp(c->uuid, uuid)) {
+			pthread_mutex_lock(&c->srw_lock);
+			if (!c->srw_writer && !atomic_load(&c->destroyed)) {
 				c->srw_readers++;
 				found = c;
 			}
@@ -1887,6 +1928,11 @@ API int switch_core_media_bug_read(void *bugp, sim_frame_t *frame, int fill)
 		violation("switch_core_media_bug_read: NULL frame");
 		return ST_FALSE;
 	}
+	if (atomic_load(&g_strict_locking) && !tl_holds(bug->c)) {
+		violation("switch_core_media_bug_read on %s outside the session's bug lock (neither in a bug callback nor "
+				  "in switch_core_media_bug_exec_all): a hangup can free the bug during the read", bug->c->uuid);
+		return ST_FALSE;
+	}
 	read_impl = bug->c->impl;
 	bytes = read_impl.decoded_bytes_per_packet;
 
@@ -2093,6 +2139,69 @@ API void switch_core_media_bug_set_read_replace_frame(void *bugp, sim_frame_t *f
 {
 	sim_bug_t *b = bug_check(bugp, "switch_core_media_bug_set_read_replace_frame");
 	if (b) b->read_replace_frame_out = frame;
+}
+
+typedef void (*sim_exec_cb_t)(void *bug, void *user_data);
+
+/* switch_core_media_bug_exec_all (switch_core_media_bug.c): the bug list WRITE-locked, cb for each
+ * bug of that function that is neither PRUNE nor LOCK; SUCCESS if it called cb at least once */
+API int switch_core_media_bug_exec_all(void *session, const char *function, sim_exec_cb_t cb, void *user_data)
+{
+	sim_chan_t *c = session_chan(session, "switch_core_media_bug_exec_all");
+	sim_bug_t *bp;
+	int x = 0;
+	if (!c) return ST_FALSE;
+	if (!cb) {
+		violation("switch_core_media_bug_exec_all: NULL callback (the real core asserts)");
+		return ST_FALSE;
+	}
+	if (!function) {
+		violation("switch_core_media_bug_exec_all: NULL function (the real core strcmp()s it)");
+		return ST_FALSE;
+	}
+	if (c->bugs) {
+		if (!bug_wrlock(c, "switch_core_media_bug_exec_all")) return ST_FALSE;
+		for (bp = c->bugs; bp; bp = bp->next) {
+			if (!(bp->flags & SMBF_PRUNE) && !(bp->flags & SMBF_LOCK) && !strcmp(bp->function, function)) {
+				cb(bp, user_data);
+				x++;
+			}
+		}
+		bug_wrunlock(c);
+	}
+	return x ? ST_SUCCESS : ST_FALSE;
+}
+
+/* switch_core_media_bug_set_flag / clear_flag: a plain read-modify-write of bug->flags, no lock.
+ * The media threads read the flags under the bug list's read lock and the core itself sets
+ * SMBF_PRUNE there, so a safe caller holds the list lock: inside one of the bug's callbacks or
+ * inside exec_all. Anything else races the media thread (a violation here). */
+static sim_bug_t *flag_bug(void *bugp, const char *fn)
+{
+	sim_bug_t *b = bug_check(bugp, fn);
+	if (!b) return NULL;
+	if (atomic_load(&g_strict_locking) && !tl_holds(b->c)) {
+		violation("%s on %s outside the session's bug lock: races the media thread (and a removal)", fn, b->c->uuid);
+		return NULL;
+	}
+	return b;
+}
+
+API uint32_t switch_core_media_bug_set_flag(void *bugp, uint32_t flag)
+{
+	sim_bug_t *b = flag_bug(bugp, "switch_core_media_bug_set_flag");
+	if (!b) return 0;
+	if (flag & SMBF_PRUNE) b->flags &= ~SMBF_LOCK;
+	b->flags |= flag;
+	return b->flags & flag;
+}
+
+API uint32_t switch_core_media_bug_clear_flag(void *bugp, uint32_t flag)
+{
+	sim_bug_t *b = flag_bug(bugp, "switch_core_media_bug_clear_flag");
+	if (!b) return 0;
+	b->flags &= ~flag;
+	return 0;
 }
 
 API void *switch_core_media_bug_get_session(void *bugp)
@@ -2906,6 +3015,24 @@ API int fssim_channel_bug_count(int id)
 	for (bp = c->bugs; bp; bp = bp->next) n++;
 	pthread_rwlock_unlock(&c->bug_rwlock);
 	return n;
+}
+
+API void fssim_set_strict_locking(int on)
+{
+	atomic_store(&g_strict_locking, on ? 1 : 0);
+}
+
+API long fssim_channel_callbacks(int id, int abc_type)
+{
+	sim_chan_t *c = chan_by_id(id);
+	if (!c || abc_type < 0 || abc_type >= 9) return -1;
+	return atomic_load(&c->cb_count[abc_type]);
+}
+
+API long long fssim_channel_first_tick_ns(int id)
+{
+	sim_chan_t *c = chan_by_id(id);
+	return c ? (long long) c->first_tick_ns : -1;
 }
 
 API long fssim_channel_ticks(int id)

@@ -137,6 +137,9 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "fssim_channel_heard_clear": (None, [c_int]),
     "fssim_channel_bug_count": (c_int, [c_int]),
     "fssim_channel_ticks": (c_long, [c_int]),
+    "fssim_channel_callbacks": (c_long, [c_int, c_int]),
+    "fssim_set_strict_locking": (None, [c_int]),
+    "fssim_channel_first_tick_ns": (ctypes.c_longlong, [c_int]),
     "fssim_channel_state": (c_int, [c_int]),
     "fssim_channel_thread_tid": (c_long, [c_int]),
     "fssim_channel_partner_tid": (c_long, [c_int]),
@@ -229,6 +232,12 @@ class SimSwitch:
     def mutex_owner(self, mutex: int | None) -> int:
         """Native thread id (gettid) holding a codec mutex, 0 if free."""
         return self.lib.fssim_mutex_owner(mutex)
+
+    def set_strict_locking(self, on: bool = True) -> None:
+        """Count a media-bug read or flag change outside the session's bug lock (not in one of
+        the bug's callbacks, not in switch_core_media_bug_exec_all) as a violation: the real core
+        allows it, but it races a hangup that frees the bug. Off by default."""
+        self.lib.fssim_set_strict_locking(1 if on else 0)
 
     # -- global counters --------------------------------------------------
     def locks_outstanding(self) -> int:
@@ -361,6 +370,17 @@ class SimChannel:
     @property
     def state(self) -> int:
         return self.lib.fssim_channel_state(self.id)
+
+    def callbacks(self, abc_type: int) -> int:
+        """How many media-bug callbacks of this switch_abc_type_t the core made on this channel's
+        bugs (bugs without a callback cost nothing and are not counted)."""
+        return self.lib.fssim_channel_callbacks(self.id, abc_type)
+
+    @property
+    def first_tick_time(self) -> float | None:
+        """time.monotonic() of the channel's first frame (CLOCK_MONOTONIC), None before it."""
+        ns = self.lib.fssim_channel_first_tick_ns(self.id)
+        return ns / 1e9 if ns > 0 else None
 
     @property
     def thread_id(self) -> int:

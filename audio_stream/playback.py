@@ -1,0 +1,162 @@
+"""The server's audio into one call: decoding, the queue, marks, clear/pause, mod_audio_stream's
+file mode. Runs on the loop thread; the frames themselves go into the call through the stream's
+PlaybackPort (switch/media.py) on the media threads.
+
+`host` is the stream: `fire(name, body)`, `send_text(text)`, `bad(reason, kind)`, `log(level,
+msg)`, `wake_playback()` and attributes `uuid`, `settings`, `rate` (the stream's rate), `be`.
+"""
+import os
+import time
+
+from . import audio, protocol
+
+RAW_EXT = {8000: "r8", 16000: "r16", 24000: "r24", 32000: "r32", 48000: "r48", 64000: "r64"}
+
+
+class Player:
+    def __init__(self, host, call_rate):
+        self.host = host
+        settings = host.settings
+        self.queue = audio.PlaybackQueue(call_rate, settings.playback_buffer_ms) if settings.playback else None
+        self.downlink = audio.Downlink(call_rate)
+        self.port = None          # the PlaybackPort, set by the stream when attached
+        self.stop_requested = False
+        self._files = []
+        self._file_n = 0
+        self._arrived = None
+
+    @property
+    def playing(self):
+        return self.port is not None and self.port.playing
+
+    def _stop_playing(self, reason):
+        if self.port is not None and self.port.playing:
+            self.port.playing = False
+            self.host.fire("playback_stopped", protocol.dumps({"reason": reason}))
+
+    # ---- messages from the server ---------------------------------------------------------------
+    def handle(self, msg):
+        """One parsed message (protocol.StreamAudio, KillAudio, Mark, ClearMarks, PausePlayback,
+        ResumePlayback)."""
+        kind = type(msg)
+        if kind is protocol.StreamAudio:
+            self._stream_audio(msg)
+        elif kind is protocol.KillAudio:
+            self.clear()
+        elif kind is protocol.Mark:
+            self._mark(msg.name)
+        elif kind is protocol.ClearMarks:
+            if self.queue is not None:
+                self._ack_marks(self.queue.clear_marks(), "cleared")
+        elif kind is protocol.PausePlayback:
+            self.pause(True)
+        elif kind is protocol.ResumePlayback:
+            self.pause(False)
+
+    def binary(self, data):
+        if self.queue is None:
+            return
+        rate = self.host.settings.sample_rate or self.host.rate
+        self._enqueue(self.downlink.binary(data, rate))
+
+    def _stream_audio(self, msg):
+        if self.queue is None or msg.audio_type in ("mp3", "ogg"):
+            self._play_file(msg)
+            return
+        try:
+            pcm, rate = audio.decode(msg.audio_type, msg.payload, msg.sample_rate)
+        except audio.AudioFormatError as e:
+            self.host.bad("streamAudio: %s" % e)
+            return
+        self._enqueue(self.downlink.convert(pcm, rate))
+
+    def _enqueue(self, pcm):
+        if not pcm:
+            return
+        queue = self.queue
+        if not queue.queued:
+            self._arrived = time.monotonic()     # audio arriving at an empty queue
+        if not queue.push(pcm):
+            self.host.bad("playback queue full: %d ms queued, this message holds %d ms, STREAM_PLAYBACK_BUFFER "
+                          "is %d ms: audio refused" % (queue.queued_ms, len(pcm) * 1000 // (2 * queue.rate),
+                                                        self.host.settings.playback_buffer_ms),
+                          "playback_buffer_full")
+            return
+        if queue.take_wake():
+            self.host.wake_playback()
+
+    def _play_file(self, msg):
+        """mod_audio_stream's behaviour: write the payload to a file, fire ::play with its path."""
+        if msg.audio_type == "raw":
+            ext = RAW_EXT.get(msg.sample_rate)
+            if ext is None:
+                self.host.bad("streamAudio: unsupported sample rate %s for a raw file (one of %s)"
+                              % (msg.sample_rate, ", ".join(str(r) for r in RAW_EXT)))
+                return
+        else:
+            ext = msg.audio_type
+        path = os.path.join(self.host.be.temp_dir(), "%s_%d.tmp.%s" % (self.host.uuid, self._file_n, ext))
+        self._file_n += 1
+        try:
+            with open(path, "wb") as f:
+                f.write(msg.payload)
+        except OSError as e:
+            self.host.bad("cannot write %s: %s" % (path, e), "io_error")
+            return
+        self._files.append(path)
+        self.host.fire("play", protocol.play_body(msg.data, path))
+
+    def _mark(self, name):
+        if self.queue is None or self.queue.mark(name):
+            self._ack_marks([name], "playout")
+
+    def _ack_marks(self, names, event):
+        for name in names:
+            self.host.send_text(protocol.mark_ack(name, event))
+            self.host.fire("mark", protocol.dumps({"name": name, "event": event}))
+
+    # ---- control (server messages and API commands) ---------------------------------------------
+    def clear(self):
+        if self.queue is None:
+            return
+        dropped = self.queue.clear()
+        self.downlink.reset()
+        self._stop_playing("cleared")
+        self._ack_marks(dropped, "cleared")
+
+    def pause(self, paused):
+        if self.queue is None:
+            return
+        self.queue.paused = paused
+        if paused:
+            self._stop_playing("paused")
+        elif self.queue.take_wake():
+            self.host.wake_playback()
+
+    # ---- PlaybackPort listener (on the loop thread, through call_soon_threadsafe) ---------------
+    def playback_started(self, t):
+        body = {"queued_ms": self.queue.queued_ms}
+        arrived, self._arrived = self._arrived, None
+        if arrived is not None and t >= arrived:
+            # from the server's audio reaching us (at an empty queue) to its first frame in the call
+            body["latency_ms"] = round((t - arrived) * 1000, 1)
+        self.host.fire("playback_started", protocol.dumps(body))
+
+    def playback_done(self):
+        self.host.fire("playback_stopped", protocol.dumps({"reason": "done"}))
+
+    def marks_played(self, names):
+        self._ack_marks(names, "playout")
+
+    def playback_closed(self):
+        """The playback bug is gone (hangup, stop, or the stream's own removal)."""
+        self._stop_playing("stopped" if self.stop_requested else "hangup")
+
+    # ---- end --------------------------------------------------------------------------------------
+    def remove_files(self):
+        for path in self._files:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._files.clear()
