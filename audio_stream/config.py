@@ -16,6 +16,7 @@ DEFAULTS = {
     "STREAM_PLAYBACK": "true",           # inject the server's audio into the call
     "STREAM_PLAYBACK_BUFFER": "60000",   # ms of server audio the playback queue may hold
     "STREAM_MAX_MESSAGE": "4194304",     # bytes: largest message accepted from the server
+    "STREAM_RECONNECT_BUFFER": "5000",   # ms of the caller's audio kept while the server cannot take it
 }
 
 MAX_BUFFER_MS = 10000
@@ -50,6 +51,7 @@ class Settings:
     playback: bool = True
     playback_buffer_ms: int = 60000
     max_message: int = 4 * 1024 * 1024
+    backlog_ms: int = 5000                # STREAM_RECONNECT_BUFFER
     sample_rate: Optional[int] = None     # rate of binary audio from the server (None: stream rate)
     tls_ca_file: str = "SYSTEM"
     tls_cert_file: Optional[str] = None
@@ -124,6 +126,7 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         playback=switch_true(var("STREAM_PLAYBACK")),
         playback_buffer_ms=_int("STREAM_PLAYBACK_BUFFER", var("STREAM_PLAYBACK_BUFFER"), 100, 3600000),
         max_message=_int("STREAM_MAX_MESSAGE", var("STREAM_MAX_MESSAGE"), 1024, 256 * 1024 * 1024),
+        backlog_ms=_int("STREAM_RECONNECT_BUFFER", var("STREAM_RECONNECT_BUFFER"), 100, 600000),
         sample_rate=_int("STREAM_SAMPLE_RATE", rate, 8000, 192000) if rate else None,
         tls_ca_file=var("STREAM_TLS_CA_FILE") or "SYSTEM",
         tls_cert_file=var("STREAM_TLS_CERT_FILE"),

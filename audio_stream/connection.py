@@ -53,6 +53,19 @@ def _describe(exc):
     return str(exc) or exc.__class__.__name__
 
 
+def bound_send_buffer(ws, nbytes):
+    """Cap the kernel's send buffer for this connection (Linux doubles the value). Autotuning
+    lets a loopback or LAN socket soak up ~4 MB: minutes of audio that a stalled server would
+    hide before anyone noticed. About a second of audio is enough to ride out jitter."""
+    sock = ws.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(nbytes))
+    except OSError:
+        pass
+
+
 async def connect(client, url, settings):
     """Open the WebSocket or raise ConnectError with a code from protocol.ERR_*."""
     is_tls = url.lower().startswith("wss://")

@@ -31,6 +31,7 @@ class _NoWake:
 
 CLOSE_TIMEOUT = 5.0        # s to send what is left and the close frame after the media ended
 MAX_TEXT_BYTES = 1 << 20   # texts waiting for a server that does not read
+SEND_BUFFER_MS = 500       # the kernel's send buffer: this much audio (doubled by Linux)
 
 
 class Stream:
@@ -49,8 +50,8 @@ class Stream:
         self.uplink = audio.Uplink(call_rate, cmd.rate, self.channels, settings.buffer_ms)
         # audio held while connecting (and while the server is slow): bounded, oldest dropped
         bytes_per_ms = cmd.rate * 2 * self.channels // 1000
-        held_ms = max(int((settings.connect_timeout + 1.0) * 1000), 2000)
-        self.outbox = Outbox(held_ms * bytes_per_ms, MAX_TEXT_BYTES + settings.max_message, bytes_per_ms)
+        self.outbox = Outbox(settings.backlog_ms * bytes_per_ms, MAX_TEXT_BYTES + settings.max_message,
+                             bytes_per_ms)
         if self.metadata:
             self.outbox.put_text(self.metadata)
         flags = C.SMBF_READ_STREAM
@@ -201,6 +202,7 @@ class Stream:
         try:
             try:
                 self.ws = await connection.connect(service.http(), self.url, self.settings)
+                connection.bound_send_buffer(self.ws, max(16384, self.outbox.bytes_per_ms * SEND_BUFFER_MS))
             except connection.ConnectError as e:
                 message = e.message
                 lag = service.loop_lag_ms()

@@ -1888,7 +1888,7 @@ API int switch_core_media_bug_add(void *session, const char *function, const cha
 	pthread_mutex_unlock(&c->ctl);
 
 	/* INIT: on the caller's thread, no lock held, bug not listed yet, *new_bug still NULL */
-	if (bug->callback && bug->callback(bug, bug->user_data, ABC_INIT) == B_FALSE) {
+	if (bug->callback && cb_call(bug, ABC_INIT) == B_FALSE) {
 		bug_destroy(bug);
 		core_error("Error attaching BUG to %s", c->name);
 		return ST_GENERR;

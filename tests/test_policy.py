@@ -1,0 +1,114 @@
+"""The pure decision policies (policy.py) and the bounded outbox (outbox.py)."""
+from audio_stream.outbox import Outbox
+from audio_stream.policy import REPLACE, WRITE, PairPolicy, PlaybackPolicy
+
+
+# ---- PairPolicy ---------------------------------------------------------------------------------
+
+def test_pairs_flowing_never_pad():
+    p = PairPolicy(idle_passes=2)
+    assert [p.pad(n) for n in (1, 2, 1, 0, 1, 0, 2)] == [False] * 7   # one empty pass is jitter
+
+
+def test_write_side_idle_pads_after_two_empty_passes_until_pairs_return():
+    p = PairPolicy(idle_passes=2)
+    assert [p.pad(n) for n in (1, 0, 0, 0, 0, 1, 0, 0)] == [False, False, True, True, True, False, False, True]
+
+
+def test_idle_from_the_start():
+    p = PairPolicy(idle_passes=2)
+    assert [p.pad(0) for _ in range(3)] == [False, True, True]
+
+
+# ---- PlaybackPolicy -----------------------------------------------------------------------------
+
+def pings(policy, wrote):
+    return [policy.may_write(w) for w in wrote]
+
+
+def test_unknown_call_waits_quiet_pings_before_writing():
+    p = PlaybackPolicy(quiet_pings=3)
+    assert pings(p, [False] * 5) == [False, False, True, True, True]
+
+
+def test_core_write_resets_the_count():
+    p = PlaybackPolicy(quiet_pings=3)
+    assert pings(p, [False, False, True, False, False, False]) == [False, False, False, False, False, True]
+
+
+def test_sleep_remembers_who_wrote_and_the_prior_saves_the_wait():
+    p = PlaybackPolicy(quiet_pings=3)
+    pings(p, [False] * 4)
+    assert p.may_sleep()
+    p.sleep()
+    assert p.prior == WRITE
+    p.activate()
+    assert pings(p, [False, False]) == [True, True]        # a parked call: write at once
+
+
+def test_prior_write_is_dropped_when_the_core_turns_out_to_write():
+    p = PlaybackPolicy(quiet_pings=3)
+    pings(p, [False] * 4)
+    p.sleep()
+    p.activate()
+    # the call was bridged meanwhile: one core write is enough to go back to waiting
+    assert pings(p, [True, False, False, False]) == [False, False, False, True]
+
+
+def test_prior_replace_waits():
+    p = PlaybackPolicy(quiet_pings=3)
+    pings(p, [True, True, True, True])
+    p.sleep()
+    assert p.prior == REPLACE
+    p.activate()
+    assert pings(p, [False, False, False]) == [False, False, True]
+
+
+def test_no_sleep_before_enough_pings():
+    p = PlaybackPolicy(quiet_pings=3)
+    assert [(p.may_write(False), p.may_sleep())[1] for _ in range(5)] == [False, False, False, True, True]
+
+
+# ---- Outbox -------------------------------------------------------------------------------------
+
+def test_outbox_keeps_order_and_counts():
+    o = Outbox(max_audio_bytes=100, max_text_bytes=50, bytes_per_ms=10)
+    o.put_text("meta")
+    o.put_audio(b"a" * 40)
+    o.put_text("t1")
+    o.put_audio(b"b" * 40)
+    assert (o.audio_bytes, o.text_bytes, o.queued_ms) == (80, 6, 8)
+    assert [o.pop() for _ in range(4)] == ["meta", b"a" * 40, "t1", b"b" * 40]
+    assert not o and o.take_events() == []
+
+
+def test_outbox_drops_oldest_audio_never_text_and_reports_one_episode():
+    o = Outbox(max_audio_bytes=100, max_text_bytes=50, bytes_per_ms=10)
+    o.put_text("meta")
+    for i in range(3):
+        o.put_audio(bytes([i]) * 40)
+    assert o.take_events() == [("overrun", 4, 4)]            # the episode starts: 4 ms dropped so far
+    for i in range(3, 5):
+        o.put_audio(bytes([i]) * 40)
+    assert o.take_events() == []                             # one event per episode
+    assert o.overrun and o.dropped_bytes == 120 and o.audio_bytes == 80
+    assert o.pop() == "meta"
+    assert o.pop() == bytes([3]) * 40                        # 0, 1, 2 were dropped
+    o.put_audio(b"x" * 40)
+    assert o.take_events() == []
+    o.pop()
+    o.pop()
+    assert o.take_events() == [("recovered", 12, 12)]
+    o.put_audio(b"y" * 40)
+    for _ in range(3):
+        o.put_audio(b"z" * 40)
+    assert o.take_events() == [("overrun", 4, 16)]          # a new episode, total so far
+
+
+def test_outbox_refuses_text_over_its_bound():
+    o = Outbox(max_audio_bytes=100, max_text_bytes=10, bytes_per_ms=10)
+    assert o.put_text("12345")
+    assert o.put_text("67890")
+    assert not o.put_text("x")
+    o.pop()
+    assert o.put_text("x")
