@@ -121,12 +121,18 @@ class switch_frame_t(Structure):
 
 
 BUGCB = CFUNCTYPE(c_int, c_void_p, c_void_p, c_int)
+EXECCB = CFUNCTYPE(None, c_void_p, c_void_p)
+STEREO_SWAP, SMBF_PRUNE = 1 << 11, 1 << 9
 
 
 def bind_core(path: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)  # own instance: prototypes independent of sim.py's
     protos = {
         "switch_core_session_perform_locate": (c_void_p, [c_char_p, c_char_p, c_char_p, c_int]),
+        "switch_core_session_perform_force_locate": (c_void_p, [c_char_p, c_char_p, c_char_p, c_int]),
+        "switch_core_media_bug_exec_all": (c_int, [c_void_p, c_char_p, EXECCB, c_void_p]),
+        "switch_core_media_bug_set_flag": (c_uint32, [c_void_p, c_uint32]),
+        "switch_core_media_bug_clear_flag": (c_uint32, [c_void_p, c_uint32]),
         "switch_core_session_rwunlock": (None, [c_void_p]),
         "switch_core_session_get_channel": (c_void_p, [c_void_p]),
         "switch_core_session_get_uuid": (c_char_p, [c_void_p]),
@@ -1201,3 +1207,185 @@ def test_fake_freeswitch_events_logs_api(sim, core):
     assert fs.fired() == [] and fs.logs() == []
     core.switch_core_session_rwunlock(s)
     assert sim.locks_outstanding() == 0
+
+
+# --- callback-less bugs, exec_all, runtime flags, force_locate (the product's media path) ---------
+
+
+def add_plain(core, session, function, flags, callback=None, user_data=None):
+    ptr = c_void_p()
+    status = core.switch_core_media_bug_add(session, function.encode(), None, callback or BUGCB(), user_data, 0,
+                                            flags, byref(ptr))
+    return status, ptr
+
+
+def test_callbackless_bug_buffers_every_frame_and_costs_no_callback(sim, core):
+    ch = sim.channel(rate=8000)
+    ch.set_tones(440, 0)
+    s = locate(core, ch.uuid)
+    status, ptr = add_plain(core, s, "cap", READ_STREAM)
+    assert status == SUCCESS and ptr.value
+    ch.start(speed=0, ticks=0)
+    ch.run_ticks(30)
+    assert all(ch.callbacks(t) == 0 for t in (ABC_INIT, ABC_READ, ABC_READ_PING, ABC_CLOSE))
+    got = []
+    buf = (c_uint8 * 16384)()
+    frame = switch_frame_t(data=cast(buf, c_void_p), buflen=16384)
+
+    def on_exec(bug, user_data):
+        assert bug == ptr.value and user_data == 77
+        while core.switch_core_media_bug_read(bug, byref(frame), 1) == SUCCESS:
+            got.append(ctypes.string_at(buf, frame.datalen))
+
+    cb = EXECCB(on_exec)
+    assert core.switch_core_media_bug_exec_all(s, b"cap", cb, 77) == SUCCESS
+    assert len(got) == 30 and all(len(g) == 320 for g in got)
+    assert abs(dominant(np.frombuffer(b"".join(got), np.int16), 8000) - 440) < 5
+    core.switch_core_session_rwunlock(s)
+    ch.hangup()
+
+
+def test_exec_all_matches_the_function_skips_pruned_and_says_when_none(sim, core):
+    ch = sim.channel(rate=8000)
+    s = locate(core, ch.uuid)
+    seen = []
+    cb = EXECCB(lambda bug, ud: seen.append(bug))
+    assert core.switch_core_media_bug_exec_all(s, b"a", cb, None) == FALSE     # no bug at all
+    _, a1 = add_plain(core, s, "a", READ_STREAM)
+    _, b1 = add_plain(core, s, "b", READ_STREAM)
+    _, a2 = add_plain(core, s, "a", READ_STREAM)
+    assert core.switch_core_media_bug_exec_all(s, b"a", cb, None) == SUCCESS
+    assert seen == [a1.value, a2.value]
+    seen.clear()
+    assert core.switch_core_media_bug_exec_all(s, b"A", cb, None) == FALSE     # strcmp: case matters
+    assert core.switch_core_media_bug_exec_all(s, b"zz", cb, None) == FALSE and not seen
+    assert core.switch_core_media_bug_remove(s, byref(a1)) == SUCCESS
+    assert core.switch_core_media_bug_exec_all(s, b"a", cb, None) == SUCCESS and seen == [a2.value]
+    core.switch_core_session_rwunlock(s)
+    ch.hangup()
+
+
+def test_exec_all_holds_the_write_lock_no_callback_runs_meanwhile(sim, core):
+    """While exec_all's callback runs, the session thread cannot enter any bug callback."""
+    ch = sim.channel(rate=8000)
+    s = locate(core, ch.uuid)
+    pinged = []
+    pcb = sim.keep(BUGCB(lambda bug, ud, abc: pinged.append(time.monotonic()) or 1))
+    add_plain(core, s, "play", READ_PING, pcb)
+    _, cap = add_plain(core, s, "cap", READ_STREAM)
+    ch.start(speed=4.0)
+    assert ch.wait_ticks(5)
+    window = []
+
+    def slow(bug, ud):
+        t0 = time.monotonic()
+        time.sleep(0.05)                  # 10 frames at 4x speed
+        window.append((t0, time.monotonic()))
+
+    cb = EXECCB(slow)
+    assert core.switch_core_media_bug_exec_all(s, b"cap", cb, None) == SUCCESS
+    t0, t1 = window[0]
+    assert not [t for t in pinged if t0 < t < t1]
+    assert ch.wait_ticks(ch.ticks + 3)
+    core.switch_core_session_rwunlock(s)
+    ch.hangup()
+
+
+def test_exec_all_from_inside_a_bug_callback_is_a_deadlock(sim, core):
+    ch = sim.channel(rate=8000)
+    s = locate(core, ch.uuid)
+    cb = EXECCB(lambda bug, ud: None)
+
+    def on_read(b, bug):
+        core.switch_core_media_bug_exec_all(s, b"test", cb, None)
+        return 1
+
+    Bug(sim, core, s, READ_STREAM, handlers={ABC_READ: on_read})
+    ch.start(speed=0, ticks=0)
+    ch.run_ticks(1)
+    sim.allow_violations = 1
+    assert "deadlock" in sim.last_violation()
+    core.switch_core_session_rwunlock(s)
+    ch.hangup()
+
+
+def test_flags_switched_at_runtime_start_and_stop_the_callbacks(sim, core):
+    ch = sim.channel(rate=8000)
+    s = locate(core, ch.uuid)
+    bug = Bug(sim, core, s, READ_PING | STEREO_SWAP, drain=False)
+    ch.start(speed=0, ticks=0)
+    ch.run_ticks(5)
+    assert bug.count(ABC_READ_PING) == 5
+
+    def flags(op, flag):
+        cb = EXECCB(lambda b, ud: op(b, flag))
+        assert core.switch_core_media_bug_exec_all(s, b"test", cb, None) == SUCCESS
+
+    flags(core.switch_core_media_bug_clear_flag, READ_PING)
+    ch.run_ticks(5)
+    assert bug.count(ABC_READ_PING) == 5               # dormant: the core calls nothing
+    flags(core.switch_core_media_bug_set_flag, READ_PING)
+    ch.run_ticks(5)
+    assert bug.count(ABC_READ_PING) == 10
+    core.switch_core_session_rwunlock(s)
+    ch.hangup()
+    assert bug.count(ABC_CLOSE) == 1                   # still a bug: CLOSE at hangup
+
+
+def test_strict_locking_flags_reads_and_flag_changes_outside_the_bug_lock(sim, core):
+    ch = sim.channel(rate=8000)
+    s = locate(core, ch.uuid)
+    _, cap = add_plain(core, s, "cap", READ_STREAM)
+    frame = switch_frame_t(data=cast((c_uint8 * 4096)(), c_void_p), buflen=4096)
+    sim.set_strict_locking(True)
+    try:
+        core.switch_core_media_bug_read(cap, byref(frame), 1)
+        assert "outside the session's bug lock" in sim.last_violation()
+        core.switch_core_media_bug_set_flag(cap, READ_PING)
+        assert sim.violations() == 2
+    finally:
+        sim.set_strict_locking(False)
+    sim.allow_violations = 2
+    core.switch_core_session_rwunlock(s)
+    ch.hangup()
+
+
+def test_force_locate_works_after_hangup_until_the_session_is_destroyed(sim, core):
+    ch = sim.channel(rate=8000)
+    s = core.switch_core_session_perform_force_locate(ch.uuid.encode(), b"t", b"t", 1)
+    assert s
+    ch.hangup()                      # the bugs are closed; destruction waits for our read lock
+    assert locate(core, ch.uuid) is None
+    again = core.switch_core_session_perform_force_locate(ch.uuid.encode(), b"t", b"t", 1)
+    assert again == s
+    core.switch_core_session_rwunlock(again)
+    core.switch_core_session_rwunlock(s)
+    assert ch.wait_destroyed()
+    assert not core.switch_core_session_perform_force_locate(ch.uuid.encode(), b"t", b"t", 1)
+
+
+def test_hangup_closes_every_bug_before_it_destroys_any(sim, core):
+    """switch_core_media_bug_remove_all: the CLOSE callbacks run under the write lock, the bugs
+    are destroyed afterwards, so a CLOSE can still read another bug's buffered frames."""
+    ch = sim.channel(rate=8000)
+    s = locate(core, ch.uuid)
+    _, cap = add_plain(core, s, "cap", READ_STREAM)
+    tail = []
+    buf = (c_uint8 * 16384)()
+    frame = switch_frame_t(data=cast(buf, c_void_p), buflen=16384)
+
+    def on_close(b, bug):
+        while core.switch_core_media_bug_read(cap, byref(frame), 1) == SUCCESS:
+            tail.append(frame.datalen)
+        return 1
+
+    sim.set_strict_locking(True)
+    try:
+        Bug(sim, core, s, STEREO_SWAP, handlers={ABC_CLOSE: on_close})
+        ch.start(speed=0, ticks=0)
+        ch.run_ticks(7)
+        core.switch_core_session_rwunlock(s)
+        ch.hangup()
+    finally:
+        sim.set_strict_locking(False)
+    assert tail == [320] * 7
