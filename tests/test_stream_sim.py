@@ -257,10 +257,14 @@ def test_headers_deflate_and_heartbeat(h):
     conn = server.wait_conn()
     assert conn.headers["Authorization"] == "Bearer abc" and conn.headers["X-Call"] == "1"
     assert "permessage-deflate" not in conn.headers.get("Sec-WebSocket-Extensions", "")
-    ch2 = h.call(rate=8000)
+    ch2 = h.call(rate=8000, STREAM_MESSAGE_DEFLATE="false")     # mod_audio_stream's default, made explicit
     assert h.api("%s start %s mono 8k" % (ch2.uuid, server.url)) == "+OK Success"
     conn2 = server.wait_conn(2)
     assert "permessage-deflate" in conn2.headers.get("Sec-WebSocket-Extensions", "")
+    ch3 = h.call(rate=8000)                                     # ours: off unless asked for
+    assert h.api("%s start %s mono 8k" % (ch3.uuid, server.url)) == "+OK Success"
+    conn3 = server.wait_conn(3)
+    assert "permessage-deflate" not in conn3.headers.get("Sec-WebSocket-Extensions", "")
 
 
 def test_heartbeat_pings(h):
