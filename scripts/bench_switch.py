@@ -121,7 +121,7 @@ def source_info(path):
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=real, capture_output=True,
                              text=True, timeout=10)
         if top.returncode == 0:
-            info["commit"] = git("rev-parse", "--short", "HEAD", cwd=real)
+            info["commit"] = git("log", "-1", "--format=%h", "--", ".", cwd=real)   # last change to the package
             info["dirty"] = bool(git("status", "--porcelain", "--", ".", cwd=real))
     except (OSError, subprocess.SubprocessError, BenchError):
         pass
@@ -208,7 +208,13 @@ class Driver:
 
     def cpu_ticks(self):
         pid = self.pid()
-        return None if pid is None else proc_cpu_ticks(pid)
+        if pid is None:
+            return None
+        try:
+            return proc_cpu_ticks(pid)
+        except OSError:
+            self.check_alive()
+            raise BenchError("cannot read /proc/%d/stat" % pid)
 
     def rss_kb(self):
         """VmRSS of the switch process, read after malloc_trim(0) in it: heap memory freed earlier but
@@ -217,7 +223,11 @@ class Driver:
         if pid is None:
             return None
         self.trim()
-        return proc_rss_kb(pid)
+        try:
+            return proc_rss_kb(pid)
+        except OSError:
+            self.check_alive()
+            raise BenchError("cannot read /proc/%d/status" % pid)
 
     def trim(self):
         pass
@@ -347,6 +357,9 @@ class SimDriver(Driver):
 
     def alive_calls(self, uuids):
         return [u for u in uuids if self.chans[u].state != 2]
+
+    def other_channels(self):
+        return 0
 
     def setvars(self, uuids, variables):
         for u in uuids:
@@ -571,6 +584,7 @@ class EslDriver(Driver):
         self._conns = []
         self._pid = None
         self._pool = None
+        self.restarted = None      # why, once a restart was seen: nothing more is sent to the switch
         self.events = None
         self.api_conn = Esl(host, port, password)
         self._conns.append(self.api_conn)
@@ -615,11 +629,26 @@ class EslDriver(Driver):
             self._conns.append(c)
         return c
 
-    def api(self, cmd, timeout=30.0, conn=None):
-        c = conn or (self.api_conn if threading.current_thread() is threading.main_thread() else self._conn())
+    def api(self, cmd, timeout=30.0):
+        if self.restarted:
+            raise SwitchRestarted(self.restarted)
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            if self.api_conn is None:
+                self.api_conn = Esl(self.host, self.port, self.password, timeout=3)
+                self._conns.append(self.api_conn)
+            c = self.api_conn
+        else:
+            c = self._conn()
         try:
             return c.api(cmd, timeout)
         except EslError as e:
+            # the connection is unusable now (a late answer would be read as the next one's)
+            c.close()
+            if main:
+                self.api_conn = None
+            else:
+                self._local.conn = None
             self._diagnose(str(e))
             raise BenchError("the switch at %s:%d: %s" % (self.host, self.port, e))
 
@@ -627,31 +656,37 @@ class EslDriver(Driver):
         """An event-socket error: say whether the switch restarted or went away."""
         if self._pid is not None:
             if not os.path.exists("/proc/%d" % self._pid) or not (proc_comm(self._pid) or "").startswith("freeswitch"):
-                time.sleep(0.5)
-                raise SwitchRestarted("switch restarted or stopped during the run (pid %d is gone; %s): "
-                                      "its calls and streams are gone" % (self._pid, why))
+                self._restarted("switch restarted or stopped during the run (pid %d is gone; %s): its calls "
+                                "and streams are gone" % (self._pid, why))
         try:
             c = Esl(self.host, self.port, self.password, timeout=3)
             st = parse_status(c.api("status", 5))
             c.close()
         except (BenchError, EslError):
             raise BenchError("the switch at %s:%d stopped answering (%s)" % (self.host, self.port, why))
+        self._check_uptime(st)
+
+    def _check_uptime(self, st):
         if st.get("uptime_s") is not None and self.status0.get("uptime_s") is not None and \
                 st["uptime_s"] < self.status0["uptime_s"]:
-            raise SwitchRestarted("switch restarted during the run (uptime now %d s)" % st["uptime_s"])
+            self._restarted("switch restarted during the run (uptime now %d s): its calls and streams are "
+                            "gone" % st["uptime_s"])
+
+    def _restarted(self, why):
+        self.restarted = why
+        raise SwitchRestarted(why)
 
     def check_alive(self):
+        if self.restarted:
+            raise SwitchRestarted(self.restarted)
         if self._pid is not None and (not os.path.exists("/proc/%d" % self._pid)
                                       or not (proc_comm(self._pid) or "").startswith("freeswitch")):
-            raise SwitchRestarted("switch restarted or stopped during the run (pid %d is gone): its calls "
-                                  "and streams are gone" % self._pid)
+            self._restarted("switch restarted or stopped during the run (pid %d is gone): its calls and "
+                            "streams are gone" % self._pid)
         if self.events is not None and self.events.dead:
             self._diagnose("event connection: %s" % self.events.dead)
             raise BenchError("lost the event connection to the switch (%s)" % self.events.dead)
-        st = parse_status(self.api("status"))
-        if st.get("uptime_s") is not None and self.status0.get("uptime_s") is not None and \
-                st["uptime_s"] < self.status0["uptime_s"]:
-            raise SwitchRestarted("switch restarted during the run (uptime now %d s)" % st["uptime_s"])
+        self._check_uptime(parse_status(self.api("status")))
 
     def parallel(self, fn, items, label):
         if len(items) <= 1 or self.workers <= 1:
@@ -795,6 +830,13 @@ class EslDriver(Driver):
             raise BenchError("%d of %d originates failed, e.g. %s" % (len(errors), n, errors[0][:200]))
         return made
 
+    def other_channels(self):
+        """Channels on the switch that are not ours (another test or the lead's run): their load
+        changes would show up in our CPU figures."""
+        import re
+        m = re.search(r"(\d+) total", self.api("show channels count"))
+        return None if not m else max(0, int(m.group(1)) - 2 * len(self.calls))
+
     def alive_calls(self, uuids):
         res = self.parallel(lambda u: self.api("uuid_exists %s" % u) == "true", uuids, "checking calls")
         return [u for u, ok in zip(uuids, res) if ok]
@@ -842,6 +884,8 @@ class EslDriver(Driver):
         self.parallel(one, uuids, "hanging up")
 
     def close(self):
+        if self.restarted:          # a new switch: none of our calls, limits back to its defaults
+            self.calls, self.restore = [], {}
         if self.calls:
             try:
                 self.hangup(list(self.calls))

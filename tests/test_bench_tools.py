@@ -348,3 +348,15 @@ def test_sink_records_and_plays():
             p.wait()
         p.stdout.close()
         p.stderr.close()
+
+
+def test_old_bench_py_alias_translates_its_options():
+    loader = importlib.machinery.SourceFileLoader("bench_alias", os.path.join(SCRIPTS, "bench.py"))
+    spec = importlib.util.spec_from_loader("bench_alias", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    assert mod.translate(["--calls", "10", "--seconds", "3", "--latency-trials", "5", "--no-deflate",
+                          "--no-playback", "--json", "x"]) == [
+        "--mix", "stereo", "--calls", "10", "--window", "3", "--deflate", "off", "--playback", "off",
+        "--json", "x"]
+    assert mod.translate(["--seconds=2"]) == ["--mix", "stereo", "--window", "2"]
