@@ -7,6 +7,7 @@ import ctypes
 import glob
 import importlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -325,10 +326,14 @@ class SimDriver(Driver):
     def new_calls(self, n):
         made = []
         t0 = time.monotonic()
+        rnd = random.Random(len(self.calls))
         for i in range(n):
             ch = self.sim.channel(rate=self.call_rate, ptime_ms=self.ptime_ms)
             ch.set_tones(self.read_hz, 0, self.amplitude)
             ch.set_core_writing(0)            # parked, as the real switch's a-legs
+            # calls on a real switch tick at unrelated phases of their 20 ms clocks: start each at a
+            # random phase, or every call would meet a capture timer at the same point of its frame
+            time.sleep(rnd.uniform(0, self.ptime_ms / 1000.0))
             self.started_at[ch.uuid] = time.monotonic()
             ch.start(1.0)
             self.chans[ch.uuid] = ch
