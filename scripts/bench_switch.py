@@ -179,7 +179,14 @@ def read_marker(path):
         return None
 
 
-def noise_wav(path, seconds=120, rate=8000, seed=11):
+def scratch_dir(prefix):
+    """A private temporary directory, in RAM (/dev/shm) when there is one: the bench's files are
+    transient, and a full disk (seen on the shared machine) must not stop a run."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
+def noise_wav(path, seconds=60, rate=8000, seed=11):
     """White noise for the b-legs: non-periodic, so two streams of the same call align by content."""
     rng = np.random.default_rng(seed)
     x = np.clip(rng.standard_normal(int(seconds * rate)) * 2500, -32000, 32000).astype("<i2")
@@ -288,7 +295,7 @@ class SimDriver(Driver):
                 raise BenchError("imported audio_stream from %s, not from this checkout (%s)"
                                  % (os.path.dirname(mod.__file__), REPO))
         else:
-            self.tmp = self.tmp or tempfile.mkdtemp(prefix="audio_stream_bench-")
+            self.tmp = self.tmp or scratch_dir("audio_stream_bench-")
             sha = export_ref(base_ref, self.tmp, "audio_stream_base")
             self.facts["base"] = {"ref": base_ref, "commit": sha[:12]}
             sys.path.insert(0, self.tmp)
@@ -591,6 +598,14 @@ class EslDriver(Driver):
         self._pool = None
         self.restarted = None      # why, once a restart was seen: nothing more is sent to the switch
         self.events = None
+        self.api_conn = None
+        try:
+            self._setup(host, port, password, impls, base_ref, signal, load_c)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, host, port, password, impls, base_ref, signal, load_c):
         self.api_conn = Esl(host, port, password)
         self._conns.append(self.api_conn)
         st = parse_status(self.api("status"))
@@ -620,7 +635,7 @@ class EslDriver(Driver):
             if not local:
                 raise BenchError("--signal noise needs the switch on this machine (it plays a WAV written "
                                  "here); use --signal tone")
-            self.tmp = tempfile.mkdtemp(prefix="audio_stream_bench-")
+            self.tmp = scratch_dir("audio_stream_bench-")
             os.chmod(self.tmp, 0o755)
             self.wav = os.path.join(self.tmp, "noise.wav")
             noise_wav(self.wav)

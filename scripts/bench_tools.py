@@ -133,6 +133,32 @@ def stream_loss(sizes, times, t_ref, t_end, rate, channels):
         max_gap_at=(float(times[at]) - t_ref) if at is not None else None)
 
 
+def phase_of(t, marks):
+    """Name of the phase of the run an instant falls in; marks = [(name, start time), …] in order."""
+    name = None
+    for n, t0 in marks:
+        if t0 is not None and t >= t0:
+            name = n
+    return name
+
+
+def window_loss(streams, w0, w1, rate, channels):
+    """Audio lost inside one window of time, over all streams: bytes that arrived between w0 and w1
+    against what (w1 − w0) of audio should give. Arrival lags capture by each stream's latency, about
+    constant, so the window of arrivals stands for a window of captures of the same length; the
+    edges are worth ± one message per stream and average out over streams. `streams` is a list of
+    (sizes, times). Returns % (0 when nothing is missing) or None without streams."""
+    if not streams or w1 <= w0:
+        return None
+    owed = (w1 - w0) * rate * 2 * channels * len(streams)
+    got = 0
+    for sizes, times in streams:
+        t = np.asarray(times, dtype=np.float64)
+        z = np.asarray(sizes, dtype=np.int64)
+        got += int(z[(t >= w0) & (t < w1)].sum()) if len(t) else 0
+    return max(0.0, 100.0 * (owed - got) / owed)
+
+
 def loss_tolerance_ms(buffer_ms, ptime_ms=20):
     """How much missing audio a stream may show and still count as lossless: the measurement cannot
     place the first and last captured frame to better than one frame, and a module may drop a

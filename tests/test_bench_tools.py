@@ -360,3 +360,19 @@ def test_old_bench_py_alias_translates_its_options():
         "--mix", "stereo", "--calls", "10", "--window", "3", "--deflate", "off", "--playback", "off",
         "--json", "x"]
     assert mod.translate(["--seconds=2"]) == ["--mix", "stereo", "--window", "2"]
+
+
+def test_phase_of_and_window_loss():
+    marks = [("connecting", 10.0), ("the CPU window", 12.0), ("after the window", 22.0), ("stop", 25.0)]
+    assert bt.phase_of(9.0, marks) is None
+    assert bt.phase_of(12.0, marks) == "the CPU window"
+    assert bt.phase_of(23.5, marks) == "after the window"
+    assert bt.phase_of(30.0, marks) == "stop"
+    # two 8 kHz mono streams, 20 ms messages from t=10 to t=25; the second loses 1 s inside [12, 22)
+    full = msgs(10.0, 750, 0.02, 320)
+    sizes, times = msgs(10.0, 750, 0.02, 320)
+    keep = [i for i, t in enumerate(times) if not (15.0 <= t < 16.0)]
+    lossy = ([sizes[i] for i in keep], [times[i] for i in keep])
+    assert bt.window_loss([full], 12.0, 22.0, 8000, 1) == pytest.approx(0.0, abs=0.3)
+    assert bt.window_loss([full, lossy], 12.0, 22.0, 8000, 1) == pytest.approx(5.0, abs=0.3)
+    assert bt.window_loss([], 12.0, 22.0, 8000, 1) is None
