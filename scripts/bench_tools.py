@@ -70,6 +70,14 @@ def baseline_for(baselines):
     return sum(vals) / len(vals)
 
 
+def drift_per_stream(before, after, n):
+    """Half the difference between the baselines before and after a window, per stream: how far the
+    calls' own cost moved while the window ran, i.e. the ± to read a per-stream figure with."""
+    if before is None or after is None or not n:
+        return None
+    return abs(after - before) / 2.0 / n
+
+
 def per_stream(window_pct, baseline_pct, n):
     """CPU % of one core per stream beyond the calls' own cost."""
     if window_pct is None or baseline_pct is None or not n:

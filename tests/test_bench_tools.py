@@ -376,3 +376,9 @@ def test_phase_of_and_window_loss():
     assert bt.window_loss([full], 12.0, 22.0, 8000, 1) == pytest.approx(0.0, abs=0.3)
     assert bt.window_loss([full, lossy], 12.0, 22.0, 8000, 1) == pytest.approx(5.0, abs=0.3)
     assert bt.window_loss([], 12.0, 22.0, 8000, 1) is None
+
+
+def test_drift_per_stream():
+    assert bt.drift_per_stream(12.0, 16.0, 50) == pytest.approx(0.04)
+    assert bt.drift_per_stream(16.0, 12.0, 50) == pytest.approx(0.04)
+    assert bt.drift_per_stream(None, 12.0, 50) is None
