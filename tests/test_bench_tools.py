@@ -382,3 +382,136 @@ def test_drift_per_stream():
     assert bt.drift_per_stream(12.0, 16.0, 50) == pytest.approx(0.04)
     assert bt.drift_per_stream(16.0, 12.0, 50) == pytest.approx(0.04)
     assert bt.drift_per_stream(None, 12.0, 50) is None
+
+
+# ---- the real-switch driver against a fake event socket: a restart is reported, not hung on ------
+
+class FakeSwitch:
+    """Just enough of FreeSWITCH's event socket for EslDriver's setup and health checks."""
+
+    def __init__(self, script_dir, uptime_s=300):
+        import socket
+        import threading
+        self.script_dir = script_dir
+        self.uptime_s = uptime_s
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        self.clients = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.clients.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def answer(self, cmd):
+        if cmd == "status":
+            return ("UP 0 years, 0 days, 0 hours, %d minutes, %d seconds, 1 milliseconds, 2 microseconds\n"
+                    "FreeSWITCH (Version 1.10.12 fake) is ready\n0 session(s) since startup\n"
+                    "0 session(s) - peak 0, last 5min 0\n0 session(s) per Sec out of max 30, peak 0\n"
+                    "1000 session(s) max\n" % (self.uptime_s // 60, self.uptime_s % 60))
+        if cmd == "global_getvar script_dir":
+            return self.script_dir
+        if cmd.startswith("global_getvar"):
+            return "/tmp"
+        if cmd == "version":
+            return "FreeSWITCH Version 1.10.12 (fake)"
+        if cmd.startswith("python audio_stream_bench_probe pid"):
+            return "1"
+        if cmd == "python audio_stream":
+            return "-USAGE: <uuid> start ..."
+        if cmd == "show channels count":
+            return "\n0 total.\n"
+        return "-ERR unknown command"
+
+    def _serve(self, c):
+        f = c.makefile("rb")
+        try:
+            c.sendall(b"Content-Type: auth/request\n\n")
+            buf = []
+            for line in f:
+                line = line.decode().rstrip("\n")
+                if line:
+                    buf.append(line)
+                    continue
+                if not buf:
+                    continue
+                cmd, buf = buf[0], []
+                if cmd.startswith("auth") or cmd.startswith("event"):
+                    c.sendall(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
+                elif cmd.startswith("api "):
+                    body = self.answer(cmd[4:]).encode()
+                    c.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body)
+        except OSError:
+            pass
+
+    def drop_clients(self):
+        import socket
+        with self.lock:
+            for c in self.clients:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+            self.clients = []
+
+    def close(self):
+        import socket
+        try:
+            self.srv.shutdown(socket.SHUT_RDWR)     # wakes the accept() of the serving thread
+        except OSError:
+            pass
+        self.srv.close()
+        self.drop_clients()
+
+
+class Quiet:
+    def log(self, msg):
+        pass
+
+    def count(self, *a):
+        pass
+
+
+def test_esl_driver_reports_a_restart_and_a_vanished_switch(tmp_path):
+    import time
+    import bench_switch as bs
+    fake = FakeSwitch(str(tmp_path))
+    d = bs.EslDriver(Quiet(), "127.0.0.1", fake.port, "ClueCon", ["ours"], "e8c0b24", signal="tone")
+    try:
+        assert d.pid() is None                       # pid 1 is not a freeswitch: no CPU figures
+        assert (tmp_path / (bs.PROBE_NAME + ".py")).exists()
+        d.check_alive()
+        assert d.other_channels() == 0
+        # the switch restarts: every connection drops, a new one finds a younger switch
+        fake.uptime_s = 3
+        fake.drop_clients()
+        time.sleep(0.2)
+        with pytest.raises(bs.SwitchRestarted, match="restarted"):
+            d.check_alive()
+        with pytest.raises(bs.SwitchRestarted):      # and nothing more is sent to it
+            d.api("status")
+    finally:
+        d.close()
+    # a switch that is gone altogether
+    d = bs.EslDriver(Quiet(), "127.0.0.1", fake.port, "ClueCon", [], "e8c0b24", signal="tone")
+    try:
+        fake.close()
+        time.sleep(0.2)
+        with pytest.raises(bs.BenchError, match="stopped answering|no FreeSWITCH"):
+            d.check_alive()
+    finally:
+        d.close()
+    with pytest.raises(bs.BenchError, match="no FreeSWITCH event socket"):
+        bs.EslDriver(Quiet(), "127.0.0.1", fake.port, "ClueCon", [], "e8c0b24", signal="tone")
