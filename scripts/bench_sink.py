@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""The WebSocket sink of scripts/bench: its own process, so its CPU is not the switch's.
+
+    python scripts/bench_sink.py [--host 127.0.0.1] [--port 0]
+
+Prints `READY <port>` on stdout once it listens. Every WebSocket connection on
+ws://host:port/<phase>/<impl>/<uuid> gets one handler that records, per binary message, its
+arrival time (time.monotonic(), taken right after the message is read) and its size, and keeps
+the audio itself only when the phase asks for it. It can stream audio back into the call
+(`streamAudio` JSON, raw L16 at 8 kHz): continuously (paced in real time, a little ahead) or in
+short bursts (for `playback_started` latency).
+
+The bench drives it with a small HTTP API on the same port (JSON in, JSON out):
+
+    POST /ctl/phase   {"phase": "p3", "record_audio": false, "play": {...} or null}
+                      options for connections that open on that phase from now on
+    POST /ctl/play    {"phase": "p3", "mode": "continuous"|"bursts"|"off", ...}
+                      start (or stop) playing on the phase's open connections
+    GET  /ctl/status?phase=p3     counts of opened / open / closed connections, by implementation
+    GET  /ctl/results?phase=p3[&audio_dir=DIR]   every connection's record (audio into DIR)
+    POST /ctl/forget?phase=p3     drop the phase's records
+    POST /ctl/quit
+
+play options: mode; chunk_ms (continuous: each message's audio, default 20); lead_ms
+(continuous: how far ahead of real time to stay, default 200); burst_ms (bursts: audio per burst,
+default 200); period_ms (bursts: one burst per period at a random phase, default 1000);
+rounds (bursts, default 3).
+"""
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from array import array
+
+from aiohttp import WSMsgType, web
+
+RATE = 8000
+
+
+def audio_message(ms, hz=440.0, amplitude=3000):
+    """One streamAudio message carrying `ms` of a quiet tone, raw L16 at 8 kHz."""
+    n = RATE * ms // 1000
+    pcm = array("h", (int(amplitude * math.sin(2 * math.pi * hz * i / RATE)) for i in range(n)))
+    if sys.byteorder != "little":
+        pcm.byteswap()
+    return json.dumps({"type": "streamAudio", "data": {
+        "audioDataType": "raw", "sampleRate": RATE,
+        "audioData": base64.b64encode(pcm.tobytes()).decode()}})
+
+
+class Rec:
+    """One connection as the sink saw it."""
+    __slots__ = ("path", "phase", "impl", "uuid", "t_open", "t_close", "code", "compress",
+                 "times", "sizes", "audio", "texts", "sent", "player", "ws", "error")
+
+    def __init__(self, path, record_audio):
+        parts = [p for p in path.split("/") if p]
+        self.path = path
+        self.phase = parts[0] if len(parts) > 0 else ""
+        self.impl = parts[1] if len(parts) > 1 else ""
+        self.uuid = parts[2] if len(parts) > 2 else ""
+        self.t_open = time.monotonic()
+        self.t_close = None
+        self.code = None
+        self.compress = None
+        self.times = array("d")
+        self.sizes = array("l")
+        self.audio = bytearray() if record_audio else None
+        self.texts = 0
+        self.sent = 0
+        self.player = None
+        self.ws = None
+        self.error = None
+
+    def as_dict(self):
+        return {"path": self.path, "phase": self.phase, "impl": self.impl, "uuid": self.uuid,
+                "t_open": self.t_open, "t_close": self.t_close, "code": self.code,
+                "compress": self.compress, "n": len(self.sizes), "bytes": sum(self.sizes),
+                "texts": self.texts, "sent": self.sent, "error": self.error,
+                "times": self.times.tolist(), "sizes": self.sizes.tolist()}
+
+
+class Sink:
+    def __init__(self):
+        self.recs = []
+        self.phase_opts = {}
+        self._messages = {}
+
+    def message(self, ms):
+        m = self._messages.get(ms)
+        if m is None:
+            m = self._messages[ms] = audio_message(ms)
+        return m
+
+    # ---- WebSocket side --------------------------------------------------------------------
+    async def ws_handler(self, request):
+        ws = web.WebSocketResponse(compress=True, max_msg_size=0, autoclose=True, autoping=True)
+        await ws.prepare(request)
+        opts = self.phase_opts.get(request.path.strip("/").split("/")[0], {})
+        rec = Rec(request.path, opts.get("record_audio", False))
+        rec.ws = ws
+        rec.compress = bool(ws.compress)
+        self.recs.append(rec)
+        if opts.get("play"):
+            self.start_player(rec, opts["play"])
+        times, sizes, audio = rec.times, rec.sizes, rec.audio
+        mono = time.monotonic
+        receive = ws.receive
+        try:
+            while True:
+                msg = await receive()
+                t = mono()
+                kind = msg.type
+                if kind == WSMsgType.BINARY:
+                    times.append(t)
+                    sizes.append(len(msg.data))
+                    if audio is not None:
+                        audio += msg.data
+                elif kind == WSMsgType.TEXT:
+                    rec.texts += 1
+                else:
+                    break
+        except Exception as e:  # a broken connection is recorded, not fatal
+            rec.error = repr(e)
+        finally:
+            rec.t_close = mono()
+            rec.code = ws.close_code
+            if rec.player is not None:
+                rec.player.cancel()
+                rec.player = None
+            rec.ws = None
+        return ws
+
+    def start_player(self, rec, play):
+        if rec.player is not None:
+            rec.player.cancel()
+            rec.player = None
+        mode = play.get("mode", "off")
+        if mode == "continuous":
+            rec.player = asyncio.ensure_future(self.play_continuous(rec, play))
+        elif mode == "bursts":
+            rec.player = asyncio.ensure_future(self.play_bursts(rec, play))
+
+    async def play_continuous(self, rec, play):
+        chunk = int(play.get("chunk_ms", 20))
+        lead = float(play.get("lead_ms", 200)) / 1000.0
+        msg = self.message(chunk)
+        t0 = time.monotonic()
+        sent_s = 0.0
+        try:
+            while rec.ws is not None and not rec.ws.closed:
+                # keep `lead` seconds of audio ahead of real time
+                while sent_s < (time.monotonic() - t0) + lead:
+                    await rec.ws.send_str(msg)
+                    rec.sent += 1
+                    sent_s += chunk / 1000.0
+                await asyncio.sleep(max(0.001, t0 + sent_s - lead - time.monotonic()))
+        except (asyncio.CancelledError, ConnectionError, RuntimeError):
+            pass
+
+    async def play_bursts(self, rec, play):
+        burst = int(play.get("burst_ms", 200))
+        period = float(play.get("period_ms", 1000)) / 1000.0
+        rounds = int(play.get("rounds", 3))
+        msg = self.message(burst)
+        t0 = time.monotonic()
+        try:
+            for r in range(rounds):
+                # a random instant in this round's period, after the previous burst has played out
+                lo = burst / 1000.0 + 0.1
+                at = t0 + r * period + lo + random.random() * max(0.0, period - lo - 0.05)
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                if rec.ws is None or rec.ws.closed:
+                    return
+                await rec.ws.send_str(msg)
+                rec.sent += 1
+        except (asyncio.CancelledError, ConnectionError, RuntimeError):
+            pass
+
+    # ---- control side -------------------------------------------------------------------------
+    def _phase(self, request):
+        return request.query.get("phase", "")
+
+    async def ctl_phase(self, request):
+        body = await request.json()
+        self.phase_opts[body["phase"]] = {"record_audio": bool(body.get("record_audio")),
+                                          "play": body.get("play")}
+        return web.json_response({"ok": True})
+
+    async def ctl_play(self, request):
+        body = await request.json()
+        phase = body["phase"]
+        n = 0
+        for rec in self.recs:
+            if rec.phase == phase and rec.ws is not None and not rec.ws.closed:
+                self.start_player(rec, body)
+                n += 1
+        opts = self.phase_opts.setdefault(phase, {"record_audio": False})
+        opts["play"] = body if body.get("mode", "off") != "off" else None
+        return web.json_response({"ok": True, "playing": n})
+
+    async def ctl_status(self, request):
+        phase = self._phase(request)
+        out = {"opened": 0, "open": 0, "closed": 0, "by_impl": {}}
+        for rec in self.recs:
+            if rec.phase != phase:
+                continue
+            d = out["by_impl"].setdefault(rec.impl, {"opened": 0, "open": 0, "closed": 0})
+            key = "closed" if rec.t_close is not None else "open"
+            for o in (out, d):
+                o["opened"] += 1
+                o[key] += 1
+        return web.json_response(out)
+
+    async def ctl_results(self, request):
+        phase = self._phase(request)
+        audio_dir = request.query.get("audio_dir")
+        out = []
+        for i, rec in enumerate(self.recs):
+            if rec.phase != phase:
+                continue
+            d = rec.as_dict()
+            if audio_dir and rec.audio is not None:
+                path = os.path.join(audio_dir, "%s-%s-%s-%d.raw" % (rec.phase, rec.impl, rec.uuid, i))
+                with open(path, "wb") as f:
+                    f.write(rec.audio)
+                d["audio_file"] = path
+            out.append(d)
+        return web.json_response({"connections": out, "pid": os.getpid()})
+
+    async def ctl_forget(self, request):
+        phase = self._phase(request)
+        self.recs = [r for r in self.recs if r.phase != phase or r.t_close is None]
+        for r in self.recs:
+            if r.phase == phase:       # still open: keep recording, but drop what is stored
+                del r.times[:]
+                del r.sizes[:]
+        self.phase_opts.pop(phase, None)
+        return web.json_response({"ok": True})
+
+    async def ctl_quit(self, request):
+        asyncio.get_event_loop().call_later(0.05, self.stop.set)
+        return web.json_response({"ok": True})
+
+
+async def main_async(host, port):
+    sink = Sink()
+    sink.stop = asyncio.Event()
+    app = web.Application(client_max_size=1 << 20)
+    app.router.add_post("/ctl/phase", sink.ctl_phase)
+    app.router.add_post("/ctl/play", sink.ctl_play)
+    app.router.add_get("/ctl/status", sink.ctl_status)
+    app.router.add_get("/ctl/results", sink.ctl_results)
+    app.router.add_post("/ctl/forget", sink.ctl_forget)
+    app.router.add_post("/ctl/quit", sink.ctl_quit)
+    app.router.add_get("/{tail:.*}", sink.ws_handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    print("READY %d" % port, flush=True)
+    loop = asyncio.get_event_loop()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, sink.stop.set)
+    await sink.stop.wait()
+    for rec in sink.recs:
+        if rec.player is not None:
+            rec.player.cancel()
+    await runner.cleanup()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    a = p.parse_args()
+    try:
+        asyncio.run(main_async(a.host, a.port))
+    except OSError as e:
+        print("bench_sink: cannot listen on %s:%d: %s" % (a.host, a.port, e.strerror or e), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""Pure parts of scripts/bench: arithmetic on what the sink recorded and /proc read, no I/O.
+
+Everything here is unit-tested (tests/test_bench_tools.py) and documented in docs/performance.md
+("Method"). Times are CLOCK_MONOTONIC seconds (time.monotonic() in the bench and in the sink: the
+clock is system-wide, so both processes share it).
+"""
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+def percentile(values, q):
+    """q-th percentile (0–100, linear interpolation) of a sequence; None when it is empty."""
+    if values is None or len(values) == 0:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def summary(values, qs=(50, 90, 99)):
+    """{"n", "p50", …, "max", "min", "mean"} of a sequence (None figures when empty)."""
+    n = 0 if values is None else len(values)
+    out = {"n": n}
+    for q in qs:
+        out["p%g" % q] = percentile(values, q)
+    arr = np.asarray(values if n else [], dtype=np.float64)
+    out["min"] = float(arr.min()) if n else None
+    out["max"] = float(arr.max()) if n else None
+    out["mean"] = float(arr.mean()) if n else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU and memory from /proc
+
+def parse_proc_stat(text):
+    """utime + stime in clock ticks from the text of /proc/<pid>/stat, and its start time (ticks
+    after boot). The command name (field 2) may hold spaces and parentheses: split after the last ')'."""
+    rest = text[text.rindex(")") + 2:].split()
+    # rest[0] is field 3 (state): utime is field 14, stime 15, starttime 22
+    utime, stime, start = int(rest[11]), int(rest[12]), int(rest[19])
+    return utime + stime, start
+
+
+def parse_vmrss_kb(text):
+    """VmRSS in KB from the text of /proc/<pid>/status; None if absent (a zombie)."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def cpu_percent(ticks0, ticks1, t0, t1, hz):
+    """% of one core used between two readings of utime+stime (clock ticks) at wall times t0, t1."""
+    wall = t1 - t0
+    if wall <= 0:
+        raise ValueError("empty window")
+    return (ticks1 - ticks0) / float(hz) / wall * 100.0
+
+
+def baseline_for(baselines):
+    """The baseline to subtract from a window: the mean of the baseline windows measured just before
+    and just after it (one or two numbers; drift between them is averaged out)."""
+    vals = [b for b in baselines if b is not None]
+    if not vals:
+        return None
+    return sum(vals) / len(vals)
+
+
+def drift_per_stream(before, after, n):
+    """Half the difference between the baselines before and after a window, per stream: how far the
+    calls' own cost moved while the window ran, i.e. the ± to read a per-stream figure with."""
+    if before is None or after is None or not n:
+        return None
+    return abs(after - before) / 2.0 / n
+
+
+def per_stream(window_pct, baseline_pct, n):
+    """CPU % of one core per stream beyond the calls' own cost."""
+    if window_pct is None or baseline_pct is None or not n:
+        return None
+    return (window_pct - baseline_pct) / n
+
+
+def ratio(a, b):
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+# ---------------------------------------------------------------------------------------------
+# loss and gaps
+
+def byte_rate(rate, channels):
+    """Bytes per second of L16 audio."""
+    return rate * 2 * channels
+
+
+@dataclass
+class StreamLoss:
+    expected_bytes: int
+    received_bytes: int
+    missing_bytes: int
+    missing_ms: float
+    extra_ms: float            # received beyond the expectation (e.g. audio buffered while connecting)
+    duration_s: float
+    max_gap_ms: float          # largest interval between two binary messages (0 with < 2 messages)
+    max_gap_at: float          # seconds after t_ref where that gap ended (None without a gap)
+
+
+def expected_bytes(t_ref, t_end, rate, channels):
+    """Audio a stream should have delivered between t_ref and t_end (whole samples)."""
+    dur = max(0.0, t_end - t_ref)
+    return int(dur * rate) * 2 * channels
+
+
+def largest_gap(times):
+    """(gap_s, index of the message that ended it) over arrival times; (0.0, None) if < 2 messages."""
+    if times is None or len(times) < 2:
+        return 0.0, None
+    d = np.diff(np.asarray(times, dtype=np.float64))
+    i = int(np.argmax(d))
+    return float(d[i]), i + 1
+
+
+def stream_loss(sizes, times, t_ref, t_end, rate, channels):
+    """Loss of one stream: `sizes`/`times` are its binary messages as the sink saw them; the stream
+    was capturing from t_ref to t_end (see docs/performance.md for which instants those are)."""
+    received = int(sum(sizes)) if sizes is not None else 0
+    exp = expected_bytes(t_ref, t_end, rate, channels)
+    missing = max(0, exp - received)
+    br = byte_rate(rate, channels)
+    gap, at = largest_gap(times)
+    return StreamLoss(
+        expected_bytes=exp, received_bytes=received, missing_bytes=missing,
+        missing_ms=missing / br * 1000.0, extra_ms=max(0, received - exp) / br * 1000.0,
+        duration_s=max(0.0, t_end - t_ref), max_gap_ms=gap * 1000.0,
+        max_gap_at=(float(times[at]) - t_ref) if at is not None else None)
+
+
+def phase_of(t, marks):
+    """Name of the phase of the run an instant falls in; marks = [(name, start time), …] in order."""
+    name = None
+    for n, t0 in marks:
+        if t0 is not None and t >= t0:
+            name = n
+    return name
+
+
+def window_loss(streams, w0, w1, rate, channels):
+    """Audio lost inside one window of time, over all streams: bytes that arrived between w0 and w1
+    against what (w1 − w0) of audio should give. Arrival lags capture by each stream's latency, about
+    constant, so the window of arrivals stands for a window of captures of the same length; the
+    edges are worth ± one message per stream and average out over streams. `streams` is a list of
+    (sizes, times). Returns % (0 when nothing is missing) or None without streams."""
+    if not streams or w1 <= w0:
+        return None
+    owed = (w1 - w0) * rate * 2 * channels * len(streams)
+    got = 0
+    for sizes, times in streams:
+        t = np.asarray(times, dtype=np.float64)
+        z = np.asarray(sizes, dtype=np.int64)
+        got += int(z[(t >= w0) & (t < w1)].sum()) if len(t) else 0
+    return max(0.0, 100.0 * (owed - got) / owed)
+
+
+def loss_tolerance_ms(buffer_ms, ptime_ms=20):
+    """How much missing audio a stream may show and still count as lossless: the measurement cannot
+    place the first and last captured frame to better than one frame, and a module may drop a
+    partly filled message at stop (the C module does)."""
+    return float(buffer_ms) + float(ptime_ms)
+
+
+def loss_summary(losses, tolerance_ms, failed_starts=0):
+    """Aggregate StreamLoss objects (dict uuid -> StreamLoss) of one configuration."""
+    total_exp = sum(l.expected_bytes for l in losses.values())
+    total_missing = sum(l.missing_bytes for l in losses.values())
+    worst_uuid, worst = None, None
+    gap_uuid, gap = None, None
+    for u, l in losses.items():
+        if worst is None or l.missing_ms > worst.missing_ms:
+            worst_uuid, worst = u, l
+        if gap is None or l.max_gap_ms > gap.max_gap_ms:
+            gap_uuid, gap = u, l
+    lossy = sorted(u for u, l in losses.items() if l.missing_ms > tolerance_ms)
+    return {
+        "streams": len(losses),
+        "expected_s": None if not losses else total_exp / max(1, len(losses)),
+        "loss_pct": (100.0 * total_missing / total_exp) if total_exp else None,
+        "worst_stream": worst_uuid,
+        "worst_missing_ms": worst.missing_ms if worst else None,
+        "worst_duration_s": worst.duration_s if worst else None,
+        "largest_gap_ms": gap.max_gap_ms if gap else None,
+        "largest_gap_stream": gap_uuid,
+        "lossy_streams": len(lossy),
+        "tolerance_ms": tolerance_ms,
+        "failed_starts": failed_starts,
+        "zero_loss": (failed_starts == 0 and not lossy and bool(losses)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# latency against a reference stream of the same samples (the C module on a real switch)
+
+KEY_SAMPLES = 16
+
+
+def _find_even(hay, needle, start=0):
+    """bytes.find restricted to even offsets (int16 sample boundaries); -1 if absent."""
+    pos = hay.find(needle, start)
+    while pos >= 0 and pos % 2:
+        pos = hay.find(needle, pos + 1)
+    return pos
+
+
+def cumulative_samples(sizes, bytes_per_sample=2):
+    """End (exclusive) sample index of each message in its stream."""
+    return np.cumsum(np.asarray(sizes, dtype=np.int64)) // bytes_per_sample
+
+
+@dataclass
+class Alignment:
+    latencies_ms: list = field(default_factory=list)   # one per matched message of the stream
+    matched: int = 0
+    unmatched: int = 0        # messages whose last samples the reference never carried
+    ambiguous: int = 0        # last samples found twice in the reference (periodic signal)
+    realigned: int = 0        # times the offset between the two streams changed (a loss in one)
+
+
+def align_latency(data, sizes, times, ref_data, ref_sizes, ref_times, key=KEY_SAMPLES):
+    """Latency of each message of a stream against a reference stream carrying the same int16 samples
+    (both L16 mono at the same rate, e.g. ours and the C module at 8 kHz on the same call).
+
+    For every message of `data`, its last `key` samples are looked up in `ref_data` (by content:
+    the predicted position first, else a search); the reference message that carried the same last
+    sample is the one whose end covers it, and the latency is arrival − that message's arrival.
+    Needs a non-periodic signal (noise): a key found twice is skipped and counted as ambiguous."""
+    res = Alignment()
+    data, ref_data = bytes(data), bytes(ref_data)
+    ends = cumulative_samples(sizes)
+    ref_ends = cumulative_samples(ref_sizes)
+    nref = len(ref_data) // 2
+    kb = key * 2
+    off = None                     # ref index = our index + off
+    for m, e in enumerate(ends):
+        e = int(e)
+        if e < key:
+            res.unmatched += 1
+            continue
+        pat = data[(e - key) * 2:e * 2]
+        if off is not None:
+            p = e - key + off
+            if not (0 <= p and p + key <= nref and ref_data[p * 2:p * 2 + kb] == pat):
+                off = None
+                res.realigned += 1
+        if off is None:
+            pos = _find_even(ref_data, pat)
+            if pos < 0:
+                res.unmatched += 1
+                continue
+            if _find_even(ref_data, pat, pos + 2) >= 0:
+                res.ambiguous += 1
+                continue
+            off = pos // 2 - (e - key)
+        last = e - 1 + off
+        i = int(np.searchsorted(ref_ends, last, side="right"))
+        if i >= len(ref_ends):
+            res.unmatched += 1
+            continue
+        res.matched += 1
+        res.latencies_ms.append((float(times[m]) - float(ref_times[i])) * 1000.0)
+    return res
+
+
+def inter_arrival_ms(times):
+    """Intervals between consecutive arrivals, in ms."""
+    if times is None or len(times) < 2:
+        return []
+    return list(np.diff(np.asarray(times, dtype=np.float64)) * 1000.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# latency against the simulator's clock (no C module there)
+
+def sim_tone(n, hz, amplitude, rate):
+    """The first n samples the simulator's channel reads (fssim.c gen_tone: phase accumulated in a
+    double from 0, wrapped at 2π, lrint of amp·sin)."""
+    out = np.empty(n, dtype=np.int16)
+    step = 2.0 * math.pi * hz / rate
+    two_pi = 2.0 * math.pi
+    phase = 0.0
+    sin = math.sin
+    for i in range(n):
+        v = amplitude * sin(phase) if hz > 0 else 0.0
+        v = max(-32768.0, min(32767.0, v))
+        out[i] = int(np.rint(v))
+        phase += step
+        if phase > two_pi:
+            phase -= two_pi
+    return out
+
+
+def first_frame_index(first_samples, reference, candidates, frame_samples):
+    """Which frame of the call (0-based) a stream's first samples are: the candidate frame whose
+    reference samples match best (max abs difference ≤ 1 LSB); None if none matches."""
+    first = np.asarray(first_samples, dtype=np.int32)
+    n = min(len(first), frame_samples)
+    best, best_err = None, None
+    for f in candidates:
+        if f < 0:
+            continue
+        a = f * frame_samples
+        ref = reference[a:a + n]
+        if len(ref) < n:
+            continue
+        err = int(np.max(np.abs(ref.astype(np.int32) - first[:n]))) if n else 0
+        if best_err is None or err < best_err:
+            best, best_err = f, err
+    if best is None or best_err > 1:
+        return None
+    return best
+
+
+def t0_estimate(t_started, observations, period):
+    """Start of a simulated channel's tick clock: tick k (1-based) is due at t0 + k·period. Each
+    observation (t, ticks) bounds t0 ≤ t − ticks·period (tick `ticks` had run by t); the tightest
+    bound is the estimate (it includes the smallest lateness seen). Never before t_started."""
+    ub = None
+    for t, k in observations:
+        v = t - k * period
+        if ub is None or v < ub:
+            ub = v
+    if ub is None:
+        return t_started
+    return max(t_started, ub)
+
+
+def sim_latencies(sizes, times, first_frame, t0, period, frame_samples, bytes_per_sample=2):
+    """Latency of each message of an 8 kHz mono stream on the simulator: the message's last sample
+    is in frame (first_frame + (end − 1) // frame_samples), 0-based, captured at tick
+    (that + 1), due at t0 + (that + 1)·period."""
+    ends = cumulative_samples(sizes, bytes_per_sample)
+    out = []
+    for m, e in enumerate(ends):
+        f = first_frame + (int(e) - 1) // frame_samples
+        out.append((float(times[m]) - (t0 + (f + 1) * period)) * 1000.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep
+
+DEFAULT_SWEEP = (50, 100, 200, 300)
+
+
+def parse_sweep(text, step=100, maximum=500):
+    """'50,100,200,300,…' (or '…' / '...' at the end): the listed N, then + step up to maximum.
+    Without the ellipsis, only the listed N. Empty: the default list with the ellipsis."""
+    text = (text or "").strip()
+    if not text:
+        text = ",".join(str(n) for n in DEFAULT_SWEEP) + ",..."
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    more = False
+    if parts and parts[-1] in ("...", "…"):
+        more = True
+        parts = parts[:-1]
+    try:
+        ns = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError("--sweep wants numbers like 50,100,200 (optionally ending in ,...): %r" % text)
+    if not ns or any(n <= 0 for n in ns):
+        raise ValueError("--sweep wants positive numbers: %r" % text)
+    if any(b <= a for a, b in zip(ns, ns[1:])):
+        raise ValueError("--sweep numbers must increase: %r" % text)
+    if more:
+        n = ns[-1] + step
+        while n <= maximum:
+            ns.append(n)
+            n += step
+    return [n for n in ns if n <= maximum] or ns[:1]
+
+
+class Sweep:
+    """Which N each implementation still has to run: stop increasing N for an implementation once it
+    loses audio or a start fails; the answer is the largest N it carried with zero loss."""
+
+    def __init__(self, impls, ns):
+        self.impls = list(impls)
+        self.ns = list(ns)
+        self.alive = {i: True for i in self.impls}
+        self.best = {i: None for i in self.impls}
+        self.failed_at = {i: None for i in self.impls}
+        self.results = []     # (n, impl, zero_loss)
+
+    def impls_for(self, n):
+        return [i for i in self.impls if self.alive[i]]
+
+    def record(self, n, impl, zero_loss):
+        self.results.append((n, impl, bool(zero_loss)))
+        if zero_loss:
+            if self.best[impl] is None or n > self.best[impl]:
+                self.best[impl] = n
+        else:
+            self.alive[impl] = False
+            self.failed_at[impl] = n
+
+    def done(self):
+        return not any(self.alive.values())
+
+    def steps(self):
+        """The N still to run, in order (stops early once every implementation has failed)."""
+        for n in self.ns:
+            if self.done():
+                return
+            yield n
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+
+def fmt(v, spec="%.2f", none="n/a"):
+    if v is None:
+        return none
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return none
+    return spec % v
+
+
+def table(rows, header=None, align=None):
+    """Plain-text table: first column left-aligned, the others right-aligned."""
+    rows = [list(map(str, r)) for r in rows]
+    if header:
+        rows = [list(map(str, header))] + rows
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) if i < len(r) else 0 for r in rows) for i in range(max(len(r) for r in rows))]
+    out = []
+    for j, r in enumerate(rows):
+        cells = []
+        for i, w in enumerate(widths):
+            c = r[i] if i < len(r) else ""
+            left = (align[i] == "l") if align else (i == 0)
+            cells.append(c.ljust(w) if left else c.rjust(w))
+        out.append("  ".join(cells).rstrip())
+        if header and j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)

@@ -1,0 +1,517 @@
+"""The pure parts of scripts/bench (bench_tools.py and the command line), and a smoke test of the sink
+process. No switch, no network beyond 127.0.0.1."""
+import asyncio
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+sys.path.insert(0, SCRIPTS)
+
+import bench_tools as bt  # noqa: E402
+
+
+def load_bench():
+    loader = importlib.machinery.SourceFileLoader("bench_cli", os.path.join(SCRIPTS, "bench"))
+    spec = importlib.util.spec_from_loader("bench_cli", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+
+def test_percentile_and_summary():
+    vals = list(range(1, 101))
+    assert bt.percentile(vals, 50) == pytest.approx(50.5)
+    assert bt.percentile(vals, 99) == pytest.approx(99.01)
+    assert bt.percentile([], 50) is None
+    s = bt.summary([3.0, 1.0, 2.0], qs=(50, 90))
+    assert s["n"] == 3 and s["p50"] == 2.0 and s["min"] == 1.0 and s["max"] == 3.0 and s["mean"] == 2.0
+    assert bt.summary([])["p50"] is None and bt.summary([])["n"] == 0
+
+
+# ---- /proc and CPU arithmetic ---------------------------------------------------------------------
+
+def test_parse_proc_stat_with_awkward_command_name():
+    # fields after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+    # utime stime cutime cstime priority nice threads itrealvalue starttime ...
+    text = "4242 (free) sw (x)) S 1 2 3 4 5 6 7 8 9 10 1500 250 11 12 20 0 40 0 98765 1000 200\n"
+    ticks, start = bt.parse_proc_stat(text)
+    assert ticks == 1750
+    assert start == 98765
+
+
+def test_parse_vmrss():
+    text = "Name:\tfreeswitch\nVmPeak:\t  900 kB\nVmRSS:\t  123456 kB\nThreads:\t40\n"
+    assert bt.parse_vmrss_kb(text) == 123456
+    assert bt.parse_vmrss_kb("Name:\tzombie\n") is None
+
+
+def test_cpu_percent_and_per_stream():
+    # 150 ticks at 100 Hz = 1.5 s of CPU over a 10 s window: 15 % of one core
+    assert bt.cpu_percent(1000, 1150, 5.0, 15.0, 100) == pytest.approx(15.0)
+    with pytest.raises(ValueError):
+        bt.cpu_percent(0, 1, 3.0, 3.0, 100)
+    base = bt.baseline_for([4.0, 5.0])
+    assert base == 4.5
+    assert bt.baseline_for([None, 6.0]) == 6.0
+    assert bt.baseline_for([None]) is None
+    # 50 streams took the switch from 4.5 % to 79.5 %: 1.5 % of a core each
+    assert bt.per_stream(79.5, base, 50) == pytest.approx(1.5)
+    assert bt.per_stream(None, base, 50) is None
+    assert bt.per_stream(10.0, 1.0, 0) is None
+    assert bt.ratio(1.46, 0.34) == pytest.approx(4.294, abs=1e-3)
+    assert bt.ratio(1.0, 0.0) is None
+
+
+# ---- loss and gaps ------------------------------------------------------------------------------
+
+def msgs(start, n, every, size):
+    return [size] * n, [start + every * (i + 1) for i in range(n)]
+
+
+def test_stream_loss_complete_stream():
+    # 10 s of 16 kHz mono in 20 ms messages of 640 bytes
+    sizes, times = msgs(100.0, 500, 0.02, 640)
+    l = bt.stream_loss(sizes, times, 100.0, 110.0, 16000, 1)
+    assert l.expected_bytes == 320000 and l.received_bytes == 320000
+    assert l.missing_ms == 0 and l.extra_ms == 0
+    assert l.max_gap_ms == pytest.approx(20.0)
+
+
+def test_stream_loss_missing_audio_and_gap():
+    sizes, times = msgs(0.0, 500, 0.02, 640)
+    # 50 messages (1 s) never arrived, and the rest came late: a 1.02 s gap after message 100
+    del sizes[100:150]
+    times = times[:100] + times[150:]
+    l = bt.stream_loss(sizes, times, 0.0, 10.0, 16000, 1)
+    assert l.missing_ms == pytest.approx(1000.0)
+    assert l.max_gap_ms == pytest.approx(1020.0)
+    assert l.max_gap_at == pytest.approx(3.02)
+
+
+def test_stream_loss_extra_and_stereo():
+    sizes, times = msgs(0.0, 100, 0.02, 1280)      # stereo 16 kHz: 1280 bytes per 20 ms
+    l = bt.stream_loss(sizes, times, 0.5, 2.0, 16000, 2)
+    assert l.missing_ms == 0 and l.extra_ms == pytest.approx(500.0)
+    empty = bt.stream_loss([], [], 0.0, 2.0, 8000, 1)
+    assert empty.missing_ms == pytest.approx(2000.0) and empty.max_gap_ms == 0 and empty.max_gap_at is None
+
+
+def test_loss_summary():
+    ok = bt.stream_loss(*msgs(0.0, 500, 0.02, 640), 0.0, 10.0, 16000, 1)
+    sizes, times = msgs(0.0, 450, 0.02, 640)
+    lossy = bt.stream_loss(sizes, times, 0.0, 10.0, 16000, 1)
+    tol = bt.loss_tolerance_ms(20)
+    assert tol == 40.0
+    s = bt.loss_summary({"a": ok, "b": lossy}, tol)
+    assert s["loss_pct"] == pytest.approx(5.0)
+    assert s["worst_stream"] == "b" and s["worst_missing_ms"] == pytest.approx(1000.0)
+    assert s["lossy_streams"] == 1 and not s["zero_loss"]
+    assert bt.loss_summary({"a": ok}, tol)["zero_loss"]
+    assert not bt.loss_summary({"a": ok}, tol, failed_starts=1)["zero_loss"]
+    assert not bt.loss_summary({}, tol)["zero_loss"]
+    # within tolerance: one 20 ms frame short still counts as lossless
+    short = bt.stream_loss(*msgs(0.0, 499, 0.02, 640), 0.0, 10.0, 16000, 1)
+    assert bt.loss_summary({"a": short}, tol)["zero_loss"]
+
+
+# ---- alignment by content -----------------------------------------------------------------------
+
+def noise(n, seed=3):
+    return np.random.default_rng(seed).integers(-8000, 8000, n).astype("<i2")
+
+
+def as_stream(samples, start, per_msg, t_of_last):
+    """Split samples[start:] into messages of per_msg samples, timed by t_of_last(global index of the
+    message's last sample)."""
+    data = samples[start:]
+    n = len(data) // per_msg
+    data = data[:n * per_msg]
+    sizes = [per_msg * 2] * n
+    times = [t_of_last(start + (i + 1) * per_msg - 1) for i in range(n)]
+    return data.tobytes(), sizes, times
+
+
+def frame_clock(t0=50.0):
+    # the reference (C module) sends frame k (samples 160k..160k+159) at t0 + 0.02 (k + 1)
+    return lambda last: t0 + 0.02 * (last // 160 + 1)
+
+
+def test_align_latency_constant_delay():
+    sig = noise(160 * 500)
+    clock = frame_clock()
+    ref = as_stream(sig, 160 * 3, 160, lambda last: clock(last) + 0.0005)
+    # ours starts 10 frames later, sends 2 frames per message, 7 ms after the reference
+    ours = as_stream(sig, 160 * 13, 320, lambda last: clock(last) + 0.0075)
+    al = bt.align_latency(*ours, *ref)
+    assert al.matched == len(ours[1]) and al.unmatched == 0 and al.ambiguous == 0
+    assert np.allclose(al.latencies_ms, 7.0)
+
+
+def test_align_latency_ours_starts_first_and_reference_loses_frames():
+    sig = noise(160 * 400)
+    clock = frame_clock()
+    ref_data, ref_sizes, ref_times = as_stream(sig, 160 * 20, 160, clock)
+    # the reference loses frames 100..104 (a gap in its stream)
+    cut0, cut1 = (100 - 20) * 320, (105 - 20) * 320
+    ref_data = ref_data[:cut0] + ref_data[cut1:]
+    ref_sizes = ref_sizes[:80] + ref_sizes[85:]
+    ref_times = ref_times[:80] + ref_times[85:]
+    ours = as_stream(sig, 0, 160, lambda last: clock(last) + 0.003)
+    al = bt.align_latency(*ours, ref_data, ref_sizes, ref_times)
+    # frames 0..19 were never in the reference, nor were 100..104
+    assert al.unmatched == 20 + 5
+    assert al.matched == 400 - 25
+    assert al.realigned >= 1
+    assert np.allclose(al.latencies_ms, 3.0)
+
+
+def test_align_latency_message_spanning_reference_messages():
+    """A message of ours whose last sample is in the middle of a reference message."""
+    sig = noise(8000)
+    ref = as_stream(sig, 0, 160, frame_clock())
+    ours = as_stream(sig, 80, 160, lambda last: frame_clock()(last) + 0.002)
+    al = bt.align_latency(*ours, *ref)
+    assert al.matched == len(ours[1])
+    assert np.allclose(al.latencies_ms, 2.0)
+
+
+def test_align_latency_periodic_signal_is_ambiguous():
+    tone = (8000 * np.sin(2 * np.pi * 400 * np.arange(16000) / 8000)).astype("<i2")   # period 20 samples
+    ref = as_stream(tone, 0, 160, frame_clock())
+    ours = as_stream(tone, 160, 160, frame_clock())
+    al = bt.align_latency(*ours, *ref)
+    assert al.matched == 0 and al.ambiguous == len(ours[1])
+
+
+def test_inter_arrival():
+    assert bt.inter_arrival_ms([1.0, 1.02, 1.05]) == pytest.approx([20.0, 30.0])
+    assert bt.inter_arrival_ms([1.0]) == []
+
+
+# ---- the simulator's clock ----------------------------------------------------------------------
+
+def test_sim_tone_matches_the_formula():
+    x = bt.sim_tone(8000, 97.0, 8000, 8000)
+    t = np.arange(8000)
+    want = np.rint(8000 * np.sin(2 * np.pi * 97.0 * t / 8000))
+    assert np.max(np.abs(x.astype(np.int32) - want)) <= 1
+    assert x[0] == 0
+
+
+def test_first_frame_index_picks_the_matching_frame():
+    ref = bt.sim_tone(160 * 60, 97.0, 8000, 8000)
+    first = ref[160 * 17:160 * 18]
+    assert bt.first_frame_index(first, ref, range(14, 20), 160) == 17
+    # off by one LSB still matches (libm differences); a wrong window does not
+    assert bt.first_frame_index(first.astype(np.int32) + 1, ref, range(14, 20), 160) == 17
+    assert bt.first_frame_index(first, ref, range(20, 25), 160) is None
+    assert bt.first_frame_index(first, ref, [-1], 160) is None
+
+
+def test_t0_estimate_and_sim_latencies():
+    period = 0.02
+    true_t0 = 100.0
+    # ticks seen at various instants, each a little after the tick ran
+    obs = [(true_t0 + k * period + late, k) for k, late in ((1, 0.004), (2, 0.0003), (7, 0.011), (9, 0.0009))]
+    t0 = bt.t0_estimate(99.9995, obs, period)
+    assert t0 == pytest.approx(true_t0 + 0.0003)
+    assert bt.t0_estimate(100.5, obs, period) == 100.5        # never before the channel was started
+    assert bt.t0_estimate(100.0, [], period) == 100.0
+    # a stream whose first sample is frame 5; two messages of 2 frames (640 bytes at 8 kHz mono)
+    # arriving 3 ms after the tick of their last frame (frames 6 and 8, ticks 7 and 9)
+    times = [true_t0 + 7 * period + 0.003, true_t0 + 9 * period + 0.003]
+    lat = bt.sim_latencies([640, 640], times, 5, true_t0, period, 160)
+    assert lat == pytest.approx([3.0, 3.0])
+
+
+# ---- sweep --------------------------------------------------------------------------------------
+
+def test_parse_sweep():
+    assert bt.parse_sweep("50,100") == [50, 100]
+    assert bt.parse_sweep("50,100,200,300,...", step=100, maximum=500) == [50, 100, 200, 300, 400, 500]
+    assert bt.parse_sweep("", step=100, maximum=400) == [50, 100, 200, 300, 400]
+    assert bt.parse_sweep("10,20,…", step=10, maximum=40) == [10, 20, 30, 40]
+    for bad in ("100,50", "a,b", "0,10"):
+        with pytest.raises(ValueError):
+            bt.parse_sweep(bad)
+
+
+def test_sweep_stops_each_implementation_at_its_first_loss():
+    sw = bt.Sweep(["ours", "c"], [50, 100, 200, 300])
+    ran = []
+    outcome = {("ours", 50): True, ("ours", 100): True, ("ours", 200): False,
+               ("c", 50): True, ("c", 100): True, ("c", 200): True, ("c", 300): False}
+    for n in sw.steps():
+        for impl in sw.impls_for(n):
+            ran.append((n, impl))
+            sw.record(n, impl, outcome[(impl, n)])
+    assert ran == [(50, "ours"), (50, "c"), (100, "ours"), (100, "c"), (200, "ours"), (200, "c"), (300, "c")]
+    assert sw.best == {"ours": 100, "c": 200}
+    assert sw.failed_at == {"ours": 200, "c": 300}
+    assert sw.done()
+
+
+def test_sweep_first_step_fails_and_early_stop():
+    sw = bt.Sweep(["ours"], [50, 100])
+    steps = []
+    for n in sw.steps():
+        steps.append(n)
+        sw.record(n, "ours", False)
+    assert steps == [50] and sw.best == {"ours": None} and sw.failed_at == {"ours": 50}
+
+
+# ---- formatting and the command line ---------------------------------------------------------------
+
+def test_table_and_fmt():
+    t = bt.table([["a", "1"], ["bbb", "22"]], header=["x", "y"])
+    assert t.splitlines() == ["x     y", "---  --", "a     1", "bbb  22"]
+    assert bt.fmt(None) == "n/a" and bt.fmt(float("nan")) == "n/a" and bt.fmt(1.234, "%.1f") == "1.2"
+
+
+def test_command_line_and_settings():
+    bench = load_bench()
+    a = bench.parse_args([])
+    assert a.mode == "sim" and a.impls == ["ours"] and a.calls == 20 and a.window == 5.0
+    assert a.settings == [bench.Settings("mono", 16000, 20, True, True, False)]
+    a = bench.parse_args(["--esl", "127.0.0.1:8021", "--impl", "ours,base,c", "--playback", "on,off",
+                          "--deflate", "off", "--rate", "8k,16000", "--sweep", "50,100"])
+    assert (a.host, a.port, a.impls, a.calls, a.window) == ("127.0.0.1", 8021, ["ours", "base", "c"], 50, 10.0)
+    assert len(a.settings) == 4 and a.sweep_ns == [50, 100]
+    s = bench.Settings(deflate=False, playback=False, buffer_ms=100)
+    assert s.variables("ours") == {"STREAM_BUFFER_SIZE": "100", "STREAM_MESSAGE_DEFLATE": "true",
+                                   "STREAM_PLAYBACK": "false"}
+    assert "STREAM_PLAYBACK" not in s.variables("c")
+    assert bench.Settings().variables("ours")["STREAM_MESSAGE_DEFLATE"] is None    # unset: negotiate
+    assert s.for_impl("c").playback is True and s.for_impl("ours").playback is False
+    for bad in (["--impl", "c"], ["--buffer", "30"], ["--esl", "nohost"], ["--mix", "quad"], ["--rate", "4k"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+# ---- the sink process ---------------------------------------------------------------------------
+
+def test_sink_records_and_plays():
+    aiohttp = pytest.importorskip("aiohttp")
+    p = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "bench_sink.py")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(p.stdout.readline().split()[1])
+
+        def ctl(path, body=None):
+            req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         method="GET" if body is None else "POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.load(r)
+        ctl("/ctl/phase", {"phase": "p1", "record_audio": True,
+                           "play": {"mode": "bursts", "burst_ms": 20, "period_ms": 200, "rounds": 1}})
+
+        async def client():
+            async with aiohttp.ClientSession() as s:
+                async with s.ws_connect("ws://127.0.0.1:%d/p1/ours/abc" % port) as ws:
+                    await ws.send_str("metadata")
+                    for i in range(3):
+                        await ws.send_bytes(bytes([i]) * 320)
+                    msg = await ws.receive(timeout=5)
+                    return json.loads(msg.data)
+        got = asyncio.run(client())
+        assert got["type"] == "streamAudio" and got["data"]["sampleRate"] == 8000
+        st = ctl("/ctl/status?phase=p1")
+        assert st["opened"] == 1 and st["by_impl"]["ours"]["opened"] == 1
+        for _ in range(50):
+            if ctl("/ctl/status?phase=p1")["closed"] == 1:
+                break
+            import time
+            time.sleep(0.05)
+        res = ctl("/ctl/results?phase=p1")["connections"]
+        assert len(res) == 1
+        c = res[0]
+        assert (c["impl"], c["uuid"], c["n"], c["bytes"], c["texts"], c["sent"]) == ("ours", "abc", 3, 960, 1, 1)
+        assert c["sizes"] == [320, 320, 320] and c["times"] == sorted(c["times"]) and c["code"] == 1000
+        ctl("/ctl/forget?phase=p1", {})
+        assert ctl("/ctl/results?phase=p1")["connections"] == []
+        ctl("/ctl/quit", {})
+        assert p.wait(5) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()
+
+
+def test_old_bench_py_alias_translates_its_options():
+    loader = importlib.machinery.SourceFileLoader("bench_alias", os.path.join(SCRIPTS, "bench.py"))
+    spec = importlib.util.spec_from_loader("bench_alias", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    assert mod.translate(["--calls", "10", "--seconds", "3", "--latency-trials", "5", "--no-deflate",
+                          "--no-playback", "--json", "x"]) == [
+        "--mix", "stereo", "--calls", "10", "--window", "3", "--deflate", "off", "--playback", "off",
+        "--json", "x"]
+    assert mod.translate(["--seconds=2"]) == ["--mix", "stereo", "--window", "2"]
+
+
+def test_phase_of_and_window_loss():
+    marks = [("connecting", 10.0), ("the CPU window", 12.0), ("after the window", 22.0), ("stop", 25.0)]
+    assert bt.phase_of(9.0, marks) is None
+    assert bt.phase_of(12.0, marks) == "the CPU window"
+    assert bt.phase_of(23.5, marks) == "after the window"
+    assert bt.phase_of(30.0, marks) == "stop"
+    # two 8 kHz mono streams, 20 ms messages from t=10 to t=25; the second loses 1 s inside [12, 22)
+    full = msgs(10.0, 750, 0.02, 320)
+    sizes, times = msgs(10.0, 750, 0.02, 320)
+    keep = [i for i, t in enumerate(times) if not (15.0 <= t < 16.0)]
+    lossy = ([sizes[i] for i in keep], [times[i] for i in keep])
+    assert bt.window_loss([full], 12.0, 22.0, 8000, 1) == pytest.approx(0.0, abs=0.3)
+    assert bt.window_loss([full, lossy], 12.0, 22.0, 8000, 1) == pytest.approx(5.0, abs=0.3)
+    assert bt.window_loss([], 12.0, 22.0, 8000, 1) is None
+
+
+def test_drift_per_stream():
+    assert bt.drift_per_stream(12.0, 16.0, 50) == pytest.approx(0.04)
+    assert bt.drift_per_stream(16.0, 12.0, 50) == pytest.approx(0.04)
+    assert bt.drift_per_stream(None, 12.0, 50) is None
+
+
+# ---- the real-switch driver against a fake event socket: a restart is reported, not hung on ------
+
+class FakeSwitch:
+    """Just enough of FreeSWITCH's event socket for EslDriver's setup and health checks."""
+
+    def __init__(self, script_dir, uptime_s=300):
+        import socket
+        import threading
+        self.script_dir = script_dir
+        self.uptime_s = uptime_s
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        self.clients = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.clients.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def answer(self, cmd):
+        if cmd == "status":
+            return ("UP 0 years, 0 days, 0 hours, %d minutes, %d seconds, 1 milliseconds, 2 microseconds\n"
+                    "FreeSWITCH (Version 1.10.12 fake) is ready\n0 session(s) since startup\n"
+                    "0 session(s) - peak 0, last 5min 0\n0 session(s) per Sec out of max 30, peak 0\n"
+                    "1000 session(s) max\n" % (self.uptime_s // 60, self.uptime_s % 60))
+        if cmd == "global_getvar script_dir":
+            return self.script_dir
+        if cmd.startswith("global_getvar"):
+            return "/tmp"
+        if cmd == "version":
+            return "FreeSWITCH Version 1.10.12 (fake)"
+        if cmd.startswith("python audio_stream_bench_probe pid"):
+            return "1"
+        if cmd == "python audio_stream":
+            return "-USAGE: <uuid> start ..."
+        if cmd == "show channels count":
+            return "\n0 total.\n"
+        return "-ERR unknown command"
+
+    def _serve(self, c):
+        f = c.makefile("rb")
+        try:
+            c.sendall(b"Content-Type: auth/request\n\n")
+            buf = []
+            for line in f:
+                line = line.decode().rstrip("\n")
+                if line:
+                    buf.append(line)
+                    continue
+                if not buf:
+                    continue
+                cmd, buf = buf[0], []
+                if cmd.startswith("auth") or cmd.startswith("event"):
+                    c.sendall(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
+                elif cmd.startswith("api "):
+                    body = self.answer(cmd[4:]).encode()
+                    c.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body)
+        except OSError:
+            pass
+
+    def drop_clients(self):
+        import socket
+        with self.lock:
+            for c in self.clients:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+            self.clients = []
+
+    def close(self):
+        import socket
+        try:
+            self.srv.shutdown(socket.SHUT_RDWR)     # wakes the accept() of the serving thread
+        except OSError:
+            pass
+        self.srv.close()
+        self.drop_clients()
+
+
+class Quiet:
+    def log(self, msg):
+        pass
+
+    def count(self, *a):
+        pass
+
+
+def test_esl_driver_reports_a_restart_and_a_vanished_switch(tmp_path):
+    import time
+    import bench_switch as bs
+    fake = FakeSwitch(str(tmp_path))
+    d = bs.EslDriver(Quiet(), "127.0.0.1", fake.port, "ClueCon", ["ours"], "e8c0b24", signal="tone")
+    try:
+        assert d.pid() is None                       # pid 1 is not a freeswitch: no CPU figures
+        assert (tmp_path / (bs.PROBE_NAME + ".py")).exists()
+        d.check_alive()
+        assert d.other_channels() == 0
+        # the switch restarts: every connection drops, a new one finds a younger switch
+        fake.uptime_s = 3
+        fake.drop_clients()
+        time.sleep(0.2)
+        with pytest.raises(bs.SwitchRestarted, match="restarted"):
+            d.check_alive()
+        with pytest.raises(bs.SwitchRestarted):      # and nothing more is sent to it
+            d.api("status")
+    finally:
+        d.close()
+    # a switch that is gone altogether
+    d = bs.EslDriver(Quiet(), "127.0.0.1", fake.port, "ClueCon", [], "e8c0b24", signal="tone")
+    try:
+        fake.close()
+        time.sleep(0.2)
+        with pytest.raises(bs.BenchError, match="stopped answering|no FreeSWITCH"):
+            d.check_alive()
+    finally:
+        d.close()
+    with pytest.raises(bs.BenchError, match="no FreeSWITCH event socket"):
+        bs.EslDriver(Quiet(), "127.0.0.1", fake.port, "ClueCon", [], "e8c0b24", signal="tone")
