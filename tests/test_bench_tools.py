@@ -282,7 +282,7 @@ def test_command_line_and_settings():
     bench = load_bench()
     a = bench.parse_args([])
     assert a.mode == "sim" and a.impls == ["ours"] and a.calls == 20 and a.window == 5.0
-    assert a.settings == [bench.Settings("mono", 16000, 20, True, True, False)]
+    assert a.settings == [bench.Settings("mono", 16000, 20, None, True, False)]
     a = bench.parse_args(["--esl", "127.0.0.1:8021", "--impl", "ours,base,c", "--playback", "on,off",
                           "--deflate", "off", "--rate", "8k,16000", "--sweep", "50,100"])
     assert (a.host, a.port, a.impls, a.calls, a.window) == ("127.0.0.1", 8021, ["ours", "base", "c"], 50, 10.0)
@@ -291,7 +291,8 @@ def test_command_line_and_settings():
     assert s.variables("ours") == {"STREAM_BUFFER_SIZE": "100", "STREAM_MESSAGE_DEFLATE": "true",
                                    "STREAM_PLAYBACK": "false"}
     assert "STREAM_PLAYBACK" not in s.variables("c")
-    assert bench.Settings().variables("ours")["STREAM_MESSAGE_DEFLATE"] is None    # unset: negotiate
+    assert bench.Settings().variables("ours")["STREAM_MESSAGE_DEFLATE"] is None    # unset: each one's default
+    assert bench.Settings(deflate=True).variables("ours")["STREAM_MESSAGE_DEFLATE"] == "false"   # offered
     assert s.for_impl("c").playback is True and s.for_impl("ours").playback is False
     for bad in (["--impl", "c"], ["--buffer", "30"], ["--esl", "nohost"], ["--mix", "quad"], ["--rate", "4k"]):
         with pytest.raises(SystemExit):
