@@ -64,10 +64,10 @@ def _dispatch(cmd, be, session):
     if name == "start":
         return _start(cmd, be, session)
     stream = _live(cmd.uuid)
-    if name == "stop":
+    if name in ("stop", "graceful_shutdown"):
         if cmd.text is not None:
             commands.check_utf8(cmd.text, "the stop text")
-        _on_loop(stream.stop, cmd.text)
+        _on_loop(stream.stop if name == "stop" else stream.graceful_shutdown, cmd.text)
     elif name == "send_text":
         if not _on_loop(stream.send_text, commands.check_utf8(cmd.text, "the text")):
             raise err("the server is not reading: too much text already waits to be sent")

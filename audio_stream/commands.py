@@ -10,7 +10,8 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 USAGE = ("-USAGE: <uuid> start <ws-url> <mono|mixed|stereo> [8k|16k|<rate>] [metadata] | "
-         "<uuid> stop [text] | <uuid> send_text <text> | <uuid> pause | <uuid> resume | "
+         "<uuid> stop [text] | <uuid> graceful-shutdown [text] | <uuid> send_text <text> | "
+         "<uuid> pause | <uuid> resume | "
          "<uuid> playback_pause | <uuid> playback_resume | <uuid> playback_clear")
 
 OK = "+OK Success"
@@ -18,7 +19,7 @@ OK = "+OK Success"
 MIXES = ("mono", "mixed", "stereo")
 MIN_RATE, MAX_RATE = 8000, 48000
 
-COMMANDS = ("start", "stop", "send_text", "pause", "resume",
+COMMANDS = ("start", "stop", "graceful_shutdown", "send_text", "pause", "resume",
             "playback_pause", "playback_resume", "playback_clear")
 
 _UUID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}$")
@@ -59,6 +60,8 @@ def check_utf8(text, what):
 def parse_rate(word):
     w = word.strip().lower()
     try:
+        if not w.isascii() or "_" in w:
+            raise ValueError(w)
         if w.endswith("k"):
             value = float(w[:-1]) * 1000
             if not value.is_integer():
@@ -129,7 +132,7 @@ def parse(line):
             raise err("send_text needs the text to send")
         return Command(uuid, name, text=rest)
 
-    if name == "stop":
+    if name in ("stop", "graceful_shutdown"):
         return Command(uuid, name, text=rest or None)
 
     if rest:

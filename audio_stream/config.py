@@ -17,10 +17,18 @@ DEFAULTS = {
     "STREAM_PLAYBACK_BUFFER": "60000",   # ms of server audio the playback queue may hold
     "STREAM_MAX_MESSAGE": "4194304",     # bytes: largest message accepted from the server
     "STREAM_RECONNECT_BUFFER": "5000",   # ms of the caller's audio kept while the server cannot take it
+    "STREAM_RECONNECT_ATTEMPTS": "10",   # reconnection attempts in a row before giving up
+    "STREAM_RECONNECT_MAX_SECONDS": "60",  # s without a connection before giving up
+    "STREAM_GRACEFUL_TIMEOUT": "5",      # s graceful-shutdown waits for the server to close
 }
 
 MAX_BUFFER_MS = 10000
 _HEADER_TOKEN = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+# headers the WebSocket handshake owns (RFC 6455 4.1), plus our stream identification headers
+_HANDSHAKE_HEADERS = {"host", "upgrade", "connection", "content-length", "transfer-encoding",
+                      "x-audio-stream-id", "x-audio-stream-reconnect"}
 
 
 class ConfigError(ValueError):
@@ -52,6 +60,10 @@ class Settings:
     playback_buffer_ms: int = 60000
     max_message: int = 4 * 1024 * 1024
     backlog_ms: int = 5000                # STREAM_RECONNECT_BUFFER
+    reconnect: bool = True                # not STREAM_NO_RECONNECT
+    reconnect_attempts: int = 10
+    reconnect_max_s: float = 60.0
+    graceful_timeout: float = 5.0
     sample_rate: Optional[int] = None     # rate of binary audio from the server (None: stream rate)
     tls_ca_file: str = "SYSTEM"
     tls_cert_file: Optional[str] = None
@@ -59,9 +71,16 @@ class Settings:
     tls_no_hostname_check: bool = False
 
 
+def _ascii_number(raw):
+    text = raw.strip()
+    if not text.isascii() or "_" in text:
+        raise ValueError(text)
+    return text
+
+
 def _int(name, raw, lo, hi):
     try:
-        value = int(raw.strip(), 10)
+        value = int(_ascii_number(raw), 10)
     except (ValueError, AttributeError):
         raise ConfigError("%s='%s' is not an integer" % (name, raw)) from None
     if not lo <= value <= hi:
@@ -71,7 +90,9 @@ def _int(name, raw, lo, hi):
 
 def _number(name, raw, lo, hi):
     try:
-        value = float(raw.strip())
+        value = float(_ascii_number(raw))
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(raw)
     except (ValueError, AttributeError):
         raise ConfigError("%s='%s' is not a number" % (name, raw)) from None
     if not lo <= value <= hi:
@@ -93,10 +114,21 @@ def parse_extra_headers(raw):
             raise ConfigError("STREAM_EXTRA_HEADERS: the value of '%s' is not a string" % name)
         if not name or not set(name) <= _HEADER_TOKEN:
             raise ConfigError("STREAM_EXTRA_HEADERS: '%s' is not a valid header name" % name)
+        low = name.lower()
+        if low in _HANDSHAKE_HEADERS or low.startswith("sec-websocket-"):
+            raise ConfigError("STREAM_EXTRA_HEADERS: '%s' is part of the WebSocket handshake and cannot be "
+                              "set" % name)
         if any(c in value for c in "\r\n\0"):
             raise ConfigError("STREAM_EXTRA_HEADERS: the value of '%s' contains CR, LF or NUL" % name)
         out.append((name, value))
     return tuple(out)
+
+
+def _heart_beat(raw):
+    value = _number("STREAM_HEART_BEAT", raw, 0, 3600)
+    if 0 < value < 1:
+        raise ConfigError("STREAM_HEART_BEAT=%s is too short: 0 (off) or 1 to 3600 seconds" % raw)
+    return value
 
 
 def _deflate(raw):
@@ -123,7 +155,7 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
     raw_headers = var("STREAM_EXTRA_HEADERS")
     return Settings(
         buffer_ms=buffer_ms,
-        heart_beat=_number("STREAM_HEART_BEAT", var("STREAM_HEART_BEAT"), 0, 3600),
+        heart_beat=_heart_beat(var("STREAM_HEART_BEAT")),
         connect_timeout=_number("STREAM_CONNECT_TIMEOUT", var("STREAM_CONNECT_TIMEOUT"), 0.1, 120),
         # mod_audio_stream: STREAM_MESSAGE_DEFLATE=true *disables* permessage-deflate, which it
         # offers by default. Here it is off unless asked for (=false, C's default made explicit):
@@ -135,6 +167,10 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         playback_buffer_ms=_int("STREAM_PLAYBACK_BUFFER", var("STREAM_PLAYBACK_BUFFER"), 100, 3600000),
         max_message=_int("STREAM_MAX_MESSAGE", var("STREAM_MAX_MESSAGE"), 1024, 256 * 1024 * 1024),
         backlog_ms=_int("STREAM_RECONNECT_BUFFER", var("STREAM_RECONNECT_BUFFER"), 100, 600000),
+        reconnect=not switch_true(var("STREAM_NO_RECONNECT")),
+        reconnect_attempts=_int("STREAM_RECONNECT_ATTEMPTS", var("STREAM_RECONNECT_ATTEMPTS"), 0, 1000),
+        reconnect_max_s=_number("STREAM_RECONNECT_MAX_SECONDS", var("STREAM_RECONNECT_MAX_SECONDS"), 0, 3600),
+        graceful_timeout=_number("STREAM_GRACEFUL_TIMEOUT", var("STREAM_GRACEFUL_TIMEOUT"), 0, 600),
         sample_rate=_int("STREAM_SAMPLE_RATE", rate, 8000, 192000) if rate else None,
         tls_ca_file=var("STREAM_TLS_CA_FILE") or "SYSTEM",
         tls_cert_file=var("STREAM_TLS_CERT_FILE"),

@@ -16,6 +16,72 @@ from .version import VERSION
 USER_AGENT = "audio_stream/%s (FreeSWITCH mod_python3)" % VERSION
 
 
+class MaskGuard:
+    """RFC 6455 5.1: a client MUST fail the connection when the server masks a frame; aiohttp's
+    reader unmasks them silently. This sits in front of aiohttp's frame parser (for our
+    connections only, see GuardedWebSocket) and follows frame boundaries from the header bytes:
+    2 header bytes, 0/2/8 length bytes, a 4-byte key when masked, then the payload."""
+
+    def __init__(self, parser, queue):
+        self.parser = parser
+        self.queue = queue          # where aiohttp's receive() finds messages and errors
+        self.hdr = bytearray()      # header bytes of the frame being read
+        self.skip = 0               # payload bytes still to pass over
+        self.failed = False
+
+    def feed_data(self, data):
+        if self.failed:
+            return True, b""
+        if self._masked(data):
+            self.failed = True
+            self.queue.set_exception(aiohttp.WebSocketError(
+                aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame"))
+            return True, b""
+        return self.parser.feed_data(data)
+
+    def feed_eof(self):
+        return self.parser.feed_eof()
+
+    def __getattr__(self, name):
+        return getattr(self.parser, name)
+
+    def _masked(self, data):
+        i, n = 0, len(data)
+        while i < n:
+            if self.skip:
+                step = min(self.skip, n - i)
+                self.skip -= step
+                i += step
+                continue
+            self.hdr.append(data[i])
+            i += 1
+            h = self.hdr
+            if len(h) < 2:
+                continue
+            if h[1] & 0x80:
+                return True
+            size = h[1] & 0x7F
+            ext = 2 if size == 126 else 8 if size == 127 else 0
+            if len(h) < 2 + ext:
+                continue
+            self.skip = int.from_bytes(h[2:2 + ext], "big") if ext else size
+            self.hdr = bytearray()
+        return False
+
+
+class GuardedWebSocket(aiohttp.ClientWebSocketResponse):
+    """aiohttp's client WebSocket with MaskGuard in front of its parser (ClientSession's
+    ws_response_class: aiohttp assigns `_parser`, then hands `_parser` to the connection)."""
+
+    @property
+    def _parser(self):
+        return self.__dict__.get("_guarded_parser")
+
+    @_parser.setter
+    def _parser(self, parser):
+        self.__dict__["_guarded_parser"] = MaskGuard(parser, self._reader) if parser is not None else None
+
+
 class ConnectError(Exception):
     def __init__(self, code, message):
         super().__init__(message)
@@ -66,12 +132,53 @@ def bound_send_buffer(ws, nbytes):
         pass
 
 
-async def connect(client, url, settings):
+# what a send can raise when the connection is gone under it
+SEND_ERRORS = (aiohttp.ClientError, ConnectionError, OSError, RuntimeError)
+
+
+def describe_send_error(exc):
+    """A reason a person can act on for a send that failed: the connection went away."""
+    if isinstance(exc, ConnectionResetError):     # aiohttp's ClientConnectionResetError is one too
+        return "connection lost: the server went away (connection reset)"
+    if isinstance(exc, BrokenPipeError):
+        return "connection lost: the server went away (broken pipe)"
+    return "connection lost while sending: %s" % _describe(exc)
+
+
+def backlogged(ws):
+    """True while the socket has not taken everything written so far (the kernel's send buffer
+    is full: the server does not keep up). Sending more would then wait, so the caller stops
+    and keeps its bounded outbox instead. False when it cannot tell (aiohttp internals moved)."""
+    try:
+        transport = ws._writer.transport      # aiohttp has no public accessor
+        return transport.get_write_buffer_size() > 0
+    except AttributeError:
+        return False
+
+
+def abort(ws):
+    """Drop a connection that would not close cleanly (a server that stopped reading)."""
+    try:
+        transport = ws._writer.transport      # aiohttp has no public way to abort a WebSocket
+        if transport is not None:
+            transport.abort()
+    except AttributeError:
+        pass
+
+
+def _printable(text, limit=120):
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+async def connect(client, url, settings, extra=None):
     """Open the WebSocket or raise ConnectError with a code from protocol.ERR_*."""
     is_tls = url.lower().startswith("wss://")
     ctx = tls_context(settings) if is_tls else None
     headers = {"User-Agent": USER_AGENT}
     headers.update(settings.extra_headers)
+    if extra:
+        headers.update(extra)
     try:
         return await asyncio.wait_for(
             client.ws_connect(url, headers=headers, ssl=ctx if is_tls else False,
@@ -88,28 +195,40 @@ async def connect(client, url, settings):
     except aiohttp.ClientSSLError as e:
         raise ConnectError(protocol.ERR_SSL_ERROR, "TLS error: %s" % _describe(e)) from None
     except aiohttp.WSServerHandshakeError as e:
+        if e.status == 101:
+            # the server agreed to upgrade, but its answer is not a valid WebSocket handshake
+            raise ConnectError(protocol.ERR_INVALID_HEADER, "invalid WebSocket handshake from %s: %s"
+                               % (url, _printable(e.message))) from None
         try:
             phrase = http.HTTPStatus(e.status).phrase
         except ValueError:
-            phrase = e.message
+            phrase = _printable(e.message)
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "WebSocket handshake rejected: HTTP %s %s"
                            % (e.status, phrase)) from None
+    except aiohttp.ServerDisconnectedError:
+        raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: the server closed the connection "
+                           "during the handshake" % url) from None
+    except aiohttp.ClientResponseError:
+        raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: not an HTTP/WebSocket server "
+                           "there (its answer is not HTTP)" % url) from None
     except aiohttp.ClientConnectorError as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
                            % (url, _describe(e.os_error))) from None
     except (aiohttp.ClientError, OSError, ValueError) as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
-                           % (url, _describe(e))) from None
+                           % (url, _printable(_describe(e)))) from None
 
 
 # ---- receiving: what the stream needs to know, without aiohttp's types --------------------------
 
-TEXT, BINARY, CLOSED, LOST = "text", "binary", "closed", "lost"
+TEXT, BINARY, CLOSED, LOST, FAILED = "text", "binary", "closed", "lost", "failed"
 
 
 async def receive(ws):
     """The next event from the server: (TEXT, str), (BINARY, bytes), (CLOSED, code, reason) for
-    a close frame, or (LOST, error_code, message) when the connection failed without one."""
+    a close frame, (LOST, error_code, message) when the connection went away without one, or
+    (FAILED, error_code, message) when we failed it because of what the server sent (a message
+    over the size limit, a protocol violation): trying again would fail the same way."""
     msg = await ws.receive()
     if msg.type == aiohttp.WSMsgType.TEXT:
         return TEXT, msg.data
@@ -120,6 +239,11 @@ async def receive(ws):
     exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return LOST, protocol.ERR_PING_TIMEOUT, "no pong from the server within the heartbeat"
-    if isinstance(exc, aiohttp.WebSocketError) and exc.code == 1009:
-        return LOST, protocol.ERR_IO, "message over the size limit (4 x STREAM_MAX_MESSAGE): closed with 1009"
+    if isinstance(exc, aiohttp.WebSocketError):
+        if exc.code == 1009:
+            return FAILED, protocol.ERR_IO, "message over the size limit (4 x STREAM_MAX_MESSAGE): closed with 1009"
+        text = _printable(exc)
+        if "mask" in text.lower():
+            return FAILED, protocol.ERR_SERVER_MASKED, "the server sent a masked frame (RFC 6455 forbids it): %s" % text
+        return FAILED, protocol.ERR_PROTOCOL, "the server broke the WebSocket protocol: %s" % text
     return LOST, protocol.ERR_IO, "connection lost: %s" % (exc or "closed without a close frame")

@@ -54,6 +54,12 @@ class Outbox:
         self.text_bytes += size
         return True
 
+    def put_text_front(self, text):
+        """Queue a text before everything else (the metadata of a new connection). Never refused:
+        the host sends one per connection."""
+        self._q.appendleft(text)
+        self.text_bytes += len(text)
+
     def _drop_oldest_audio(self):
         q = self._q
         for i, item in enumerate(q):

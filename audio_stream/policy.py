@@ -80,3 +80,135 @@ class PlaybackPolicy:
     def sleep(self):
         """Going dormant: remember who writes the call for the next activation."""
         self.prior = WRITE if self.quiet >= self.quiet_pings else REPLACE
+
+
+# ---- reconnection --------------------------------------------------------------------------------
+
+# Close codes after which the server expects (or at least allows) the client to come back:
+# 1001 going away (a restart), 1006 abnormal (no close frame), 1011 internal error, 1012 service
+# restart, 1013 try again later. 1000, 4xxx (the application's own) and the rest end the stream.
+RECONNECT_CODES = frozenset((1001, 1006, 1011, 1012, 1013))
+
+
+class Retry:
+    """Reconnect after `delay` seconds; this will be attempt number `attempt` (1, 2, ...)."""
+
+    def __init__(self, attempt, delay):
+        self.attempt = attempt
+        self.delay = delay
+
+    def __repr__(self):
+        return "Retry(attempt=%d, delay=%.3f)" % (self.attempt, self.delay)
+
+
+class GiveUp:
+    def __init__(self, reason):
+        self.reason = reason
+
+    def __repr__(self):
+        return "GiveUp(%r)" % self.reason
+
+
+class ReconnectPolicy:
+    """When a live connection is lost, whether and when to try again (h11-style: the caller
+    feeds it what happened and the time, it answers; no clock, no I/O of its own).
+
+    Backoff with jitter: the first retry within `first` seconds, then doubling up to `cap`, each
+    delay drawn from [0.5, 1] of its nominal value. It gives up after `max_attempts` failed
+    attempts in a row or `max_seconds` since the connection was lost, whichever comes first.
+    """
+
+    def __init__(self, enabled=True, max_attempts=10, max_seconds=60.0, first=0.1, cap=5.0, rng=None):
+        import random
+        self.enabled = enabled
+        self.max_attempts = max_attempts
+        self.max_seconds = max_seconds
+        self.first = first
+        self.cap = cap
+        self.rng = rng or random.Random()
+        self.attempt = 0          # attempts since the connection was lost
+        self.lost_at = None
+        self.reconnects = 0       # successful reconnections over the stream's life
+
+    @staticmethod
+    def abnormal(closed, code):
+        """A loss worth reconnecting after: no close frame at all, or a close frame whose code
+        says "come back" (RECONNECT_CODES)."""
+        return not closed or code in RECONNECT_CODES
+
+    def lost(self, closed, code, now):
+        """The connection ended: `closed` = the server sent a close frame with `code` (else it
+        was lost: reset, timeout, no pong, I/O error). Returns Retry or GiveUp."""
+        if not self.enabled:
+            return GiveUp("reconnection is off (STREAM_NO_RECONNECT)")
+        if not self.abnormal(closed, code):
+            return GiveUp("the server closed the connection with %s" % code)
+        self.lost_at = now
+        self.attempt = 0
+        return self._next(now)
+
+    def failed(self, now):
+        """A reconnection attempt failed. Returns Retry or GiveUp."""
+        return self._next(now)
+
+    def _next(self, now):
+        if self.attempt >= self.max_attempts:
+            return GiveUp("gave up after %d attempts" % self.attempt)
+        nominal = min(self.cap, self.first * (2 ** self.attempt))
+        delay = nominal * self.rng.uniform(0.5, 1.0)
+        if now + delay - self.lost_at > self.max_seconds:
+            return GiveUp("gave up after %.0f s without a connection" % (now - self.lost_at))
+        self.attempt += 1
+        return Retry(self.attempt, delay)
+
+    def connected(self):
+        """A reconnection attempt succeeded."""
+        self.reconnects += 1
+        self.attempt = 0
+        self.lost_at = None
+
+
+# ---- flood control -------------------------------------------------------------------------------
+
+class RateLimit:
+    """Token bucket: `allow(now)` at most `rate` times per second on average, `burst` at once.
+    `suppressed` counts the refusals since `take_suppressed()` last read them."""
+
+    def __init__(self, rate, burst):
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = None
+        self.suppressed = 0
+
+    def allow(self, now):
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self):
+        n, self.suppressed = self.suppressed, 0
+        return n
+
+
+class Strikes:
+    """More than `limit` strikes within `window` seconds: the server keeps sending garbage."""
+
+    def __init__(self, limit, window):
+        from collections import deque
+        self.limit = limit
+        self.window = window
+        self.times = deque()
+
+    def strike(self, now):
+        """Count one; True when the limit is passed."""
+        times = self.times
+        times.append(now)
+        while times and now - times[0] > self.window:
+            times.popleft()
+        return len(times) > self.limit

@@ -3,6 +3,7 @@ asyncio loop thread that owns every WebSocket, the registry of live streams, and
 clock that reads every stream's buffered audio once per tick.
 """
 import asyncio
+import atexit
 import concurrent.futures
 import threading
 import time
@@ -72,7 +73,12 @@ def http():
     """The shared aiohttp ClientSession (loop thread only)."""
     global _http
     if _http is None or _http.closed:
-        _http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        from .connection import GuardedWebSocket
+        _http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                                      ws_response_class=GuardedWebSocket)
+        # aiohttp retries a GET once when the server drops the connection ("Server disconnected"):
+        # one attempt must be one connection (the reconnection policy decides about retries)
+        _http._retry_connection = False
     return _http
 
 
@@ -188,6 +194,18 @@ def get(uuid):
         return streams.get(uuid)
 
 
+def _at_exit():
+    """mod_python3 calls Py_Finalize when FreeSWITCH unloads it (fsctl shutdown): whatever is
+    still streaming (graceful-shutdown, reconnecting) closes with 1001 within a second."""
+    try:
+        stop_loop(timeout=2.0)
+    except Exception:
+        pass
+
+
+atexit.register(_at_exit)
+
+
 def stop_loop(timeout=5.0):
     """Close every stream (1001, going away) and stop the loop thread. For shutdown and tests."""
     global _loop, _thread, _http
@@ -199,8 +217,9 @@ def stop_loop(timeout=5.0):
 
     async def close_all():
         global _http
-        for s in list(streams.values()) + list(finishing_streams):
-            await s.shutdown()
+        pending = list(streams.values()) + list(finishing_streams)
+        if pending:
+            await asyncio.gather(*(s.shutdown(1001, 1.0) for s in pending), return_exceptions=True)
         if _http is not None:
             await _http.close()
             _http = None

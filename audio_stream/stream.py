@@ -1,37 +1,33 @@
-"""One call's stream: the call's bugs ↔ audio ↔ the WebSocket ↔ events.
+"""One call's stream: the call's bugs ↔ audio ↔ the server (link.py) ↔ events.
 
 Threads: `attach()` runs on the API thread (the caller holds the session's read lock); everything
 else runs on the loop thread. No Python runs on a media thread for the audio going out: the
 capture bug has no callback, and the service's capture clock calls `poll()` for every stream
 once per tick. Python runs on a media thread only while the server's audio plays (playback.py).
 
-Life: attach (bugs added, the core buffers frames) → run(): connect → outbox (metadata, then the
-audio captured meanwhile, in order) → live. The media side ends exactly once, in `_end_media()`
-(hangup seen by poll(), `stop`, or our own removal after a failed connect or a server close);
-the WebSocket side then sends what is left, within a time limit, and closes 1000.
+Life: attach (bugs added, the core buffers frames) → run(): the Link connects, then sends the
+outbox (metadata, then the audio captured meanwhile, in order) and reconnects when the server goes
+away. The media side ends exactly once, in `_end_media()` (hangup, `stop`, `graceful-shutdown`,
+or our own removal after the connection is gone for good); the Link then sends what is left,
+within a time limit, and closes (1000; 1001 when the switch shuts down).
 """
 import asyncio
+import time
 
 from . import audio, connection, protocol, service
+from .link import CLOSE_TIMEOUT, CONNECTING, Link
 from .outbox import Outbox
 from .playback import Player
+from .policy import RateLimit, Strikes
 from .switch import core as C
 from .switch.media import CapturePort, ControlPort
 
 PREFIX = "mod_audio_stream::"
-
-
-class _NoWake:
-    """Stands in for the stream's asyncio.Event until run() makes it on the loop thread."""
-
-    @staticmethod
-    def set():
-        pass
-
-
-CLOSE_TIMEOUT = 5.0        # s to send what is left and the close frame after the media ended
 MAX_TEXT_BYTES = 1 << 20   # texts waiting for a server that does not read
-SEND_BUFFER_MS = 500       # the kernel's send buffer: this much audio (doubled by Linux)
+JSON_EVENTS_PER_S = 200    # mod_audio_stream::json events per stream (burst: 2 s worth)
+BAD_REPORTS_PER_S = 5      # error events/logs/replies for unusable messages (burst: 20)
+BAD_LIMIT = (100, 10.0)    # more unusable messages than this within that many s: close 1008
+SHUTDOWN_CAUSES = (C.CAUSE_SYSTEM_SHUTDOWN,)   # a hangup because the switch is going away: close 1001
 
 
 class Stream:
@@ -52,8 +48,6 @@ class Stream:
         bytes_per_ms = cmd.rate * 2 * self.channels // 1000
         self.outbox = Outbox(settings.backlog_ms * bytes_per_ms, MAX_TEXT_BYTES + settings.max_message,
                              bytes_per_ms)
-        if self.metadata:
-            self.outbox.put_text(self.metadata)
         flags = C.SMBF_READ_STREAM
         if cmd.mix in ("mixed", "stereo"):
             flags |= C.SMBF_WRITE_STREAM
@@ -66,12 +60,22 @@ class Stream:
         self.player.port = self.control
         self.paused = False
         self.stop_text = None
-        self.ws = None
+        self.link = None          # made in run(), on the loop thread
         self.media_ended = False
-        self.closing = False      # we are closing the WebSocket: what comes in no longer matters
+        self.graceful = False
+        self.closing = False      # the connection is gone for good: what comes in no longer matters
         self.finished = False     # the WebSocket side is done: set by service.finished(), under its lock
-        self._wake = _NoWake      # an asyncio.Event once run() starts (made on the loop thread)
-        self._receiver = None
+        self._finish_args = None  # how the link must end, when the media ends before run() starts
+        self._task = None
+        self._cleaned = False
+        self._json_limit = RateLimit(JSON_EVENTS_PER_S, 2 * JSON_EVENTS_PER_S)
+        self._bad_limit = RateLimit(BAD_REPORTS_PER_S, 20)
+        self._bad_strikes = Strikes(*BAD_LIMIT)
+        self._text_drop_limit = RateLimit(1, 5)
+
+    @property
+    def state(self):
+        return self.link.state if self.link is not None else CONNECTING
 
     # ---- API thread ------------------------------------------------------------------------------
     def attach(self, session):
@@ -85,24 +89,23 @@ class Stream:
         return ok, reason
 
     # ---- loop thread: the capture clock ------------------------------------------------------
-    def poll(self, remove=False):
+    def poll(self):
         """Read what the core buffered since the last poll into the outbox (service's capture
         clock, once per tick; and before anything that must come after the audio so far)."""
         if self.media_ended:
             return
-        data = self.capture.poll(self.uuid, remove)
+        data = self.capture.poll(self.uuid)
         if data is None:
             # the capture bug is gone. At a hangup the control bug's CLOSE has already run and
             # its media_closed(tail) is waiting on this loop: it ends the media, after the tail
-            if not self.control.closed:
-                self._end_media()
+            if self.control.closed:
+                return
+            self._end_media()
             return
         if data and not self.paused:
             self._feed(data)
-        if remove:
-            self._end_media()
-        elif self.outbox:
-            self._wake.set()
+        if self.outbox and self.link is not None:
+            self.link.wake()
         self._overrun_events()
 
     def _feed(self, data):
@@ -110,23 +113,46 @@ class Stream:
         for chunk in self.uplink.feed(data):
             put(chunk)
 
-    def media_closed(self, tail):
+    def _take_last(self):
+        """Read what is left in the capture bug and remove it."""
+        data = self.capture.poll(self.uuid, remove=True)
+        if data and not self.paused:
+            self._feed(data)
+
+    def media_closed(self, tail, cause=0):
         """The control bug is gone (ControlPort, through the loop): hangup, or our own removal.
-        `tail`: the frames no capture pass had read yet."""
+        `tail`: the frames no capture pass had read yet; `cause`: the call's hangup cause."""
+        self.player.playback_closed()
         if self.media_ended:
             return
         if tail and not self.paused:
             self._feed(tail)
-        self.player.playback_closed()
-        self._end_media()
+        if cause in SHUTDOWN_CAUSES:
+            self._end_media(code=1001, message=b"going away", drain_s=0.5)
+        else:
+            self._end_media()
 
-    def _end_media(self):
-        """The call's media is over for this stream (once): flush, queue the stop text, close."""
+    def _end_media(self, keep_playback=False, code=1000, message=b"", drain_s=CLOSE_TIMEOUT, linger_s=0.0):
+        """The call's audio is over for this stream (once): flush, queue the stop text, and let
+        the link send what is left and close. `keep_playback`: graceful-shutdown, the server's
+        audio still plays until the link is done."""
         if self.media_ended:
             return
         self.media_ended = True
-        service.retire(self)
         self.capture.forget()
+        if not keep_playback:
+            self._detach_control()
+            service.retire(self)
+        for chunk in self.uplink.flush():
+            self.outbox.put_audio(chunk)
+        if self.stop_text:
+            self.outbox.put_text(self.stop_text)
+        if self.link is not None:
+            self.link.finish(code, message, drain_s, linger_s)
+        else:
+            self._finish_args = (code, message, drain_s, linger_s)
+
+    def _detach_control(self):
         if not self.control.closed:
             session = self.be.core.force_locate(self.uuid)
             if session:
@@ -134,20 +160,33 @@ class Stream:
                     self.control.detach(session)
                 finally:
                     self.be.core.unlock(session)
-            self.player.playback_closed()
-        for chunk in self.uplink.flush():
-            self.outbox.put_audio(chunk)
-        if self.stop_text:
-            self.outbox.put_text(self.stop_text)
-        self._wake.set()
+        self.player.playback_closed()
 
     # ---- loop thread: commands -------------------------------------------------------------------
     def stop(self, text=None):
         """`stop [text]`: everything captured so far, then the text, then close 1000."""
-        self.stop_text = text
         self.player.stop_requested = True
-        self.poll(remove=True)
+        if self.media_ended:          # a graceful-shutdown in progress: end it now
+            if text:
+                self.outbox.put_text(text)
+            self._detach_control()
+            service.retire(self)
+            if self.link is not None:
+                self.link.finish()
+            return
+        self.stop_text = text
+        self._take_last()
         self._end_media()
+
+    def graceful_shutdown(self, text=None):
+        """Stop capturing; send what is buffered and the text; keep receiving (and playing) until
+        the server closes or STREAM_GRACEFUL_TIMEOUT passes; then close 1000."""
+        if self.media_ended:
+            return
+        self.graceful = True
+        self.stop_text = text
+        self._take_last()
+        self._end_media(keep_playback=True, linger_s=self.settings.graceful_timeout)
 
     def set_paused(self, paused):
         self.poll()          # audio before the command is sent (or not) as it was
@@ -157,10 +196,14 @@ class Stream:
         """A text message after the audio captured so far. False if the outbox refused it."""
         self.poll()
         if not self.outbox.put_text(text):
-            self.log("ERR", "%d bytes of text already wait for the server: text of %d bytes dropped"
-                     % (self.outbox.text_bytes, len(text)))
+            if self._text_drop_limit.allow(time.monotonic()):
+                missed = self._text_drop_limit.take_suppressed()
+                self.log("ERR", "%d bytes of text already wait for the server, which does not read: text of %d "
+                         "bytes dropped%s" % (self.outbox.text_bytes, len(text),
+                                              " (and %d more)" % missed if missed else ""))
             return False
-        self._wake.set()
+        if self.link is not None:
+            self.link.wake()
         return True
 
     def wake_playback(self):
@@ -178,10 +221,26 @@ class Stream:
             self.log("ERR", "cannot fire %s: %s" % (name, e))
 
     def bad(self, reason, kind="bad_message"):
-        """A message from the server that cannot be used: error event, log, reply."""
+        """A message from the server that cannot be used: error event, log, reply (all three
+        rate-limited). A server that keeps sending them is closed with 1008."""
+        now = time.monotonic()
+        if self._bad_strikes.strike(now):
+            self._garbage("closed: more than %d unusable messages from the server within %g s (last: %s)"
+                          % (self._bad_strikes.limit, self._bad_strikes.window, reason))
+            return
+        if not self._bad_limit.allow(now):
+            return
+        missed = self._bad_limit.take_suppressed()
+        if missed:
+            reason = "%s (and %d more not reported)" % (reason, missed)
         self.log("ERR", reason)
         self.fire("error", protocol.error_body(protocol.ERR_PROTOCOL, reason))
         self.send_text(protocol.error_reply(kind, reason))
+
+    def _garbage(self, reason):
+        if self.closing or self.link is None:
+            return
+        self.link.fail(1008, reason, protocol.ERR_PROTOCOL)
 
     def _overrun_events(self):
         for kind, ms, total in self.outbox.take_events():
@@ -193,29 +252,23 @@ class Stream:
                 self.log("NOTICE", "sending caught up after dropping %d ms of audio" % ms)
                 self.fire("buffer_recovered", protocol.dumps({"dropped_ms": ms, "total_dropped_ms": total}))
 
-    # ---- loop thread: the connection ---------------------------------------------------------------
+    # ---- loop thread: the connection (link.py) -----------------------------------------------------
     async def run(self):
-        self._wake = asyncio.Event()
-        if self.media_ended or self.outbox:
-            self._wake.set()
+        self._task = asyncio.current_task()
+        self.link = Link(self, self.url, self.settings, self.outbox, service.http)
+        if self._finish_args is not None:
+            self.link.finish(*self._finish_args)
         service.poll_add(self)
         try:
-            try:
-                self.ws = await connection.connect(service.http(), self.url, self.settings)
-                connection.bound_send_buffer(self.ws, max(16384, self.outbox.bytes_per_ms * SEND_BUFFER_MS))
-            except connection.ConnectError as e:
-                message = e.message
-                lag = service.loop_lag_ms()
-                if e.code == protocol.ERR_TIMEOUT and lag > 100:
-                    message += " (audio_stream's loop thread is overloaded: %d ms late)" % lag
-                self.log("ERR", "%s (code %d)" % (message, e.code))
-                self.fire("error", protocol.error_body(e.code, message))
-                self._abandon()
-                return
-            self.log("INFO", "connected to %s" % self.url)
-            self.fire("connect", protocol.connect_body())
-            self._receiver = asyncio.ensure_future(self._receive())
-            await self._send_loop()
+            await self.link.run()
+        except connection.ConnectError as e:
+            message = e.message
+            lag = service.loop_lag_ms()
+            if e.code == protocol.ERR_TIMEOUT and lag > 100:
+                message += " (audio_stream's loop thread is overloaded: %d ms late)" % lag
+            self.log("ERR", "%s (code %d)" % (message, e.code))
+            self.fire("error", protocol.error_body(e.code, message))
+            self._abandon()
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -226,75 +279,46 @@ class Stream:
             await self._cleanup()
 
     def _abandon(self):
-        """The connection is gone for good: end the media without sending anything more."""
+        """The connection is gone for good: end the media, send nothing more."""
         self.closing = True
-        self.poll(remove=True)
+        if self.link is not None:
+            self.link.abandon()
+        self.capture.poll(self.uuid, remove=True)
         self._end_media()
+        self._detach_control()
+        service.retire(self)
         self.outbox.clear()
 
-    async def _send_loop(self):
-        ws = self.ws
-        outbox = self.outbox
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if ws.closed or self.closing:
-                break
-            if self.media_ended:
-                try:
-                    await asyncio.wait_for(self._drain(ws, outbox), CLOSE_TIMEOUT)
-                except asyncio.TimeoutError:
-                    self.log("WARNING", "the server did not take the last %d ms of audio within %g s: closing"
-                             % (outbox.queued_ms, CLOSE_TIMEOUT))
-                self.closing = True
-                await self._close(ws, 1000)
-                break
-            await self._drain(ws, outbox)
+    # Link host
+    def opening_texts(self):
+        return [self.metadata] if self.metadata else []
 
-    async def _drain(self, ws, outbox):
-        while outbox:
-            item = outbox.pop()
-            if item.__class__ is bytes:
-                await ws.send_bytes(item)
-            else:
-                await ws.send_str(item)
+    def link_connected(self):
+        self.log("INFO", "connected to %s" % self.url)
+        self.fire("connect", protocol.connect_body())
+
+    def link_reconnecting(self, attempt, delay, reason):
+        self.log("WARNING", "connection lost (%s): reconnecting in %d ms, attempt %d" % (reason, delay * 1000, attempt))
+        self.fire("reconnecting", protocol.dumps({"attempt": attempt, "delay_ms": int(delay * 1000), "reason": reason}))
+
+    def link_reconnected(self, attempt, dropped_ms):
+        self.log("NOTICE", "reconnected to %s (attempt %d); %d ms of audio dropped meanwhile" % (self.url, attempt,
+                                                                                                dropped_ms))
+        self.fire("reconnected", protocol.dumps({"attempt": attempt, "dropped_ms": dropped_ms}))
+
+    def link_lost(self, closed, code, reason, error_code):
+        if closed:
+            self.log("INFO", "server closed the connection: %s %s" % (code, reason))
+            self.fire("disconnect", protocol.disconnect_body(code, reason))
+        else:
+            self.log("ERR", reason)
+            self.fire("error", protocol.error_body(error_code, reason))
+        self._abandon()
+
+    def outbox_drained(self):
         self._overrun_events()
 
-    async def _close(self, ws, code, message=b""):
-        try:
-            await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT)
-        except (asyncio.TimeoutError, Exception):
-            pass
-
-    async def _receive(self):
-        event = None
-        try:
-            while True:
-                event = await connection.receive(self.ws)
-                if event[0] == connection.TEXT:
-                    self._on_text(event[1])
-                elif event[0] == connection.BINARY:
-                    self._on_binary(event[1])
-                else:
-                    break
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a handler bug must not kill the receiver silently
-            self.log("ERR", "receive failed: %r" % (e,))
-            event = (connection.LOST, protocol.ERR_IO, "receive failed: %r" % (e,))
-        if self.closing:
-            return
-        kind, code, text = event
-        if kind == connection.CLOSED:
-            self.log("INFO", "server closed the connection: %s %s" % (code, text))
-            self.fire("disconnect", protocol.disconnect_body(code, text))
-        else:
-            self.log("ERR", text)
-            self.fire("error", protocol.error_body(code, text))
-        self._abandon()
-        self._wake.set()
-
-    def _on_text(self, text):
+    def on_text(self, text):
         if len(text) > self.settings.max_message:
             self.bad("message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
                      % (len(text), self.settings.max_message), "message_too_large")
@@ -302,6 +326,12 @@ class Stream:
         msg = protocol.parse_text(text)
         kind = type(msg)
         if kind is protocol.Passthrough:
+            if not self._json_limit.allow(time.monotonic()):
+                return
+            missed = self._json_limit.take_suppressed()
+            if missed:
+                self.log("WARNING", "%d messages from the server were not fired as mod_audio_stream::json: more "
+                         "than %d per second" % (missed, JSON_EVENTS_PER_S))
             if not self.settings.suppress_log:
                 self.log("DEBUG", "response: %s" % text[:2000])
             self.fire("json", text)
@@ -310,7 +340,7 @@ class Stream:
         else:
             self.player.handle(msg)
 
-    def _on_binary(self, data):
+    def on_binary(self, data):
         if len(data) > self.settings.max_message:
             self.bad("binary message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
                      % (len(data), self.settings.max_message), "message_too_large")
@@ -318,26 +348,31 @@ class Stream:
         self.player.binary(data)
 
     # ---- end ---------------------------------------------------------------------------------------
-    async def shutdown(self, code=1001):
-        """Switch or module going away: end media, close with 1001."""
-        self.closing = True
-        self.poll(remove=True)
-        self._end_media()
-        if self.ws is not None and not self.ws.closed:
-            await self._close(self.ws, code, b"going away")
-        await self._cleanup()
+    async def shutdown(self, code=1001, timeout=1.0):
+        """The switch or the module is going away: everything captured, then close with 1001."""
+        self.poll()
+        self._end_media(code=code, message=b"going away", drain_s=timeout * 0.5)
+        if self.link is not None:
+            self.link.finish(code, b"going away", timeout * 0.5, 0.0, force=True)
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except (asyncio.TimeoutError, Exception):
+                task.cancel()
+        else:
+            await self._cleanup()
 
     async def _cleanup(self):
+        if self._cleaned:
+            return
+        self._cleaned = True
         service.poll_remove(self)
-        if self._receiver is not None and not self._receiver.done():
-            self._receiver.cancel()
-            try:
-                await self._receiver
-            except (asyncio.CancelledError, Exception):
-                pass
-        if self.ws is not None and not self.ws.closed:
-            self.closing = True
-            await self._close(self.ws, 1000)
+        if not self.media_ended:
+            self.capture.poll(self.uuid, remove=True)
+            self._end_media()
+        self._detach_control()
+        service.retire(self)
         self.player.remove_files()
         if self.outbox.dropped_bytes:
             self.log("WARNING", "%d ms of the call's audio were dropped: the connection was not ready or the "

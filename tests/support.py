@@ -56,7 +56,7 @@ class WSServer:
     receive loop; it may send messages or close. `reject` = HTTP status to refuse upgrades."""
 
     def __init__(self, on_connect=None, on_message=None, reject=None, handshake_delay=0.0, autoping=True,
-                 pong=True):
+                 pong=True, port=0):
         """autoping=False: pings are recorded in conn.pings and answered only if `pong`."""
         self.autoping = autoping
         self.pong = pong
@@ -64,6 +64,7 @@ class WSServer:
         self.on_connect = on_connect
         self.on_message = on_message
         self.reject = reject
+        self.want_port = port
         self.conns = []
         self.cond = threading.Condition()
         self.loop = asyncio.new_event_loop()
@@ -83,7 +84,8 @@ class WSServer:
         self.runner = web.AppRunner(app, shutdown_timeout=2.0)
         await self.runner.setup()
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.want_port))
         port = sock.getsockname()[1]
         await web.SockSite(self.runner, sock).start()
         return port
@@ -155,7 +157,20 @@ class WSServer:
     def close_conn(self, conn, code=1000, message=b""):
         self.call(conn.ws.close(code=code, message=message))
 
+    def kill(self):
+        """Die like a SIGKILLed server: every connection reset, no close frame, then stop."""
+        def abort_all():
+            for c in self.conns:
+                t = c.request.transport
+                if t is not None:
+                    t.abort()
+        self.loop.call_soon_threadsafe(abort_all)
+        time.sleep(0.05)
+        self.stop()
+
     def stop(self):
+        if self.loop.is_closed():
+            return
         try:
             self.call(self.runner.cleanup())
             self.call(self.loop.shutdown_default_executor())

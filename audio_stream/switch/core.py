@@ -32,6 +32,10 @@ SMBF_STEREO = 1 << 5
 SMBF_NO_PAUSE = 1 << 10
 SMBF_STEREO_SWAP = 1 << 11
 
+# switch_call_cause_t (switch_types.h)
+CAUSE_NORMAL_CLEARING = 16
+CAUSE_SYSTEM_SHUTDOWN = 701     # fsctl shutdown: switch_core_destroy hangs every call up with it
+
 # switch_codec_flag_enum_t
 SWITCH_CODEC_FLAG_ENCODE = 1 << 0
 SWITCH_CODEC_FLAG_DECODE = 1 << 1
@@ -136,6 +140,7 @@ _PROTOTYPES = {
     "switch_channel_get_variable_dup": (c_char_p, [c_void_p, c_char_p, c_int, c_int]),
     "switch_channel_perform_pre_answer": (c_int, [c_void_p, c_char_p, c_char_p, c_int]),
     "switch_channel_event_set_data": (None, [c_void_p, c_void_p]),
+    "switch_channel_get_cause": (c_int, [c_void_p]),
     "switch_core_session_get_read_impl": (c_int, [c_void_p, POINTER(CodecImplementation)]),
     "switch_core_session_get_write_impl": (c_int, [c_void_p, POINTER(CodecImplementation)]),
     "switch_core_media_bug_add": (c_int, [c_void_p, c_char_p, c_char_p, BUG_CALLBACK, c_void_p,
@@ -195,6 +200,10 @@ class Core:
             return None
         v = self.switch_channel_get_variable_dup(ch, name.encode(), 1, -1)
         return None if v is None else v.decode("utf-8", "replace")
+
+    def hangup_cause(self, session):
+        ch = self.switch_core_session_get_channel(session)
+        return self.switch_channel_get_cause(ch) if ch else 0
 
     def pre_answer(self, session):
         ch = self.switch_core_session_get_channel(session)

@@ -65,7 +65,7 @@ def _on_bug(bug, user_data, abc_type):
         elif abc_type == C.ABC_READ_PING:
             port.on_read_ping(bug)
         elif abc_type == C.ABC_CLOSE:
-            port.on_close()
+            port.on_close(bug)
         return 1
     except BaseException:  # never let an exception cross into the core
         return 1
@@ -195,8 +195,9 @@ class ControlPort:
     server's audio into the call one frame at a time on the media threads (when `queue`, the
     stream's PlaybackQueue, is not None).
 
-    `notify(fn, *args)` hands a call to the loop thread: `listener.media_closed(tail)` once (the
-    bug is gone; `tail` = the capture bug's unread frames at hangup, else b""), and
+    `notify(fn, *args)` hands a call to the loop thread: `listener.media_closed(tail, cause)` once
+    (the bug is gone; `tail` = the capture bug's unread frames at hangup, else b""; `cause` = the
+    call's hangup cause, 0 if it is still up), and
     `player.playback_started(t)`, `player.playback_done()`, `player.marks_played(names)`.
     """
 
@@ -366,18 +367,21 @@ class ControlPort:
             self.core.switch_mutex_unlock(self._codec.mutex)
         self.frames_written += 1
 
-    def on_close(self):
+    def on_close(self, bug=None):
         if self.closed:
             return
         tail = b""
+        cause = 0
         try:
             tail = self.capture.read_tail()
+            if bug:
+                cause = self.core.hangup_cause(self.core.switch_core_media_bug_get_session(bug))
         finally:
             self.closed = True
             with _lock:
                 _players.pop(self.key, None)
             self._release_codec()
-            self.notify(self.listener.media_closed, tail)
+            self.notify(self.listener.media_closed, tail, cause)
 
     def _release_codec(self):
         if self._codec is not None:

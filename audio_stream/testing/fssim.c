@@ -756,6 +756,7 @@ struct sim_chan {
 	atomic_long tick_limit;       /* <0: unlimited */
 	atomic_int sim_state;         /* 0 new, 1 running, 2 hung up/destroyed */
 	char hangup_cause[64];
+	atomic_int cause;             /* switch_call_cause_t, 0 while up */
 
 	/* bugs */
 	pthread_rwlock_t bug_rwlock;
@@ -1632,11 +1633,22 @@ static void session_destroy(sim_chan_t *c)
 	atomic_fetch_sub(&g_sessions_alive, 1);
 }
 
+static int cause_number(const char *name)
+{
+	/* switch_types.h switch_call_cause_t, the ones the simulator uses */
+	if (!name || !strcmp(name, "NORMAL_CLEARING")) return 16;
+	if (!strcmp(name, "DESTINATION_OUT_OF_ORDER")) return 27;
+	if (!strcmp(name, "SYSTEM_SHUTDOWN")) return 701;
+	if (!strcmp(name, "MANAGER_REQUEST")) return 703;
+	return 16;
+}
+
 static void hangup_request(sim_chan_t *c, const char *cause)
 {
 	pthread_mutex_lock(&c->ctl);
 	if (!c->hangup_req) {
 		snprintf(c->hangup_cause, sizeof(c->hangup_cause), "%s", cause ? cause : "NORMAL_CLEARING");
+		atomic_store(&c->cause, cause_number(cause));
 		atomic_store(&c->down, 1);
 		atomic_store(&c->cs, CS_HANGUP);
 		atomic_store(&c->sim_state, 2);
@@ -1776,6 +1788,13 @@ static int pre_answer(sim_chan_t *c)
 	if (atomic_load(&c->answer_state) >= 1) return ST_SUCCESS;
 	atomic_store(&c->answer_state, 1);
 	return ST_SUCCESS;
+}
+
+/* switch_channel_get_cause (switch_channel.c): the hangup cause, SWITCH_CAUSE_NONE (0) while up */
+API int switch_channel_get_cause(void *channel)
+{
+	sim_chan_t *c = channel_chan(channel, "switch_channel_get_cause");
+	return c ? atomic_load(&c->cause) : 0;
 }
 
 API int switch_channel_perform_pre_answer(void *channel, const char *file, const char *func, int line)
@@ -2951,13 +2970,13 @@ API int fssim_channel_wait_ticks(int id, long n, int timeout_ms)
 	return ctl_wait(c, timeout_ms, pred_ticks, n) && atomic_load(&c->ticks) >= n;
 }
 
-API int fssim_channel_hangup(int id)
+API int fssim_channel_hangup_cause(int id, const char *cause)
 {
 	sim_chan_t *c = chan_by_id(id);
 	pthread_t self = pthread_self();
 	int own;
 	if (!c) return -1;
-	hangup_request(c, "NORMAL_CLEARING");
+	hangup_request(c, cause ? cause : "NORMAL_CLEARING");
 	/* wait for the CLOSE callbacks, unless we are one of this channel's own threads */
 	pthread_mutex_lock(&c->ctl);
 	own = pthread_equal(self, c->thread) || (c->partner_started && pthread_equal(self, c->partner));
@@ -2968,6 +2987,11 @@ API int fssim_channel_hangup(int id)
 		return -1;
 	}
 	return 0;
+}
+
+API int fssim_channel_hangup(int id)
+{
+	return fssim_channel_hangup_cause(id, "NORMAL_CLEARING");
 }
 
 API int fssim_channel_wait_destroyed(int id, int timeout_ms)

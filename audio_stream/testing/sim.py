@@ -132,6 +132,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "fssim_channel_set_tick_limit": (None, [c_int, c_long]),
     "fssim_channel_wait_ticks": (c_int, [c_int, c_long, c_int]),
     "fssim_channel_hangup": (c_int, [c_int]),
+    "fssim_channel_hangup_cause": (c_int, [c_int, c_char_p]),
     "fssim_channel_wait_destroyed": (c_int, [c_int, c_int]),
     "fssim_channel_heard": (c_size_t, [c_int, POINTER(c_int16), c_size_t]),
     "fssim_channel_heard_clear": (None, [c_int]),
@@ -339,9 +340,10 @@ class SimChannel:
     def wait_ticks(self, n: int, timeout: float = 10.0) -> bool:
         return bool(self.lib.fssim_channel_wait_ticks(self.id, n, int(timeout * 1000)))
 
-    def hangup(self) -> None:
-        """Hang up: locate fails at once; returns after every bug got CLOSE (on the channel thread)."""
-        self.lib.fssim_channel_hangup(self.id)
+    def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
+        """Hang up: locate fails at once; returns after every bug got CLOSE (on the channel thread).
+        `cause`: NORMAL_CLEARING, SYSTEM_SHUTDOWN (what fsctl shutdown uses), MANAGER_REQUEST..."""
+        self.lib.fssim_channel_hangup_cause(self.id, cause.encode())
 
     def wait_destroyed(self, timeout: float = 10.0) -> bool:
         """Wait until the session is destroyed (needs every read lock released)."""
