@@ -336,7 +336,8 @@ def test_custom_parameters_keep_order():
 
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), st.recursive(
-    st.none() | st.booleans() | st.integers(-10**9, 10**9) | st.text(max_size=10),
+    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.text(max_size=10)
+    | st.floats(allow_nan=False, allow_infinity=False),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6),
     max_size=6))
 def test_custom_parameters_are_strings_that_give_the_values_back(obj):
