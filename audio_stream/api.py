@@ -100,6 +100,13 @@ def _start(cmd, be, session):
         settings = config.settings_from(lambda n: core.get_var(session, n), ptime_ms)
     except ConfigError as e:
         raise err(str(e)) from None
+    if settings.protocol == "twilio":
+        if cmd.mix == "mixed":
+            raise err("STREAM_PROTOCOL=twilio has no mixed track: use mono (inbound) or stereo (both tracks)")
+        if cmd.rate != 8000:
+            raise err("STREAM_PROTOCOL=twilio streams 8 kHz mu-law: use 8k, not %d" % cmd.rate)
+        if not settings.playback:
+            raise err("STREAM_PLAYBACK=false (file mode) does not apply to STREAM_PROTOCOL=twilio")
     stream = Stream(be, cmd.uuid, cmd, settings, call_rate, ptime_ms)
     if not service.register(cmd.uuid, stream):
         raise err("already streaming on %s (stop it first)" % cmd.uuid)

@@ -64,6 +64,8 @@ class Settings:
     reconnect_attempts: int = 10
     reconnect_max_s: float = 60.0
     graceful_timeout: float = 5.0
+    protocol: str = "audio_stream"        # STREAM_PROTOCOL: audio_stream | twilio
+    twilio_account_sid: Optional[str] = None
     sample_rate: Optional[int] = None     # rate of binary audio from the server (None: stream rate)
     tls_ca_file: str = "SYSTEM"
     tls_cert_file: Optional[str] = None
@@ -131,6 +133,16 @@ def _heart_beat(raw):
     return value
 
 
+PROTOCOLS = ("audio_stream", "twilio")
+
+
+def _protocol(raw):
+    value = (raw or "audio_stream").strip().lower()
+    if value not in PROTOCOLS:
+        raise ConfigError("STREAM_PROTOCOL='%s' is not one of %s" % (raw, ", ".join(PROTOCOLS)))
+    return value
+
+
 def _deflate(raw):
     return raw is not None and raw.strip() != "" and not switch_true(raw)
 
@@ -171,6 +183,8 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         reconnect_attempts=_int("STREAM_RECONNECT_ATTEMPTS", var("STREAM_RECONNECT_ATTEMPTS"), 0, 1000),
         reconnect_max_s=_number("STREAM_RECONNECT_MAX_SECONDS", var("STREAM_RECONNECT_MAX_SECONDS"), 0, 3600),
         graceful_timeout=_number("STREAM_GRACEFUL_TIMEOUT", var("STREAM_GRACEFUL_TIMEOUT"), 0, 600),
+        protocol=_protocol(var("STREAM_PROTOCOL")),
+        twilio_account_sid=var("STREAM_TWILIO_ACCOUNT_SID") or None,
         sample_rate=_int("STREAM_SAMPLE_RATE", rate, 8000, 192000) if rate else None,
         tls_ca_file=var("STREAM_TLS_CA_FILE") or "SYSTEM",
         tls_cert_file=var("STREAM_TLS_CERT_FILE"),

@@ -5,7 +5,8 @@ live connection is lost abnormally it tries again (policy.ReconnectPolicy): the 
 meanwhile waits in the outbox (bounded), and every new connection starts with the host's opening
 texts (the metadata) before it.
 
-The host (the stream) provides: `opening_texts()`, `on_text(str)`, `on_binary(bytes)`,
+The host (the stream) provides: `opening_texts()` (called once per new connection),
+`render_audio(chunk)` (the frames to send for one audio chunk), `on_text(str)`, `on_binary(bytes)`,
 `link_connected()`, `link_reconnecting(attempt, delay_s, reason)`, `link_reconnected(attempt,
 dropped_ms)`, `link_lost(closed, code, reason, error_code)` (the connection is gone for good, not
 by our own doing), `log(level, msg)`, and the attribute `media_ended`.
@@ -182,13 +183,18 @@ class Link:
         """Send the outbox until it is empty (True) or the socket stops taking data (False):
         a server that does not keep up only ever holds up its own stream."""
         backlogged = connection.backlogged
+        render = self.host.render_audio
         while outbox:
             if backlogged(ws):
                 self.host.outbox_drained()
                 return False
             item = outbox.pop()
             if item.__class__ is bytes:
-                await ws.send_bytes(item)
+                for frame in render(item):
+                    if frame.__class__ is bytes:
+                        await ws.send_bytes(frame)
+                    else:
+                        await ws.send_str(frame)
             else:
                 await ws.send_str(item)
         self.host.outbox_drained()

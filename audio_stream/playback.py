@@ -2,8 +2,9 @@
 file mode. Runs on the loop thread; the frames themselves go into the call through the stream's
 PlaybackPort (switch/media.py) on the media threads.
 
-`host` is the stream: `fire(name, body)`, `send_text(text)`, `bad(reason, kind)`, `log(level,
-msg)`, `wake_playback()` and attributes `uuid`, `settings`, `rate` (the stream's rate), `be`.
+`host` is the stream: `fire(name, body)`, `send_mark(name, event)`, `bad(reason, kind)`,
+`log(level, msg)`, `wake_playback()` and attributes `uuid`, `settings`, `rate` (the stream's
+rate), `be`.
 """
 import os
 import time
@@ -112,7 +113,7 @@ class Player:
 
     def _ack_marks(self, names, event):
         for name in names:
-            self.host.send_text(protocol.mark_ack(name, event))
+            self.host.send_mark(name, event)
             self.host.fire("mark", protocol.dumps({"name": name, "event": event}))
 
     # ---- control (server messages and API commands) ---------------------------------------------

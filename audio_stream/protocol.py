@@ -177,3 +177,55 @@ def play_body(data, file):
     body = dict(data)
     body["file"] = file
     return dumps(body)
+
+
+# ---- the native dialect (mod_audio_stream's wire format), beside twilio.TwilioDialect -----------
+
+class NativeDialect:
+    """mod_audio_stream's wire format behind the same interface as twilio.TwilioDialect, so the
+    stream speaks either without knowing which: every builder returns the frames to send (str:
+    text, bytes: binary), parse() returns the message objects above."""
+
+    name = "audio_stream"
+    is_open = True
+
+    def __init__(self, metadata_text=None):
+        self.metadata = metadata_text
+
+    def opening(self):
+        return [self.metadata] if self.metadata else []
+
+    @staticmethod
+    def media(pcm16):
+        return (pcm16,)
+
+    @staticmethod
+    def skip(ms):
+        pass
+
+    @staticmethod
+    def text(text):
+        return [text]
+
+    @staticmethod
+    def dtmf(digit, duration_ms=None):
+        data = {"digit": digit}
+        if duration_ms is not None:
+            data["duration"] = int(duration_ms)
+        return [dumps({"type": "dtmf", "data": data})]
+
+    @staticmethod
+    def mark_ack(name, event="playout"):
+        return [mark_ack(name, event)]
+
+    @staticmethod
+    def error_reply(error, message):
+        return [error_reply(error, message)]
+
+    @staticmethod
+    def closing():
+        return []
+
+    @staticmethod
+    def parse(text):
+        return parse_text(text)

@@ -14,7 +14,7 @@ within a time limit, and closes (1000; 1001 when the switch shuts down).
 import asyncio
 import time
 
-from . import audio, connection, protocol, service
+from . import audio, connection, protocol, service, twilio
 from .link import CLOSE_TIMEOUT, CONNECTING, Link
 from .outbox import Outbox
 from .playback import Player
@@ -43,9 +43,14 @@ class Stream:
         self.ptime_ms = ptime_ms
         self.channels = 2 if cmd.mix == "stereo" else 1
         self.loop = service.loop()
-        self.uplink = audio.Uplink(call_rate, cmd.rate, self.channels, settings.buffer_ms)
+        self.dialect = self._make_dialect()
+        chunk_ms = settings.buffer_ms
+        if settings.protocol == "twilio":
+            fmt = self.dialect.uplink_format()
+            self.rate, chunk_ms = fmt.rate, fmt.chunk_ms
+        self.uplink = audio.Uplink(call_rate, self.rate, self.channels, chunk_ms)
         # audio held while connecting (and while the server is slow): bounded, oldest dropped
-        bytes_per_ms = cmd.rate * 2 * self.channels // 1000
+        bytes_per_ms = self.rate * 2 * self.channels // 1000
         self.outbox = Outbox(settings.backlog_ms * bytes_per_ms, MAX_TEXT_BYTES + settings.max_message,
                              bytes_per_ms)
         flags = C.SMBF_READ_STREAM
@@ -72,6 +77,32 @@ class Stream:
         self._bad_limit = RateLimit(BAD_REPORTS_PER_S, 20)
         self._bad_strikes = Strikes(*BAD_LIMIT)
         self._text_drop_limit = RateLimit(1, 5)
+        self._connections = 0
+        self._paused_at = 0.0
+
+    def _make_dialect(self):
+        """The wire format of one connection (a new one for each: Twilio's streamSid and counters
+        start again)."""
+        if self.settings.protocol == "twilio":
+            return twilio.TwilioDialect(self.uuid, None, self.metadata, self.settings.twilio_account_sid,
+                                        tracks=("inbound", "outbound") if self.mix == "stereo" else ("inbound",))
+        return protocol.NativeDialect(self.metadata)
+
+    def _queue(self, frames):
+        """Queue a dialect's text frames after the audio captured so far. False if refused."""
+        self.poll()
+        ok = True
+        for text in frames:
+            if not self.outbox.put_text(text):
+                ok = False
+                if self._text_drop_limit.allow(time.monotonic()):
+                    missed = self._text_drop_limit.take_suppressed()
+                    self.log("ERR", "%d bytes of text already wait for the server, which does not read: text of "
+                             "%d bytes dropped%s" % (self.outbox.text_bytes, len(text),
+                                                     " (and %d more)" % missed if missed else ""))
+        if self.link is not None:
+            self.link.wake()
+        return ok
 
     @property
     def state(self):
@@ -145,8 +176,9 @@ class Stream:
             service.retire(self)
         for chunk in self.uplink.flush():
             self.outbox.put_audio(chunk)
-        if self.stop_text:
-            self.outbox.put_text(self.stop_text)
+        texts = self.dialect.text(self.stop_text) if self.stop_text else []
+        for text in texts + self.dialect.closing() if self.dialect.is_open else texts:
+            self.outbox.put_text(text)
         if self.link is not None:
             self.link.finish(code, message, drain_s, linger_s)
         else:
@@ -168,7 +200,7 @@ class Stream:
         self.player.stop_requested = True
         if self.media_ended:          # a graceful-shutdown in progress: end it now
             if text:
-                self.outbox.put_text(text)
+                self.outbox.put_text(self.dialect.text(text)[0] if self.dialect.is_open else text)
             self._detach_control()
             service.retire(self)
             if self.link is not None:
@@ -190,21 +222,23 @@ class Stream:
 
     def set_paused(self, paused):
         self.poll()          # audio before the command is sent (or not) as it was
+        if paused and not self.paused:
+            self._paused_at = time.monotonic()
+        elif not paused and self.paused:
+            self.dialect.skip(int((time.monotonic() - self._paused_at) * 1000))   # Twilio's media clock
         self.paused = paused
 
     def send_text(self, text):
-        """A text message after the audio captured so far. False if the outbox refused it."""
-        self.poll()
-        if not self.outbox.put_text(text):
-            if self._text_drop_limit.allow(time.monotonic()):
-                missed = self._text_drop_limit.take_suppressed()
-                self.log("ERR", "%d bytes of text already wait for the server, which does not read: text of %d "
-                         "bytes dropped%s" % (self.outbox.text_bytes, len(text),
-                                              " (and %d more)" % missed if missed else ""))
-            return False
-        if self.link is not None:
-            self.link.wake()
-        return True
+        """`send_text`: a text message after the audio captured so far. False if refused."""
+        return self._queue(self.dialect.text(text) if self.dialect.is_open else [text])
+
+    def send_mark(self, name, event):
+        """The acknowledgement of a server's mark (played out, or cleared)."""
+        if self.dialect.is_open:
+            self._queue(self.dialect.mark_ack(name, event))
+
+    def render_audio(self, chunk):
+        return self.dialect.media(chunk)
 
     def wake_playback(self):
         if not self.control.wake(self.uuid):
@@ -235,7 +269,8 @@ class Stream:
             reason = "%s (and %d more not reported)" % (reason, missed)
         self.log("ERR", reason)
         self.fire("error", protocol.error_body(protocol.ERR_PROTOCOL, reason))
-        self.send_text(protocol.error_reply(kind, reason))
+        if self.dialect.is_open:
+            self._queue(self.dialect.error_reply(kind, reason))
 
     def _garbage(self, reason):
         if self.closing or self.link is None:
@@ -291,7 +326,10 @@ class Stream:
 
     # Link host
     def opening_texts(self):
-        return [self.metadata] if self.metadata else []
+        if self._connections:
+            self.dialect = self._make_dialect()
+        self._connections += 1
+        return self.dialect.opening()
 
     def link_connected(self):
         self.log("INFO", "connected to %s" % self.url)
@@ -323,7 +361,7 @@ class Stream:
             self.bad("message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
                      % (len(text), self.settings.max_message), "message_too_large")
             return
-        msg = protocol.parse_text(text)
+        msg = self.dialect.parse(text)
         kind = type(msg)
         if kind is protocol.Passthrough:
             if not self._json_limit.allow(time.monotonic()):
@@ -344,6 +382,9 @@ class Stream:
         if len(data) > self.settings.max_message:
             self.bad("binary message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
                      % (len(data), self.settings.max_message), "message_too_large")
+            return
+        if self.settings.protocol == "twilio":
+            self.bad(self.dialect.parse_binary(data).reason)
             return
         self.player.binary(data)
 

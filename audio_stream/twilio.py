@@ -167,6 +167,10 @@ class TwilioDialect:
         return UplinkFormat(RATE, len(self.tracks), CHUNK_MS)
 
     @property
+    def is_open(self):
+        return self.state == "open"
+
+    @property
     def timestamp_ms(self):
         """The media clock: ms from the start of the stream to the next chunk's first sample."""
         return self.samples * 1000 // RATE
