@@ -6,11 +6,12 @@ for the network: `start` answers as soon as the bug is attached.
 """
 import concurrent.futures
 
-from . import commands, config, service
+from . import commands, config, protocol, service
 from .commands import CommandError, err
 from .config import ConfigError
 from .stream import Stream
 from .switch import backend
+from .version import VERSION
 
 LOOP_TIMEOUT = 5.0
 
@@ -30,7 +31,12 @@ def execute(line, be=None):
         return "-ERR internal error: %s" % (e,)
 
 
+MAX_STREAMS_PER_CALL = 4
+
+
 def run(cmd, be):
+    if cmd.uuid is None:
+        return _global(cmd)
     core = be.core
     session = core.locate(cmd.uuid)
     if not session:
@@ -41,11 +47,39 @@ def run(cmd, be):
         core.unlock(session)
 
 
-def _live(uuid):
-    stream = service.get(uuid)
+def _live(cmd):
+    stream = service.get(cmd.uuid, cmd.stream)
     if stream is None:
-        raise err("not streaming on %s" % uuid)
+        if cmd.stream != commands.DEFAULT_NAME:
+            raise err("no stream named '%s' on %s" % (cmd.stream, cmd.uuid))
+        raise err("not streaming on %s" % cmd.uuid)
     return stream
+
+
+def _status(streams):
+    """The JSON document of `status`: every stream asked for, and the process's figures."""
+    async def collect():
+        live = [s.status() for s in streams]
+        return live
+    try:
+        live = service.call(collect(), LOOP_TIMEOUT)
+    except concurrent.futures.TimeoutError:
+        raise err("audio_stream's loop thread did not answer within %g s: the process is overloaded"
+                  % LOOP_TIMEOUT) from None
+    return live
+
+
+def _global(cmd):
+    if cmd.name == "version":
+        import sys
+        return "audio_stream %s (python %s)" % (VERSION, sys.version.split()[0])
+    live, finishing = service.all_streams()
+    doc = {
+        "version": VERSION,
+        "streams": _status(live + finishing) if (live or finishing) else [],
+        "totals": {"live": len(live), "closing": len(finishing), "loop_lag_ms": service.loop_lag_ms()},
+    }
+    return protocol.dumps(doc)
 
 
 def _on_loop(fn, *args):
@@ -63,7 +97,12 @@ def _dispatch(cmd, be, session):
     name = cmd.name
     if name == "start":
         return _start(cmd, be, session)
-    stream = _live(cmd.uuid)
+    if name == "status":
+        streams = service.call_streams(cmd.uuid)
+        if cmd.stream != commands.DEFAULT_NAME:
+            streams = [s for s in streams if s.name == cmd.stream]
+        return protocol.dumps({"version": VERSION, "streams": _status(streams) if streams else []})
+    stream = _live(cmd)
     if name in ("stop", "graceful_shutdown"):
         if cmd.text is not None:
             commands.check_utf8(cmd.text, "the stop text")
@@ -87,8 +126,9 @@ def _start(cmd, be, session):
     core = be.core
     if cmd.text is not None:
         commands.check_utf8(cmd.text, "the metadata")
-    if service.get(cmd.uuid) is not None:
-        raise err("already streaming on %s (stop it first)" % cmd.uuid)
+    if service.get(cmd.uuid, cmd.stream) is not None:
+        raise err("already streaming on %s%s (stop it first)" % (
+            cmd.uuid, "" if cmd.stream == commands.DEFAULT_NAME else " as '%s'" % cmd.stream))
     if not core.pre_answer(session):
         raise err("cannot pre-answer %s: the channel has no media" % cmd.uuid)
     impl = core.read_impl(session)
@@ -107,12 +147,15 @@ def _start(cmd, be, session):
             raise err("STREAM_PROTOCOL=twilio streams 8 kHz mu-law: use 8k, not %d" % cmd.rate)
         if not settings.playback:
             raise err("STREAM_PLAYBACK=false (file mode) does not apply to STREAM_PROTOCOL=twilio")
-    stream = Stream(be, cmd.uuid, cmd, settings, call_rate, ptime_ms)
-    if not service.register(cmd.uuid, stream):
-        raise err("already streaming on %s (stop it first)" % cmd.uuid)
+    # one stream per call plays the server's audio into it: two would fight over every frame
+    plays = not any(s.player.queue is not None for s in service.call_streams(cmd.uuid))
+    stream = Stream(be, cmd.uuid, cmd, settings, call_rate, ptime_ms, plays)
+    why = service.register(stream, MAX_STREAMS_PER_CALL)
+    if why:
+        raise err(why)
     ok, reason = stream.attach(session)
     if not ok:
-        service.unregister(cmd.uuid, stream)
+        service.unregister(stream)
         raise err(reason)
     service.submit(stream.run())
     if not settings.suppress_log:

@@ -395,6 +395,10 @@ class PlaybackQueue:
     def queued_ms(self):
         return self.queued * 1000 // (2 * self.rate)
 
+    @property
+    def marks_waiting(self):
+        return len(self._marks)
+
     def pull(self, nbytes):
         """Media thread: the next `nbytes` of audio, or None when there is nothing to play now.
 

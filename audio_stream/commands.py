@@ -5,14 +5,15 @@ keep working: `+OK Success` on success, `-ERR <reason>` on failure (the reason n
 wrong, where the C module only said "Operation Failed"), `-USAGE: …` for an empty call.
 """
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 from urllib.parse import urlsplit
 
-USAGE = ("-USAGE: <uuid> start <ws-url> <mono|mixed|stereo> [8k|16k|<rate>] [metadata] | "
-         "<uuid> stop [text] | <uuid> graceful-shutdown [text] | <uuid> send_text <text> | "
-         "<uuid> pause | <uuid> resume | "
-         "<uuid> playback_pause | <uuid> playback_resume | <uuid> playback_clear")
+USAGE = ("-USAGE: <uuid> start [name=<name>] <ws-url> <mono|mixed|stereo> [8k|16k|<rate>] [metadata] | "
+         "<uuid> stop [name=<name>] [text] | <uuid> graceful-shutdown [name=<name>] [text] | "
+         "<uuid> send_text [name=<name>] <text> | <uuid> pause|resume [name=<name>] | "
+         "<uuid> playback_pause|playback_resume|playback_clear [name=<name>] | <uuid> status | "
+         "status | version")
 
 OK = "+OK Success"
 
@@ -20,7 +21,10 @@ MIXES = ("mono", "mixed", "stereo")
 MIN_RATE, MAX_RATE = 8000, 48000
 
 COMMANDS = ("start", "stop", "graceful_shutdown", "send_text", "pause", "resume",
-            "playback_pause", "playback_resume", "playback_clear")
+            "playback_pause", "playback_resume", "playback_clear", "status")
+GLOBAL_COMMANDS = ("status", "version")     # without a uuid
+DEFAULT_NAME = "default"                   # the call's stream when no name= is given
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 _UUID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$")
@@ -42,6 +46,7 @@ class Command:
     mix: Optional[str] = None
     rate: Optional[int] = None
     text: Optional[str] = None   # metadata for start, final text for stop, the text for send_text
+    stream: str = DEFAULT_NAME   # name=<name>: which of the call's streams
 
 
 def err(reason):
@@ -106,6 +111,10 @@ def parse(line):
     check_utf8(line, "the command line")
     parts = line.strip().split(None, 2)
     uuid = parts[0]
+    if uuid.lower() in GLOBAL_COMMANDS:
+        if len(parts) > 1:
+            raise err("%s takes no arguments" % uuid.lower())
+        return Command(None, uuid.lower())
     if not _UUID_RE.match(uuid):
         raise err("invalid uuid '%s'" % uuid)
     if len(parts) < 2:
@@ -114,7 +123,18 @@ def parse(line):
     rest = parts[2] if len(parts) > 2 else ""
     if name not in COMMANDS:
         raise err("unknown command '%s' (one of: %s)" % (parts[1], ", ".join(COMMANDS)))
+    stream = DEFAULT_NAME
+    if rest.startswith("name="):
+        token, _, rest = rest.partition(" ")
+        stream = token[5:]
+        if not _NAME_RE.match(stream):
+            raise err("invalid stream name '%s': 1 to 32 letters, digits, '_', '.' or '-'" % stream)
+        rest = rest.lstrip()
+    cmd = _parse_command(uuid, name, rest)
+    return cmd if stream == DEFAULT_NAME else replace(cmd, stream=stream)
 
+
+def _parse_command(uuid, name, rest):
     if name == "start":
         args = rest.split(None, 3)
         if len(args) < 2:
@@ -136,5 +156,5 @@ def parse(line):
         return Command(uuid, name, text=rest or None)
 
     if rest:
-        raise err("%s takes no arguments" % name)
+        raise err("%s takes no arguments (but name=<name>)" % name)
     return Command(uuid, name)

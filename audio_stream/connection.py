@@ -7,6 +7,7 @@ import http
 import os
 import socket
 import ssl
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -164,6 +165,20 @@ def abort(ws):
             transport.abort()
     except AttributeError:
         pass
+
+
+def redact(url):
+    """The URL without credentials: user:password@ and the values of the query string."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if "@" in parts.netloc:
+        netloc = "***@" + netloc
+    query = "&".join(kv.split("=", 1)[0] + ("=***" if "=" in kv else "") for kv in parts.query.split("&")) \
+        if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _printable(text, limit=120):

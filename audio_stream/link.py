@@ -46,6 +46,8 @@ class Link:
         self._abandoned = False
         self._receiver = None
         self._fail_code = None
+        self.messages_sent = 0
+        self.bytes_sent = 0
 
     # ---- the host's controls (loop thread) ------------------------------------------------------
     def wake(self):
@@ -189,6 +191,8 @@ class Link:
                 self.host.outbox_drained()
                 return False
             item = outbox.pop()
+            self.messages_sent += 1
+            self.bytes_sent += len(item)
             if item.__class__ is bytes:
                 for frame in render(item):
                     if frame.__class__ is bytes:

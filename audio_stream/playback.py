@@ -15,10 +15,15 @@ RAW_EXT = {8000: "r8", 16000: "r16", 24000: "r24", 32000: "r32", 48000: "r48", 6
 
 
 class Player:
-    def __init__(self, host, call_rate):
+    """`plays=False`: another stream of the call plays into it; this one only listens, and
+    refuses the server's audio (with an error reply) instead of fighting over the call's frames."""
+
+    def __init__(self, host, call_rate, plays=True):
         self.host = host
         settings = host.settings
-        self.queue = audio.PlaybackQueue(call_rate, settings.playback_buffer_ms) if settings.playback else None
+        self.plays = plays
+        self.queue = audio.PlaybackQueue(call_rate, settings.playback_buffer_ms) \
+            if settings.playback and plays else None
         self.downlink = audio.Downlink(call_rate)
         self.port = None          # the PlaybackPort, set by the stream when attached
         self.stop_requested = False
@@ -54,13 +59,22 @@ class Player:
         elif kind is protocol.ResumePlayback:
             self.pause(False)
 
+    def _listen_only(self):
+        if self.plays:
+            return False
+        self.host.bad("this stream does not play into the call: another stream of the call does "
+                      "(only one stream per call plays)", "playback_not_available")
+        return True
+
     def binary(self, data):
-        if self.queue is None:
+        if self._listen_only() or self.queue is None:
             return
         rate = self.host.settings.sample_rate or self.host.rate
         self._enqueue(self.downlink.binary(data, rate))
 
     def _stream_audio(self, msg):
+        if self._listen_only():
+            return
         if self.queue is None or msg.audio_type in ("mp3", "ogg"):
             self._play_file(msg)
             return

@@ -20,7 +20,7 @@ _lock = threading.RLock()
 _loop = None
 _thread = None
 _http = None
-streams = {}          # uuid -> Stream (the live one for that call)
+streams = {}          # (uuid, name) -> Stream (the live ones)
 finishing_streams = set()   # streams whose media has ended and whose WebSocket is closing
 
 
@@ -153,25 +153,28 @@ def loop_lag_ms():
     return int(_clock.lag_peak * 1000) if time.monotonic() - _clock.lag_peak_at < LAG_LOG_EVERY_S else 0
 
 
-def register(uuid, stream):
-    """Make `stream` the call's live stream; False if one is already live."""
+def register(stream, max_per_call=None):
+    """Make `stream` live under (uuid, name). Returns None, or why not."""
     with _lock:
-        if uuid in streams:
-            return False
-        streams[uuid] = stream
-        return True
+        if stream.key in streams:
+            return "already streaming on %s%s (stop it first)" % (
+                stream.uuid, "" if stream.name == "default" else " as '%s'" % stream.name)
+        if max_per_call is not None and len(call_streams(stream.uuid)) >= max_per_call:
+            return "%s already has %d streams (the most one call may have)" % (stream.uuid, max_per_call)
+        streams[stream.key] = stream
+        return None
 
 
-def unregister(uuid, stream):
+def unregister(stream):
     with _lock:
-        if streams.get(uuid) is stream:
-            del streams[uuid]
+        if streams.get(stream.key) is stream:
+            del streams[stream.key]
 
 
 def retire(stream):
     """The stream's media ended: off the registry; tracked until finished() if still closing."""
     with _lock:
-        unregister(stream.uuid, stream)
+        unregister(stream)
         if not stream.finished:
             finishing_streams.add(stream)
 
@@ -189,9 +192,20 @@ def busy():
         return bool(streams or finishing_streams)
 
 
-def get(uuid):
+def get(uuid, name="default"):
     with _lock:
-        return streams.get(uuid)
+        return streams.get((uuid, name))
+
+
+def call_streams(uuid):
+    """The live streams of one call, oldest first."""
+    with _lock:
+        return [s for (u, _), s in streams.items() if u == uuid]
+
+
+def all_streams():
+    with _lock:
+        return list(streams.values()), list(finishing_streams)
 
 
 def _at_exit():

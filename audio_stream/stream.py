@@ -31,9 +31,12 @@ SHUTDOWN_CAUSES = (C.CAUSE_SYSTEM_SHUTDOWN,)   # a hangup because the switch is 
 
 
 class Stream:
-    def __init__(self, be, uuid, cmd, settings, call_rate, ptime_ms):
+    def __init__(self, be, uuid, cmd, settings, call_rate, ptime_ms, plays=True):
         self.be = be
         self.uuid = uuid
+        self.name = cmd.stream
+        self.key = (uuid, cmd.stream)
+        self.started_at = time.time()
         self.url = cmd.url
         self.mix = cmd.mix
         self.rate = cmd.rate
@@ -59,7 +62,7 @@ class Stream:
         if cmd.mix == "stereo":
             flags |= C.SMBF_STEREO
         self.capture = CapturePort(be.core, flags)
-        self.player = Player(self, call_rate)
+        self.player = Player(self, call_rate, plays)
         self.control = ControlPort(be.core, call_rate, ptime_ms, self.player.queue, self.capture, self,
                                    self.player, self.loop.call_soon_threadsafe)
         self.player.port = self.control
@@ -79,6 +82,7 @@ class Stream:
         self._text_drop_limit = RateLimit(1, 5)
         self._connections = 0
         self._paused_at = 0.0
+        self.last_error = None
 
     def _make_dialect(self):
         """The wire format of one connection (a new one for each: Twilio's streamSid and counters
@@ -107,6 +111,35 @@ class Stream:
     @property
     def state(self):
         return self.link.state if self.link is not None else CONNECTING
+
+    def status(self):
+        """What `status` shows of this stream (loop thread)."""
+        link = self.link
+        queue = self.player.queue
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "url": connection.redact(self.url),
+            "protocol": self.settings.protocol,
+            "state": self.state if not self.finished else "closed",
+            "mix": self.mix,
+            "call_rate": self.call_rate,
+            "rate": self.rate,
+            "seconds": round(time.time() - self.started_at, 1),
+            "frames_captured": self.capture.frames_read,
+            "messages_sent": link.messages_sent if link else 0,
+            "bytes_sent": link.bytes_sent if link else 0,
+            "dropped_ms": self.outbox.dropped_ms,
+            "queued_ms": self.outbox.queued_ms,
+            "reconnects": link.policy.reconnects if link else 0,
+            "paused": self.paused,
+            "playback": "off" if queue is None else ("paused" if queue.paused else
+                                                     "playing" if self.control.playing else "idle"),
+            "playback_queued_ms": queue.queued_ms if queue is not None else 0,
+            "marks_waiting": queue.marks_waiting if queue is not None else 0,
+            "frames_played": self.control.frames_written + self.control.frames_replaced,
+            "last_error": self.last_error,
+        }
 
     # ---- API thread ------------------------------------------------------------------------------
     def attach(self, session):
@@ -246,11 +279,13 @@ class Stream:
 
     # ---- loop thread: events and logs ------------------------------------------------------------
     def log(self, level, message):
-        self.be.log(level, message, self.uuid)
+        self.be.log(level, message, self.uuid if self.name == "default" else "%s/%s" % (self.uuid, self.name))
 
     def fire(self, name, body):
+        if name in ("error", "disconnect"):
+            self.last_error = body
         try:
-            self.be.fire(self.uuid, PREFIX + name, body)
+            self.be.fire(self.uuid, PREFIX + name, body, {"Stream-Name": self.name})
         except Exception as e:  # an event must never take the stream down
             self.log("ERR", "cannot fire %s: %s" % (name, e))
 

@@ -59,7 +59,7 @@ def test_usage_and_missing_args():
     assert reply("%s start ws://h/" % U).startswith("-ERR start needs")
     assert reply("%s send_text" % U) == "-ERR send_text needs the text to send"
     assert reply("%s dance" % U).startswith("-ERR unknown command 'dance'")
-    assert reply("%s pause now" % U) == "-ERR pause takes no arguments"
+    assert reply("%s pause now" % U) == "-ERR pause takes no arguments (but name=<name>)"
 
 
 def test_commands_case_insensitive_and_text_kept():
