@@ -12,7 +12,8 @@ HOST, _, PORT = os.environ.get("AUDIO_STREAM_ESL", "127.0.0.1:8021").partition("
 PORT = int(PORT or 8021)
 PASSWORD = os.environ.get("AUDIO_STREAM_ESL_PASSWORD", "ClueCon")
 SUBCLASSES = ["mod_audio_stream::%s" % n for n in (
-    "connect", "disconnect", "error", "json", "play", "mark", "playback_started", "playback_stopped")]
+    "connect", "disconnect", "error", "json", "play", "mark", "playback_started", "playback_stopped",
+    "reconnecting", "reconnected", "buffer_overrun", "buffer_recovered", "dtmf")]
 
 
 def _why_not():
