@@ -812,10 +812,10 @@ class EslDriver(Driver):
             self.restore.setdefault("max_sessions", st["max_sessions"])
             self.progress.log("raising max_sessions %d -> %d (restored at the end)" % (st["max_sessions"], need))
             self.api("fsctl max_sessions %d" % need)
-        if st.get("sps") is not None and st["sps"] < 200:
+        if st.get("sps") is not None and st["sps"] < 1000:
             self.restore.setdefault("sps", st["sps"])
-            self.progress.log("raising sessions per second %d -> 200 (restored at the end)" % st["sps"])
-            self.api("fsctl sps 200")
+            self.progress.log("raising sessions per second %d -> 1000 (restored at the end)" % st["sps"])
+            self.api("fsctl sps 1000")
 
     def _originate(self, _):
         a = str(uuidlib.uuid4())

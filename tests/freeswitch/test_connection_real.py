@@ -111,3 +111,32 @@ def test_switch_shutdown_closes_1001(fs, calls):
     finally:
         server.stop()
         calls.uuids.clear()
+
+
+def test_server_that_stops_reading_overruns_then_recovers(fs, calls, events):
+    """The server stops reading for 8 s: within seconds a buffer_overrun event (the oldest audio
+    is dropped, memory stays bounded), and buffer_recovered once it reads again."""
+    paused = {}
+
+    async def stall(conn, server):
+        await asyncio.sleep(0.5)
+        conn.request.transport.pause_reading()
+        paused["t"] = time.monotonic()
+        await asyncio.sleep(8)
+        conn.request.transport.resume_reading()
+
+    server = WSServer(on_connect=stall)
+    try:
+        call, _ = calls.originate("loopback/tone/fstest")
+        fs.api("uuid_setvar %s STREAM_RECONNECT_BUFFER 2000" % call)
+        assert api(fs, "%s start %s stereo 16k" % (call, server.url)) == "+OK Success"
+        over = events.wait("mod_audio_stream::buffer_overrun", call, timeout=10)
+        assert over is not None
+        assert time.monotonic() - paused["t"] < 7.5         # seconds, not megabytes
+        rec = events.wait("mod_audio_stream::buffer_recovered", call, timeout=15)
+        assert rec is not None and json.loads(rec["_body"])["dropped_ms"] > 0
+        doc = json.loads(api(fs, "%s status" % call))
+        assert doc["streams"][0]["state"] == "streaming" and doc["streams"][0]["queued_ms"] < 500
+        assert api(fs, "%s stop" % call) == "+OK Success"
+    finally:
+        server.stop()
