@@ -141,6 +141,13 @@ def test_nothing_to_go_on():
     assert "no source to install" in P.build_plan(facts(source=None), P.Options()).blockers[0]
 
 
+def test_a_switch_on_another_machine():
+    f = facts(mod_python3_so=None)
+    f.python = None
+    (blocker,) = P.build_plan(f, P.Options()).blockers
+    assert "mod_python3 is loaded, but /fs/mod/mod_python3.so is not on this machine" in blocker
+
+
 def test_conf_snippets_never_replace_a_file():
     ours = b"<configuration name='python.conf'/>"
     sample = b"<include/>"

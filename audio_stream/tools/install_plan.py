@@ -243,6 +243,11 @@ def build_plan(facts, opts):
                              "FreeSWITCH is installed), --fs-cli or --esl, or --script-dir and "
                              "--conf-dir" % (facts.switch_error or "no layout found"))
         return plan
+    if facts.python is None and facts.module_loaded and facts.mod_python3_so is None:
+        plan.blockers.append("FreeSWITCH (%s) says mod_python3 is loaded, but %s/mod_python3.so is not on "
+                             "this machine: run the installer on the switch's own machine"
+                             % (facts.switch, facts.dirs.get("mod_dir", ("its mod dir",))[0]))
+        return plan
     if facts.python is None:
         plan.blockers.append("cannot tell which Python mod_python3 embeds: %s. Give --python "
                              "(the interpreter whose libpython mod_python3.so links)"

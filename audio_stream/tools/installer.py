@@ -71,6 +71,8 @@ def report(facts, out=print):
         out("  mod_python3 %s%s, links %s" % (
             facts.mod_python3_so, {True: ", loaded", False: ", NOT loaded", None: ""}[facts.module_loaded],
             ("%s (%s)" % (lib[0], lib[1] or "NOT FOUND")) if lib else facts.ldd_error))
+    elif facts.module_loaded is not None:
+        out("  mod_python3 %s in the switch; no mod_python3.so here" % ("loaded" if facts.module_loaded else "NOT loaded"))
     py = facts.python
     if py:
         out("Python mod_python3 embeds: %s %s%s%s" % (
