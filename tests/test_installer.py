@@ -373,3 +373,18 @@ def test_switch_down_guesses_the_layout_from_the_prefix(tmp_path, embedded_pytho
     assert "does not answer: [ERROR] fs_cli.c:1699 main() Error Connecting []" in out
     assert "script_dir  %s (guessed from %s)" % (fs.dirs["script_dir"], fs.root) in out
     assert "FreeSWITCH did not answer" in out
+
+
+def test_pep_668_marker_applies_to_the_system_python_not_to_its_venvs(tmp_path):
+    """Debian 12's /usr/bin/python3 is externally managed; a venv made from it is not (PEP 668)."""
+    from audio_stream.tools.install_probe import run_python_check
+    system = "/usr/bin/python3"
+    if not os.access(system, os.X_OK):
+        pytest.skip("no %s here" % system)
+    stdlib = subprocess.run([system, "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
+                            capture_output=True, text=True).stdout.strip()
+    if not os.path.exists(os.path.join(stdlib, "EXTERNALLY-MANAGED")):
+        pytest.skip("%s is not externally managed here" % system)
+    assert run_python_check(system, str(tmp_path))["externally_managed"] is True
+    subprocess.run([system, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    assert run_python_check(str(tmp_path / "venv" / "bin" / "python"), str(tmp_path))["externally_managed"] is False

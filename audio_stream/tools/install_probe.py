@@ -19,7 +19,9 @@ paths = sysconfig.get_paths()
 out = {"executable": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3],
        "ldlibrary": sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY"),
        "libdir": sysconfig.get_config_var("LIBDIR"), "purelib": paths["purelib"],
-       "externally_managed": os.path.exists(os.path.join(paths["stdlib"], "EXTERNALLY-MANAGED"))}
+       # PEP 668: the marker does not apply inside a virtual environment
+       "externally_managed": os.path.exists(os.path.join(paths["stdlib"], "EXTERNALLY-MANAGED"))
+                             and sys.prefix == sys.base_prefix}
 try:
     import pip
     out["pip"] = pip.__version__
