@@ -1,6 +1,6 @@
 """The demo: a simulated call streams through the real stack to the example server.
 
-    python -m audio_stream.demo [--seconds 3] [--out demo-out] [--mix stereo] [--rate 16k]
+    python -m audio_stream demo [--seconds 3] [--out demo-out] [--mix stereo] [--rate 16k]
 
 No FreeSWITCH needed: the switch simulator (a small C library built with the machine's `cc`)
 stands in for the core and runs the call on a native media thread; everything above it is the
@@ -8,7 +8,6 @@ code that runs inside FreeSWITCH: the ctypes media bug, the loop thread, aiohttp
 events. The caller says 440 Hz; the example server answers with a short greeting, which the
 call plays back (you see it in the right channel of the WAV), and acknowledges its mark.
 """
-import argparse
 import asyncio
 import os
 import socket
@@ -34,29 +33,38 @@ def _serve(server, ready):
     loop.run_forever()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m audio_stream.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--seconds", type=float, default=3.0, help="call length (default 3)")
-    p.add_argument("--out", default="demo-out", help="directory for the WAV file (default ./demo-out)")
-    p.add_argument("--mix", default="stereo", choices=("mono", "mixed", "stereo"))
-    p.add_argument("--rate", default="16k", help="stream rate: 8k, 16k or 8000-48000 (default 16k)")
-    p.add_argument("--call-rate", type=int, default=8000, help="the simulated call's rate (default 8000)")
+CALL_RATES = (8000, 16000, 32000, 48000)
+
+
+def main(argv=None, prog="python -m audio_stream demo"):
+    from .tools import cli
+
+    p = cli.parser(prog, __doc__)
+    p.add_argument("--seconds", type=cli.seconds, default=3.0, help="how long the simulated call lasts")
+    p.add_argument("--out", default="demo-out", help="directory for the WAV file the example server writes")
+    p.add_argument("--mix", default="stereo", choices=("mono", "mixed", "stereo"),
+                   help="what to stream: the caller (mono), both sides summed (mixed), or the caller "
+                   "left and what the caller hears right (stereo)")
+    p.add_argument("--rate", default="16k", type=cli.stream_rate,
+                   help="the stream's rate: 8k, 16k or an integer from 8000 to 48000")
+    p.add_argument("--call-rate", type=cli.rate_choice(*CALL_RATES), default=8000,
+                   help="the simulated call's own rate (%s)" % ", ".join(str(r) for r in CALL_RATES))
     a = p.parse_args(argv)
+    cli.output_dir(a.out)
+    rate = a.rate
 
     from . import fsapi, service
-    from .commands import parse_rate, CommandError
     from .examples.record_server import RecordServer
     from .switch import core, install
     from .testing import fake_freeswitch
-    from .testing.sim import SimSwitch
+    from .testing.sim import SimBuildError, SimSwitch
 
     try:
-        rate = parse_rate(a.rate)
-    except CommandError as e:
-        p.error(e.reply)
-    os.makedirs(a.out, exist_ok=True)
-    print("building the switch simulator with cc ...", flush=True)
-    sim = SimSwitch()
+        with cli.progress("building the switch simulator with cc (once; it is cached)"):
+            sim = SimSwitch()
+    except (SimBuildError, OSError) as e:
+        raise cli.CLIError("cannot build the switch simulator: %s. The demo needs a C compiler "
+                           "(Debian: apt-get install gcc)" % str(e).strip().splitlines()[0]) from None
     fs = fake_freeswitch.bind(sim)
     install(core.Core(sim.lib), fs)
 
@@ -72,8 +80,8 @@ def main(argv=None):
     ch.set_core_writing(0)          # a parked call: playback goes in through our own writes
     ch.start(speed=1.0)
     channels = 2 if a.mix == "stereo" else 1
-    line = '%s start ws://127.0.0.1:%d/demo %s %s {"demo":true,"rate":%d,"channels":%d}' % (
-        ch.uuid, port, a.mix, a.rate, rate, channels)
+    line = '%s start ws://127.0.0.1:%d/demo %s %d {"demo":true,"rate":%d,"channels":%d}' % (
+        ch.uuid, port, a.mix, rate, rate, channels)
     print("> python audio_stream %s" % line)
     stream = fs.Stream()
     fsapi("na", stream, None, line)
@@ -103,4 +111,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .tools import cli
+    cli.run(main)

@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import aiohttp
 from aiohttp import WSMsgType, web
 
 
@@ -81,7 +82,10 @@ class WSServer:
     async def _start(self):
         app = web.Application()
         app.router.add_get("/{tail:.*}", self._handler)
-        self.runner = web.AppRunner(app, shutdown_timeout=2.0)
+        # aiohttp < 3.9 (Debian 12's 3.8.4) hands unknown AppRunner options to every request
+        # handler, which then fails: shutdown_timeout is an AppRunner option from 3.9 on
+        new = tuple(int(x) for x in aiohttp.__version__.split(".")[:2]) >= (3, 9)
+        self.runner = web.AppRunner(app, **({"shutdown_timeout": 2.0} if new else {}))
         await self.runner.setup()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,22 +1,27 @@
-"""An example WebSocket server for audio_stream: writes each call's audio to a WAV file, prints
-what it receives, and (with --greet) answers with a short spoken-like tone and a mark, so the
-caller hears the server.
+"""The recorder: an example WebSocket server for audio_stream that writes each stream to its own
+WAV file (stereo streams stay stereo: left the caller, right what the caller hears) and prints
+every text message it receives. With --greet it answers each stream with a short chime and a
+mark, so you hear the server in the call and see the mark come back.
 
-    python -m audio_stream.examples.record_server --port 8080 --dir /tmp/calls --greet
+    python -m audio_stream.examples.record_server --port 8080 --dir recordings --greet
+    fs_cli -x 'python audio_stream <uuid> start ws://127.0.0.1:8080/ stereo 16k {"rate":16000,"channels":2}'
 
-The audio format comes from the start metadata when it is a JSON object with "rate" and
-"channels" (as the demo sends), otherwise from --rate/--channels.
+The WAV format comes from the start metadata when it is a JSON object with "rate" and
+"channels" (as above, and as the demo sends); otherwise from --rate and --channels. Files are
+named call-<date>-<time>-<n>.wav and are never overwritten.
 """
-import argparse
-import asyncio
-import base64
-import json
+import itertools
 import os
 import time
 import wave
 
 import numpy as np
 from aiohttp import WSMsgType, web
+
+from ..tools import cli
+from . import common
+
+NAME = "record_server"
 
 
 def greeting(rate=8000):
@@ -37,68 +42,71 @@ class RecordServer:
         self.greet = greet
         self.log = log
         self.files = []
+        self._n = itertools.count(1)
 
     def app(self):
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self.handle)
-        return app
+        return common.websocket_app(self.handle)
+
+    def _new_path(self):
+        """A file name no other stream of this or an earlier run has taken."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        while True:
+            path = os.path.join(self.out_dir, "call-%s-%d.wav" % (stamp, next(self._n)))
+            try:
+                return path, open(path, "xb")
+            except FileExistsError:
+                continue
 
     async def handle(self, request):
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         rate, channels = self.rate, self.channels
-        path = os.path.join(self.out_dir, "call-%d-%s.wav" % (int(time.time()), id(ws) & 0xFFFF))
-        w = None
+        w = f = path = None
         nbytes = 0
         first = True
         self.log("server: connection from %s %s" % (request.remote, request.path))
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                self.log("server: text %s" % msg.data[:200])
-                if first:
-                    try:
-                        meta = json.loads(msg.data)
-                        rate = int(meta.get("rate", rate))
-                        channels = int(meta.get("channels", channels))
-                    except (ValueError, TypeError, AttributeError):
-                        pass
-                    if self.greet:
-                        pcm = greeting(8000).tobytes()
-                        await ws.send_str(json.dumps({"type": "streamAudio", "data": {
-                            "audioDataType": "raw", "sampleRate": 8000,
-                            "audioData": base64.b64encode(pcm).decode()}}))
-                        await ws.send_str(json.dumps({"type": "mark", "data": {"name": "greeting"}}))
-                        self.log("server: sent a 0.6 s greeting and the mark 'greeting'")
-            elif msg.type == WSMsgType.BINARY:
-                if w is None:
-                    w = wave.open(path, "wb")
-                    w.setnchannels(channels)
-                    w.setsampwidth(2)
-                    w.setframerate(rate)
-                w.writeframes(msg.data)
-                nbytes += len(msg.data)
-            first = False
-        if w is not None:
-            w.close()
-            self.files.append(path)
-            self.log("server: wrote %s (%.2f s, %d Hz, %d channel%s); closed with %s" % (
-                path, nbytes / (2 * channels * rate), rate, channels, "s" if channels > 1 else "",
-                ws.close_code))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    self.log("server: text %s" % msg.data[:200])
+                    if first:
+                        rate, channels = common.stream_format(msg.data, rate, channels)
+                        if self.greet:
+                            await ws.send_str(common.stream_audio(greeting(8000).tobytes(), 8000))
+                            await ws.send_str(common.mark("greeting"))
+                            self.log("server: sent a 0.6 s greeting and the mark 'greeting'")
+                elif msg.type == WSMsgType.BINARY:
+                    if w is None:
+                        path, f = self._new_path()
+                        w = wave.open(f, "wb")
+                        w.setnchannels(channels)
+                        w.setsampwidth(2)
+                        w.setframerate(rate)
+                    w.writeframes(msg.data)
+                    nbytes += len(msg.data)
+                first = False
+        finally:
+            if w is not None:
+                w.close()
+                f.close()      # wave does not close a file it was handed
+                self.files.append(path)
+                self.log("server: wrote %s (%.2f s, %d Hz, %d channel%s); closed with %s" % (
+                    path, nbytes / (2 * channels * rate), rate, channels, "s" if channels > 1 else "",
+                    ws.close_code))
         return ws
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--dir", default=".")
-    p.add_argument("--rate", type=int, default=8000, help="when the metadata does not say")
-    p.add_argument("--channels", type=int, default=1, help="when the metadata does not say")
-    p.add_argument("--greet", action="store_true", help="play a short greeting into each call")
-    a = p.parse_args()
-    server = RecordServer(a.dir, a.rate, a.channels, a.greet)
-    web.run_app(server.app(), host=a.host, port=a.port)
+def main(argv=None, prog="python -m audio_stream.examples.record_server"):
+    p = cli.parser(prog, __doc__)
+    common.add_server_options(p)
+    p.add_argument("--dir", default=".", help="directory for the WAV files (created if missing)")
+    common.add_format_options(p)
+    p.add_argument("--greet", action="store_true", help="play a short chime and send a mark into each call")
+    a = p.parse_args(argv)
+    cli.output_dir(a.dir)
+    server = RecordServer(a.dir, a.rate, a.channels, a.greet, log=lambda s: print(s, flush=True))
+    return common.serve(server.app(), a.host, a.port, NAME)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

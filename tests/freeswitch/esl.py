@@ -1,72 +1,13 @@
-"""A minimal blocking ESL (event socket) client for the real-switch tests.
-
-Two connections are used: one for `api` commands, one subscribed to events (plain format),
-read by a thread into a list that tests can wait on.
+"""The event socket for the real-switch tests: `api` commands through the package's client
+(audio_stream/tools/esl.py), and a second connection subscribed to events (plain format), read by
+a thread into a list that tests can wait on.
 """
-import socket
 import threading
 import time
 from urllib.parse import unquote
 
-
-class ESLError(Exception):
-    pass
-
-
-def _read_headers(f):
-    headers = {}
-    while True:
-        line = f.readline()
-        if not line:
-            raise ESLError("event socket closed")
-        line = line.decode("utf-8", "replace").rstrip("\n")
-        if not line:
-            if headers:
-                return headers
-            continue
-        k, _, v = line.partition(": ")
-        headers[k] = v
-
-
-def _read_message(f):
-    headers = _read_headers(f)
-    body = b""
-    n = int(headers.get("Content-Length", "0") or 0)
-    if n:
-        body = f.read(n)
-    return headers, body.decode("utf-8", "replace")
-
-
-class Connection:
-    def __init__(self, host="127.0.0.1", port=8021, password="ClueCon", timeout=5.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.f = self.sock.makefile("rb")
-        self.lock = threading.Lock()
-        h, _ = _read_message(self.f)
-        if h.get("Content-Type") != "auth/request":
-            raise ESLError("unexpected greeting %r" % h)
-        self._send("auth %s" % password)
-        h, _ = _read_message(self.f)
-        if not h.get("Reply-Text", "").startswith("+OK"):
-            raise ESLError("auth failed: %r" % h)
-
-    def _send(self, cmd):
-        self.sock.sendall((cmd + "\n\n").encode())
-
-    def api(self, cmd, timeout=30.0):
-        with self.lock:
-            self.sock.settimeout(timeout)
-            self._send("api " + cmd)
-            while True:
-                h, body = _read_message(self.f)
-                if h.get("Content-Type") == "api/response":
-                    return body.strip()
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+from audio_stream.tools.esl import Connection, ESLError, reachable  # noqa: F401 (used by conftest)
+from audio_stream.tools.esl import read_message as _read_message
 
 
 class EventListener:
@@ -76,7 +17,7 @@ class EventListener:
         self.conn = Connection(host, port, password)
         self.events = []
         self.cond = threading.Condition()
-        self.conn._send("event plain CUSTOM " + " ".join(subclasses))
+        self.conn.send("event plain CUSTOM " + " ".join(subclasses))
         h, _ = _read_message(self.conn.f)
         if not h.get("Reply-Text", "").startswith("+OK"):
             raise ESLError("event subscribe failed: %r" % h)
@@ -129,12 +70,3 @@ class EventListener:
 
     def close(self):
         self.conn.close()
-
-
-def reachable(host="127.0.0.1", port=8021, password="ClueCon"):
-    try:
-        c = Connection(host, port, password, timeout=2.0)
-    except (OSError, ESLError):
-        return False
-    c.close()
-    return True

@@ -1,0 +1,179 @@
+"""audio-stream-install: install audio_stream where FreeSWITCH's mod_python3 imports it.
+
+    audio-stream-install --dry-run      # what it finds and would do; changes nothing
+    audio-stream-install                # do it
+
+It finds FreeSWITCH (fs_cli on PATH or under a well-known prefix, else the event socket on
+127.0.0.1:8021; or --prefix, --fs-cli, --esl/--password) and asks it for its script, conf and
+module dirs (global_getvar script_dir, conf_dir, mod_dir); without an answer it guesses them
+from the layout. It finds the Python mod_python3 embeds from the libpython that
+mod_python3.so links (ldd), and installs the package and its dependencies with that Python's
+pip: into its site-packages, or, when that Python is externally managed (PEP 668, Debian 12),
+into the script dir with pip --target. It installs the conf samples without replacing any file
+(a .dist copy beside yours instead), checks that mod_python3 is loaded and that
+`python audio_stream` answers, and says exactly what is left to do.
+
+Exit status: 0 when done (or, with --dry-run, when nothing blocks the install), 1 when something
+blocks it or the switch does not answer yet, 2 for a bad option.
+"""
+import os
+import subprocess
+import sys
+
+from . import cli, esl, install_plan as P, install_probe
+
+PROG = "audio-stream-install"
+
+
+def parser(prog=PROG):
+    p = cli.parser(prog, __doc__)
+    p.add_argument("--dry-run", action="store_true", help="show what would be done; change nothing")
+    g = p.add_argument_group("finding FreeSWITCH")
+    g.add_argument("--prefix", help="where FreeSWITCH is installed (e.g. /usr/local/freeswitch, or /usr "
+                   "for Debian's packages)")
+    g.add_argument("--fs-cli", help="the fs_cli to ask the switch with")
+    g.add_argument("--esl", type=cli.host_port(esl.DEFAULT_PORT), metavar="HOST:PORT",
+                   help="ask the switch over its event socket instead of fs_cli")
+    g.add_argument("--password", help="the event socket's password (fs_cli: its own configuration; "
+                   "--esl: default ClueCon)")
+    g.add_argument("--script-dir", help="mod_python3's import dir (default: the switch's script_dir)")
+    g.add_argument("--conf-dir", help="FreeSWITCH's conf dir (default: the switch's conf_dir)")
+    g.add_argument("--mod-dir", help="where mod_python3.so is (default: the switch's mod_dir)")
+    g.add_argument("--python", help="the Python mod_python3 embeds (default: found from mod_python3.so's libpython)")
+    g = p.add_argument_group("what to install")
+    g.add_argument("--method", choices=("auto", "target", "site", "none"), default="auto",
+                   help="target: pip --target the script dir; site: that Python's site-packages; "
+                   "none: do not install the package (conf and checks only); auto: target when the "
+                   "Python is externally managed (PEP 668), else site")
+    g.add_argument("--source", help="what pip installs: a project dir, a wheel or a requirement "
+                   "(default: the project checkout this installer runs from)")
+    g.add_argument("--conf-source", help="directory with the conf samples (default: the project's conf/)")
+    g.add_argument("--no-deps", action="store_true", help="do not install the dependencies (they are there)")
+    g.add_argument("--reinstall", action="store_true", help="install even if the same version is there")
+    g.add_argument("--no-conf", action="store_true", help="do not install the conf samples")
+    return p
+
+
+def report(facts, out=print):
+    out("FreeSWITCH (asked through %s)" % (facts.switch or "nothing"))
+    if facts.switch_error:
+        out("  does not answer: %s" % facts.switch_error)
+    elif facts.fs_version:
+        out("  %s" % facts.fs_version)
+    for name in ("script_dir", "conf_dir", "mod_dir"):
+        if name in facts.dirs:
+            path, where = facts.dirs[name]
+            out("  %-11s %s (%s)" % (name, path, where))
+        else:
+            out("  %-11s not found" % name)
+    if facts.mod_python3_so:
+        lib = facts.libpython
+        out("  mod_python3 %s%s, links %s" % (
+            facts.mod_python3_so, {True: ", loaded", False: ", NOT loaded", None: ""}[facts.module_loaded],
+            ("%s (%s)" % (lib[0], lib[1] or "NOT FOUND")) if lib else facts.ldd_error))
+    elif facts.module_loaded is not None:
+        out("  mod_python3 %s in the switch; no mod_python3.so here" % ("loaded" if facts.module_loaded else "NOT loaded"))
+    py = facts.python
+    if py:
+        out("Python mod_python3 embeds: %s %s%s%s" % (
+            py.executable, py.version, ", pip %s" % py.pip if py.pip else ", no pip",
+            ", externally managed (PEP 668)" if py.externally_managed else ""))
+        if py.package_version:
+            out("  it imports audio_stream %s from %s" % (py.package_version, py.package_path))
+        else:
+            out("  it cannot import audio_stream yet (%s)" % py.package_error)
+        if py.missing:
+            out("  missing: %s" % "; ".join(py.missing))
+    else:
+        out("Python mod_python3 embeds: not found (%s)" % (facts.python_error or facts.ldd_error or "no mod_python3.so"))
+    if facts.script_copy:
+        path, link, meta = facts.script_copy
+        out("  script dir copy: %s%s" % (path, " -> %s (a link)" % link if link else
+                                           " (installed by pip)" if meta else " (copied by hand?)"))
+    if facts.answers is not None:
+        out("  python audio_stream -> %s" % (facts.answers.splitlines()[0][:100] if facts.answers else "(nothing)"))
+
+
+def apply(plan, out=print):
+    """Run the plan's steps; returns whether the package was (re)installed."""
+    installed = False
+    for step in plan.steps:
+        if step.kind == "pip":
+            out("$ %s" % " ".join(step.argv))
+            with cli.progress("pip is installing (downloads and builds may take a minute)", after=5):
+                r = subprocess.run(step.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0:
+                tail = "\n".join(r.stdout.strip().splitlines()[-15:])
+                raise cli.CLIError("pip failed (exit status %d); its last lines:\n%s" % (r.returncode, tail))
+            last = [line for line in r.stdout.splitlines() if line.startswith("Successfully installed")]
+            out("  %s" % (last[-1] if last else "pip: done"))
+            installed = True
+        elif step.kind == "write":
+            os.makedirs(os.path.dirname(step.path), exist_ok=True)
+            tmp = step.path + ".tmp-audio-stream"
+            with open(tmp, "wb") as f:
+                f.write(step.content)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, step.path)
+            out("  wrote %s" % step.path)
+    return installed
+
+
+def main(argv=None, prog=PROG):
+    from ..version import VERSION
+    a = parser(prog).parse_args(argv)
+    opts = P.Options(method=a.method, no_deps=a.no_deps, reinstall=a.reinstall, conf=not a.no_conf,
+                     dry_run=a.dry_run)
+    print("audio_stream %s installer%s" % (VERSION, " (dry run: nothing is changed)" if a.dry_run else ""))
+    with cli.progress("asking FreeSWITCH and its Python", after=3):
+        facts = install_probe.probe(a, VERSION)
+    report(facts)
+    plan = P.build_plan(facts, opts)
+    if plan.steps:
+        print("Plan:" if a.dry_run else "Doing:")
+        for i, step in enumerate(plan.steps, 1):
+            print("  %d. %s" % (i, step.text))
+            if step.argv:
+                print("     %s" % " ".join(step.argv))
+            if step.why:
+                print("     why: %s" % step.why)
+    for note in plan.notes:
+        print("note: %s" % note)
+    if plan.blockers:
+        for b in plan.blockers:
+            print("BLOCKED: %s" % b)
+        if not a.dry_run:
+            print("Nothing was changed.")
+        return 1
+    installed = False
+    if not a.dry_run:
+        installed = apply(plan)
+        install_probe.recheck(a, facts)
+        py = facts.python
+        if py and py.package_version:
+            print("the embedded Python now imports audio_stream %s from %s%s" % (
+                py.package_version, py.package_path, "; missing: " + "; ".join(py.missing) if py.missing else ""))
+    will_install = a.dry_run and any(step.kind == "pip" for step in plan.steps)
+    steps = P.next_steps(facts, installed, will_install)
+    if steps:
+        print("Next:")
+        for s in steps:
+            print("  - %s" % s)
+    blocking = [s for s in steps if not s.startswith("optional:") and not s.startswith("restart")]
+    if not blocking:
+        if facts.answers and facts.answers.startswith("-USAGE"):
+            print("audio_stream answers in FreeSWITCH: fs_cli -x 'python audio_stream' -> -USAGE …")
+        else:
+            print("nothing blocks the install" if a.dry_run else "done")
+        return 0
+    return 1
+
+
+def console():
+    """The audio-stream-install console script."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    console()

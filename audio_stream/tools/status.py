@@ -1,0 +1,85 @@
+"""Ask a running FreeSWITCH how audio_stream is doing, over its event socket.
+
+Checks that mod_python3 is loaded and that `python audio_stream` answers, then runs
+`python audio_stream status` and prints the switch's answer as it is. Exit status 0 when
+audio_stream answers, 1 when it does not, 2 when no switch could be reached.
+
+The event socket comes from --esl / --password, else AUDIO_STREAM_ESL (host:port) and
+AUDIO_STREAM_ESL_PASSWORD, else 127.0.0.1:8021 with FreeSWITCH's default password.
+"""
+import os
+
+from . import cli, esl
+
+PROG = "python -m audio_stream status"
+
+
+def add_esl_options(p):
+    env = os.environ.get("AUDIO_STREAM_ESL")
+    default = cli.host_port(esl.DEFAULT_PORT)(env) if env else (esl.DEFAULT_HOST, esl.DEFAULT_PORT)
+    p.add_argument("--esl", type=cli.host_port(esl.DEFAULT_PORT), default=default, metavar="HOST:PORT",
+                   help="FreeSWITCH's event socket (event_socket.conf.xml: listen-ip, listen-port)")
+    p.add_argument("--password", default=os.environ.get("AUDIO_STREAM_ESL_PASSWORD", esl.DEFAULT_PASSWORD),
+                   help="the event socket's password (event_socket.conf.xml: password)")
+
+
+def check(conn):
+    """[(label, reply, ok)] for the switch behind `conn`."""
+    rows = [("FreeSWITCH", conn.api("version"), True)]
+    loaded = conn.api("module_exists mod_python3")
+    rows.append(("module_exists mod_python3", loaded, loaded == "true"))
+    usage = conn.api("python audio_stream")
+    rows.append(("python audio_stream", usage, usage.startswith("-USAGE")))
+    status = conn.api("python audio_stream status")
+    rows.append(("python audio_stream status", status, not status.startswith("-ERR no reply")))
+    return rows
+
+
+def advice(rows):
+    """What to do about the first failed check, or None."""
+    for label, reply, ok in rows:
+        if ok:
+            continue
+        if label == "module_exists mod_python3":
+            return ("mod_python3 is not loaded: add <load module=\"mod_python3\"/> to modules.conf.xml "
+                    "and run fs_cli -x 'load mod_python3'")
+        if label == "python audio_stream":
+            return ("mod_python3 cannot import audio_stream (FreeSWITCH's log says why: look for "
+                    "'Python Error by calling script \"audio_stream\"'); install it with "
+                    "python -m audio_stream install")
+    return None
+
+
+def main(argv=None, prog=PROG):
+    p = cli.parser(prog, __doc__)
+    add_esl_options(p)
+    a = p.parse_args(argv)
+    host, port = a.esl
+    try:
+        with esl.connect(host, port, a.password) as conn:
+            rows = check(conn)
+    except esl.ESLError as e:
+        hint = ("give the right --password (event_socket.conf.xml)" if "password" in str(e)
+                else "start FreeSWITCH, or give --esl HOST:PORT")
+        raise cli.CLIError("%s: %s" % (e, hint), 2)
+    except OSError as e:
+        raise cli.CLIError("the event socket at %s:%d failed: %s" % (host, port, cli.describe_os_error(e)), 2)
+    print("event socket %s:%d" % (host, port))
+    for label, reply, ok in rows:
+        lines = reply.splitlines() or [""]
+        print("%-28s %s" % (label + ":", lines[0]))
+        for line in lines[1:]:
+            print("%-28s %s" % ("", line))
+    status_reply = rows[-1][1]
+    if status_reply.startswith("-ERR") and "missing command" in status_reply:
+        print("(this version of audio_stream in the switch has no status command yet: the answer above "
+              "is what it said)")
+    hint = advice(rows)
+    if hint:
+        print("next: " + hint)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
