@@ -83,6 +83,7 @@ class Stream:
         self._connections = 0
         self._paused_at = 0.0
         self.last_error = None
+        self._gone_at = None
 
     def _make_dialect(self):
         """The wire format of one connection (a new one for each: Twilio's streamSid and counters
@@ -160,11 +161,15 @@ class Stream:
             return
         data = self.capture.poll(self.uuid)
         if data is None:
-            # the capture bug is gone. At a hangup the control bug's CLOSE has already run and
-            # its media_closed(tail) is waiting on this loop: it ends the media, after the tail
-            if self.control.closed:
-                return
-            self._end_media()
+            # The capture bug is gone: a hangup. The control bug's CLOSE is running or has run
+            # (the core closes all of a call's bugs in one pass, and exec_all can miss them while
+            # it does); its media_closed(tail) ends the media, after the tail. Should it never
+            # come (nothing known does that), end the media a second later.
+            now = time.monotonic()
+            if self._gone_at is None:
+                self._gone_at = now
+            elif now - self._gone_at > 1.0 and not self.control.closed:
+                self._end_media()
             return
         if data and not self.paused:
             self._feed(data)

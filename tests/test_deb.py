@@ -69,7 +69,7 @@ def test_the_unpacked_package_imports_with_its_vendored_samplerate(deb, tmp_path
     code = ("import sys, audio_stream.audio, samplerate\n"
             "assert samplerate.__file__.startswith(sys.argv[1]), samplerate.__file__\n"
             "assert audio_stream.audio.__file__.startswith(sys.argv[2]), audio_stream.audio.__file__\n"
-            "audio_stream.audio.Resampler(8000, 16000, 1)\n")
+            "audio_stream.audio.SincResampler(8000, 44100, 1).process(bytes(320))\n")
     r = subprocess.run([sys.executable, "-c", code, str(vendor), str(site)], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH="%s:%s" % (site, vendor)), cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
