@@ -261,4 +261,6 @@ async def receive(ws):
         if "mask" in text.lower():
             return FAILED, protocol.ERR_SERVER_MASKED, "the server sent a masked frame (RFC 6455 forbids it): %s" % text
         return FAILED, protocol.ERR_PROTOCOL, "the server broke the WebSocket protocol: %s" % text
-    return LOST, protocol.ERR_IO, "connection lost: %s" % (exc or "closed without a close frame")
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return LOST, protocol.ERR_IO, "connection lost: the server went away (connection reset)"
+    return LOST, protocol.ERR_IO, "connection lost: %s" % (_printable(exc) if exc else "closed without a close frame")
