@@ -222,7 +222,7 @@ atexit.register(_at_exit)
 
 def stop_loop(timeout=5.0):
     """Close every stream (1001, going away) and stop the loop thread. For shutdown and tests."""
-    global _loop, _thread, _http
+    global _loop, _thread
     with _lock:
         lp, t = _loop, _thread
         _loop = _thread = None

@@ -2,7 +2,6 @@
 going away, and servers that misbehave."""
 import asyncio
 import base64
-import hashlib
 import json
 import socket
 import threading
@@ -14,7 +13,7 @@ import pytest
 from audio_stream import service
 from audio_stream.testing.sim import wait_until
 
-from .support import WSServer, free_port, tone
+from .support import WSServer, free_port, raw_ws_server, tone
 
 
 def start(h, ch, url, mix="mono", rate="8k", meta=None):
@@ -295,28 +294,14 @@ def test_json_flood_does_not_stall_another_stream(h):
 
 def test_masked_frames_from_the_server_fail_the_connection(h):
     """RFC 6455 5.1: a client must fail the connection when a server masks a frame (code 3)."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-
-    def serve():
-        c, _ = lsock.accept()
-        req = b""
-        while b"\r\n\r\n" not in req:
-            req += c.recv(4096)
-        key = [ln.split(b":", 1)[1].strip() for ln in req.split(b"\r\n")
-               if ln.lower().startswith(b"sec-websocket-key")][0]
-        acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+    def masked(c):
         payload = b'{"type":"x"}'
         mask = b"\x01\x02\x03\x04"
         c.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
         time.sleep(1)
         c.close()
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    lsock, t = raw_ws_server(masked)
     ch = h.call(rate=8000)
     start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
     err = body(h.event("error"))["message"]
@@ -378,22 +363,10 @@ def test_settings_a_hostile_config_cannot_use(h):
 def test_a_server_that_never_reads_cannot_grow_memory_with_mark_replies(h):
     """Marks with big names, no reading: the replies wait in a bounded outbox, the rest is refused
     with a log line, and the call ends cleanly even though the server never reads."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
     held = []
 
-    def serve():
-        c, _ = lsock.accept()
+    def marks(c):
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        req = b""
-        while b"\r\n\r\n" not in req:
-            req += c.recv(4096)
-        key = [ln.split(b":", 1)[1].strip() for ln in req.split(b"\r\n")
-               if ln.lower().startswith(b"sec-websocket-key")][0]
-        acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
         name = "m" * 60000
         msg = json.dumps({"type": "mark", "data": {"name": name}}).encode()
         frame = bytes([0x81, 127]) + len(msg).to_bytes(8, "big") + msg
@@ -401,8 +374,7 @@ def test_a_server_that_never_reads_cannot_grow_memory_with_mark_replies(h):
             c.sendall(frame)
         held.append(c)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    lsock, t = raw_ws_server(marks)
     ch = h.call(rate=8000)
     start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
     t.join(10)

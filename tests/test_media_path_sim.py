@@ -5,16 +5,14 @@ import base64
 import json
 import time
 
-import numpy as np
 import pytest
 
-from audio_stream import service
 from audio_stream.policy import PlaybackPolicy
 from audio_stream.switch.core import (ABC_CLOSE, ABC_INIT, ABC_READ, ABC_READ_PING, ABC_WRITE,
                                       ABC_WRITE_REPLACE)
 from audio_stream.testing.sim import wait_until
 
-from .support import tone
+from .support import raw_ws_server, tone
 
 QUIET = PlaybackPolicy().quiet_pings
 PER_FRAME = (ABC_READ, ABC_WRITE, ABC_WRITE_REPLACE, ABC_READ_PING)
@@ -140,30 +138,16 @@ def test_one_slow_server_does_not_delay_another_stream(h):
     """Stream A's server stops reading (its TCP window fills); stream B's audio keeps flowing at
     the call's pace, and A drops its oldest audio within its bound."""
     import socket
-    import threading
 
     # a WebSocket server that completes the handshake, then never reads again
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    port = lsock.getsockname()[1]
     held = []
 
-    def serve():
-        c, _ = lsock.accept()
+    def never_reads(c):
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        req = b""
-        while b"\r\n\r\n" not in req:
-            req += c.recv(4096)
-        key = [ln.split(b":", 1)[1].strip() for ln in req.split(b"\r\n") if ln.lower().startswith(b"sec-websocket-key")][0]
-        import hashlib
-        acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
         held.append(c)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    lsock, t = raw_ws_server(never_reads)
+    port = lsock.getsockname()[1]
     good = h.server()
     a = h.call(rate=48000, STREAM_RECONNECT_BUFFER="1000", STREAM_MESSAGE_DEFLATE="true")
     b = h.call(rate=8000)

@@ -3,7 +3,6 @@ import base64
 import json
 import time
 
-import numpy as np
 
 from audio_stream import service
 from audio_stream.testing.sim import wait_until

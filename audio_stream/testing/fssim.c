@@ -1662,18 +1662,19 @@ static void hangup_request(sim_chan_t *c, const char *cause)
 /* Exported FreeSWITCH core API                                              */
 /* ------------------------------------------------------------------------ */
 
-API void *switch_core_session_perform_locate(const char *uuid, const char *file, const char *func, int line)
+/* switch_core_session_perform_locate (switch_core_rwlock.c:switch_core_session_read_lock): fails once
+ * hangup has started; `force` (perform_force_locate: tryrdlock, only SSF_DESTROYED fails) does not */
+static void *locate(const char *uuid, int force)
 {
 	sim_chan_t *found = NULL;
 	int i;
-	(void) file; (void) func; (void) line;
 	if (!uuid) return NULL;
 	pthread_mutex_lock(&g_lock);
 	for (i = 0; i < g_nchans; i++) {
 		sim_chan_t *c = g_chans[i];
 		if (c && !atomic_load(&c->destroyed) && !strcmp(c->uuid, uuid)) {
 			pthread_mutex_lock(&c->srw_lock);
-			if (!c->srw_writer && !atomic_load(&c->down) && !atomic_load(&c->destroyed)) {
+			if (!c->srw_writer && (force || !atomic_load(&c->down)) && !atomic_load(&c->destroyed)) {
 				c->srw_readers++;
 				found = c;
 			}
@@ -1689,33 +1690,16 @@ API void *switch_core_session_perform_locate(const char *uuid, const char *file,
 	return NULL;
 }
 
-/* switch_core_session_perform_force_locate: a read lock unless the session is destroyed, even
- * after hangup (switch_core_session.c: tryrdlock, only SSF_DESTROYED fails) */
+API void *switch_core_session_perform_locate(const char *uuid, const char *file, const char *func, int line)
+{
+	(void) file; (void) func; (void) line;
+	return locate(uuid, 0);
+}
+
 API void *switch_core_session_perform_force_locate(const char *uuid, const char *file, const char *func, int line)
 {
-	sim_chan_t *found = NULL;
-	int i;
 	(void) file; (void) func; (void) line;
-	if (!uuid) return NULL;
-	pthread_mutex_lock(&g_lock);
-	for (i = 0; i < g_nchans; i++) {
-		sim_chan_t *c = g_chans[i];
-		if (c && !atomic_load(&c->destroyed) && !strcmp(c->uuid, uuid)) {
-			pthread_mutex_lock(&c->srw_lock);
-			if (!c->srw_writer && !atomic_load(&c->destroyed)) {
-				c->srw_readers++;
-				found = c;
-			}
-			pthread_mutex_unlock(&c->srw_lock);
-			break;
-		}
-	}
-	pthread_mutex_unlock(&g_lock);
-	if (found) {
-		atomic_fetch_add(&g_locks_outstanding, 1);
-		return &found->session;
-	}
-	return NULL;
+	return locate(uuid, 1);
 }
 
 API void switch_core_session_rwunlock(void *session)
