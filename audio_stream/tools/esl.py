@@ -74,7 +74,13 @@ class Connection:
                     return body.strip()
 
     def close(self):
-        for thing in (self.f, self.sock):
+        # shut the socket down first: a thread blocked reading self.f (an event listener) holds
+        # the file's lock, and closing the file before that read returns would wait forever
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for thing in (self.sock, self.f):
             try:
                 thing.close()
             except OSError:
