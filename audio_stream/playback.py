@@ -92,10 +92,13 @@ class Player:
         if not queue.queued:
             self._arrived = time.monotonic()     # audio arriving at an empty queue
         if not queue.push(pcm):
-            self.host.bad("playback queue full: %d ms queued, this message holds %d ms, STREAM_PLAYBACK_BUFFER "
-                          "is %d ms: audio refused" % (queue.queued_ms, len(pcm) * 1000 // (2 * queue.rate),
-                                                        self.host.settings.playback_buffer_ms),
-                          "playback_buffer_full")
+            ms, cap = len(pcm) * 1000 // (2 * queue.rate), self.host.settings.playback_buffer_ms
+            if ms > cap:
+                reason = "audio of %d ms in one message is longer than STREAM_PLAYBACK_BUFFER (%d ms): refused" % (ms, cap)
+            else:
+                reason = "playback queue full: %d ms queued, this message holds %d ms, STREAM_PLAYBACK_BUFFER is " \
+                         "%d ms: audio refused" % (queue.queued_ms, ms, cap)
+            self.host.bad(reason, "playback_buffer_full")
             return
         if queue.take_wake():
             self.host.wake_playback()

@@ -269,6 +269,15 @@ def test_queue_cap_refuses_newest_with_error_and_reply(h):
     assert abs((nz[-1] - nz[0] + 1) - 6400) <= 160
 
 
+def test_one_message_longer_than_the_queue_says_so(h):
+    server = h.server()
+    ch = h.call(rate=8000, STREAM_PLAYBACK_BUFFER="500")
+    conn = start(h, ch, server)
+    server.send(conn, stream_audio("raw", tone(700, 8000, 0.8).tobytes(), 8000))
+    err = json.loads(h.event("error")["_body"])["message"]["error"]
+    assert err == "audio of 800 ms in one message is longer than STREAM_PLAYBACK_BUFFER (500 ms): refused"
+
+
 @pytest.mark.parametrize("message,why", [
     (stream_audio("raw", b"\x00\x01", None), "sampleRate"),
     ('{"type":"streamAudio","data":{"audioDataType":"raw","sampleRate":8000,"audioData":"@@@"}}', "base64"),
