@@ -20,6 +20,12 @@ What mod_python3 provides and this module imitates (switch_cpp.cpp in v1.10.12):
   ``ev.event`` behaves like the SWIG ``switch_event_t *``: ``int(ev.event)`` is the
   address of the simulator-side event, so the code under test can call
   ``switch_channel_event_set_data(channel, int(ev.event))`` through ctypes.
+- ``EventConsumer(event_name=None, subclass_name="", len=5000)``: ``bind(event_name, subclass_name="")``,
+  ``pop(block=0, timeout=0)`` (an event with ``getHeader``/``getBody``/``getType``/``serialize``, or
+  None), ``cleanup()`` (also on deletion). As in mod_python3, it binds through the core's
+  ``switch_event_bind_removable`` (here the simulator's) and its handler only copies each event
+  into a bounded queue; events are whatever the simulated core fires (e.g. DTMF when a call's
+  application takes a digit from its queue) on the simulator's dispatch thread.
 - ``consoleLog(level, msg)``, ``consoleCleanLog(msg)``.
 - ``Stream`` (``write``, ``raw_write``, ``get_data``), ``Session(uuid)`` (``get_uuid``,
   ``uuid``, ``getVariable``, ``setVariable``, ``ready``), ``API`` (``execute``,
@@ -117,6 +123,13 @@ def bind(sim: SimSwitch | ctypes.CDLL) -> types.ModuleType:
     core.switch_channel_get_variable_dup.restype = c_char_p
     core.switch_channel_get_variable_dup.argtypes = [c_void_p, c_char_p, c_int, c_int]
 
+    EVENT_CB = ctypes.CFUNCTYPE(None, c_void_p)
+    core.switch_event_bind_removable.restype = c_int
+    core.switch_event_bind_removable.argtypes = [c_char_p, c_int, c_char_p, EVENT_CB, c_void_p,
+                                                 ctypes.POINTER(c_void_p)]
+    core.switch_event_unbind.restype = c_int
+    core.switch_event_unbind.argtypes = [ctypes.POINTER(c_void_p)]
+
     rec = _Recorder()
     mod = types.ModuleType("freeswitch", __doc__)
     mod.__file__ = __file__
@@ -201,6 +214,99 @@ def bind(sim: SimSwitch | ctypes.CDLL) -> types.ModuleType:
                     lib.fssim_event_free(ptr)
                 except Exception:  # interpreter shutdown
                     pass
+
+    class _PoppedEvent:
+        """An event taken from an EventConsumer (mod_python3 hands out a duplicate it owns)."""
+
+        def __init__(self, name: str, headers: list[tuple[str, str]], body: str | None):
+            self._name = name
+            self._headers = headers
+            self._body = body
+
+        def getHeader(self, header_name: str) -> str | None:
+            for k, v in self._headers:
+                if k.lower() == str(header_name).lower():
+                    return v
+            return None
+
+        def getBody(self) -> str | None:
+            return self._body
+
+        def getType(self) -> str:
+            return self._name
+
+        def serialize(self, format: str = "") -> str:  # noqa: A002
+            d = {"Event-Name": self._name, **dict(self._headers)}
+            if format == "json":
+                if self._body is not None:
+                    d["_body"] = self._body
+                return json.dumps(d)
+            return "\n".join(f"{k}: {v}" for k, v in d.items()) + "\n"
+
+    class EventConsumer:
+        def __init__(self, event_name: str | None = None, subclass_name: str = "", len: int = 5000):  # noqa: A002
+            self._cond = threading.Condition()
+            self._queue: list[_PoppedEvent] = []
+            self._len = len
+            self._nodes: list[c_void_p] = []
+            self._cbs: list[Any] = []
+            self._ready = True
+            if event_name:
+                self.bind(event_name, subclass_name)
+
+        def _handler(self, ptr: int) -> None:
+            # on the simulator's dispatch thread, like mod_python3's C event_handler: copy and queue
+            n = lib.fssim_event_header_count(ptr)
+            headers = [(_s(lib.fssim_event_header_name(ptr, i)) or "", _s(lib.fssim_event_header_value(ptr, i)) or "")
+                       for i in range(n)]
+            ev = _PoppedEvent(_s(lib.fssim_event_name(ptr)) or "", headers, _s(lib.fssim_event_get_body(ptr)))
+            with self._cond:
+                if len(self._queue) >= self._len:
+                    return          # "Cannot queue any more events....."
+                self._queue.append(ev)
+                self._cond.notify_all()
+
+        def bind(self, event_name: str, subclass_name: str = "") -> int:
+            if not self._ready:
+                return 0
+            name = str(event_name).upper()
+            if name not in EVENT_NAMES:
+                return 0
+            cb = EVENT_CB(lambda p: self._handler(p))
+            node = c_void_p()
+            if core.switch_event_bind_removable(b"fake_freeswitch.py", EVENT_NAMES.index(name), _b(subclass_name or None),
+                                                cb, None, ctypes.byref(node)) != 0:
+                return 0
+            self._cbs.append(cb)
+            self._nodes.append(node)
+            return 1
+
+        def pop(self, block: int = 0, timeout: int = 0) -> _PoppedEvent | None:
+            if not self._ready:
+                return None
+            with self._cond:
+                if block and not self._queue:
+                    self._cond.wait_for(lambda: bool(self._queue) or not self._ready,
+                                        timeout / 1000.0 if timeout > 0 else None)
+                return self._queue.pop(0) if self._queue else None
+
+        def cleanup(self) -> None:
+            if not self._ready:
+                return
+            self._ready = False
+            for node in self._nodes:
+                core.switch_event_unbind(ctypes.byref(node))
+            self._nodes.clear()
+            self._cbs.clear()      # unbound: the core no longer calls them
+            with self._cond:
+                self._queue.clear()
+                self._cond.notify_all()
+
+        def __del__(self) -> None:
+            try:
+                self.cleanup()
+            except Exception:
+                pass
 
     class Stream:
         def __init__(self) -> None:
@@ -303,6 +409,7 @@ def bind(sim: SimSwitch | ctypes.CDLL) -> types.ModuleType:
         "Session": Session,
         "CoreSession": Session,
         "API": API,
+        "EventConsumer": EventConsumer,
         "consoleLog": consoleLog,
         "consoleCleanLog": consoleCleanLog,
         "fired": fired,

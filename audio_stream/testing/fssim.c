@@ -206,6 +206,41 @@ _Static_assert(offsetof(sim_codec_impl_t, codec_id) == 120, "impl.codec_id");
 
 typedef int (*sim_bug_cb_t)(void *bug, void *user_data, int abc_type);
 
+/* switch_dtmf_t (switch_types.h): {char digit; uint32_t duration; int32_t flags; switch_dtmf_source_t source;}.
+ * duration is in samples at 8 kHz (the core's min/default/max are 400/2000/192000). */
+typedef struct {
+	char digit;
+	uint32_t duration;
+	int32_t flags;
+	int source;
+} sim_dtmf_t;
+
+#if UINTPTR_MAX == 0xffffffffffffffffu
+_Static_assert(sizeof(sim_dtmf_t) == 16, "switch_dtmf_t is 16 bytes on LP64");
+_Static_assert(offsetof(sim_dtmf_t, duration) == 4, "dtmf.duration");
+_Static_assert(offsetof(sim_dtmf_t, flags) == 8, "dtmf.flags");
+_Static_assert(offsetof(sim_dtmf_t, source) == 12, "dtmf.source");
+#endif
+
+enum { DTMF_FLAG_SKIP_PROCESS = 1 << 0, DTMF_FLAG_SENSITIVE = 1 << 1 };
+enum { DTMF_RECV = 0, DTMF_SEND = 1 };     /* switch_dtmf_direction_t */
+enum { DTMF_SRC_UNKNOWN = 0, DTMF_SRC_INBAND_AUDIO, DTMF_SRC_RTP, DTMF_SRC_ENDPOINT, DTMF_SRC_APP };
+#define MIN_DTMF_DURATION 400        /* SWITCH_MIN_DTMF_DURATION */
+#define DEFAULT_DTMF_DURATION 2000   /* SWITCH_DEFAULT_DTMF_DURATION */
+#define MAX_DTMF_DURATION 192000     /* SWITCH_MAX_DTMF_DURATION */
+#define DTMF_QUEUE_LEN 128           /* channel->dtmf_queue (switch_channel.c: switch_queue_create(..., 128, ...)) */
+
+/* switch_recv_dtmf_hook_t (switch_core_event_hook.h): no user data */
+typedef int (*sim_recv_dtmf_hook_t)(void *session, const sim_dtmf_t *dtmf, int direction);
+
+/* a node of session->event_hooks.recv_dtmf; allocated from the session pool in the real core, so
+ * an unlinked node stays readable until the session is destroyed (kept on all_next until then) */
+typedef struct sim_dtmf_hook {
+	sim_recv_dtmf_hook_t fn;
+	struct sim_dtmf_hook *_Atomic next;
+	struct sim_dtmf_hook *all_next;
+} sim_dtmf_hook_t;
+
 /* ------------------------------------------------------------------------ */
 /* Diagnostics                                                               */
 /* ------------------------------------------------------------------------ */
@@ -788,6 +823,21 @@ struct sim_chan {
 	/* media-bug callbacks made on this channel's bugs, by switch_abc_type_t (what the
 	 * project's per-frame Python cost is) */
 	atomic_long cb_count[9];
+
+	/* DTMF: receive hooks (session->event_hooks.recv_dtmf, no lock in the real core), the channel's
+	 * dtmf_mutex (switch_channel_queue_dtmf), digits waiting for the session thread's next read
+	 * (RTP telephone events are queued from inside read_frame), what the channel queued */
+	sim_dtmf_hook_t *_Atomic dtmf_hooks;
+	sim_dtmf_hook_t *dtmf_hooks_all;
+	atomic_int dtmf_hook_writers;      /* threads inside add/remove right now (must be <= 1) */
+	atomic_long dtmf_hook_calls;
+	pthread_mutex_t dtmf_mutex;
+	sim_dtmf_t rtp_dtmf[64];
+	atomic_int rtp_dtmf_len;           /* changed under ctl */
+	sim_dtmf_t dtmf_queue[DTMF_QUEUE_LEN];
+	int dtmf_queue_len;                /* under dtmf_mutex */
+	long dtmf_dequeued;                /* under dtmf_mutex */
+	atomic_int dtmf_reading;           /* the running application takes digits from the queue (park) */
 };
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -1467,6 +1517,96 @@ static void core_write(sim_chan_t *c, sim_codec_t *codec)
 }
 
 /* ------------------------------------------------------------------------ */
+/* DTMF (switch_core_io.c: switch_core_session_recv_dtmf, switch_channel.c:   */
+/* switch_channel_queue_dtmf)                                                */
+/* ------------------------------------------------------------------------ */
+
+static void dtmf_dequeue(sim_chan_t *c);
+
+/* switch_true(switch_channel_get_variable(channel, name)) */
+static int var_true(sim_chan_t *c, const char *name)
+{
+	var_t *v;
+	int t;
+	pthread_mutex_lock(&c->profile_mutex);
+	v = var_find(c, name);
+	t = v && true_value(v->value);
+	pthread_mutex_unlock(&c->profile_mutex);
+	return t;
+}
+
+/* switch_core_session_recv_dtmf: nothing once the channel is down; a SENSITIVE digit is accepted
+ * without the hooks; the duration is clamped (0 counts as short: the "!duration" branch after the
+ * "< min" one is never taken); a SKIP_PROCESS digit skips the hooks; the hooks run in list order on
+ * the caller's thread and the first one that does not return SUCCESS ends the walk with its status */
+static int recv_dtmf(sim_chan_t *c, const sim_dtmf_t *dtmf)
+{
+	sim_dtmf_t d;
+	sim_dtmf_hook_t *hk;
+	int status;
+	if (!chan_up(c)) return ST_FALSE;
+	if (dtmf->flags & DTMF_FLAG_SENSITIVE) return ST_SUCCESS;
+	d = *dtmf;
+	if (d.duration > MAX_DTMF_DURATION) d.duration = MAX_DTMF_DURATION;
+	else if (d.duration < MIN_DTMF_DURATION) d.duration = MIN_DTMF_DURATION;
+	if (!(dtmf->flags & DTMF_FLAG_SKIP_PROCESS)) {
+		for (hk = atomic_load(&c->dtmf_hooks); hk; hk = atomic_load(&hk->next)) {
+			atomic_fetch_add(&c->dtmf_hook_calls, 1);
+			if ((status = hk->fn(&c->session, &d, DTMF_RECV)) != ST_SUCCESS) return status;
+		}
+	}
+	return ST_SUCCESS;
+}
+
+static int is_dtmf_char(char k)
+{
+	return (k >= '0' && k <= '9') || (k >= 'A' && k <= 'D') || (k >= 'a' && k <= 'd') || k == '#' || k == '*' ||
+		k == 'W' || k == 'w' || k == 'F' || k == 'f';
+}
+
+/* switch_channel_queue_dtmf: under the channel's dtmf_mutex, recv_dtmf with the digit as given (so a
+ * digit made sensitive only by the sensitive_dtmf variable still reaches the hooks), then the digit,
+ * flagged SENSITIVE if that variable is true, into the channel's DTMF queue */
+static int queue_dtmf(sim_chan_t *c, const sim_dtmf_t *dtmf)
+{
+	sim_dtmf_t d = *dtmf;
+	int status;
+	pthread_mutex_lock(&c->dtmf_mutex);
+	if (var_true(c, "sensitive_dtmf")) d.flags |= DTMF_FLAG_SENSITIVE;
+	if ((status = recv_dtmf(c, dtmf)) != ST_SUCCESS) goto done;
+	if (is_dtmf_char(d.digit)) {
+		if (d.digit != 'w' && d.digit != 'W') {
+			if (d.duration > MAX_DTMF_DURATION) d.duration = MAX_DTMF_DURATION;
+			else if (d.duration < MIN_DTMF_DURATION) d.duration = MIN_DTMF_DURATION;
+		}
+		if (!d.duration) d.duration = DEFAULT_DTMF_DURATION;
+		if (c->dtmf_queue_len == DTMF_QUEUE_LEN) { /* full: the oldest is dropped */
+			memmove(c->dtmf_queue, c->dtmf_queue + 1, (DTMF_QUEUE_LEN - 1) * sizeof(sim_dtmf_t));
+			c->dtmf_queue_len--;
+		}
+		c->dtmf_queue[c->dtmf_queue_len++] = d;
+	}
+	status = ST_SUCCESS;
+done:
+	pthread_mutex_unlock(&c->dtmf_mutex);
+	return status;
+}
+
+/* on the session thread, inside read_frame (the read codec mutex held), as switch_core_media_read_frame
+ * queues the RTP telephone events switch_rtp has collected */
+static void rtp_dtmf_deliver(sim_chan_t *c)
+{
+	sim_dtmf_t pending[64];
+	int n, i;
+	pthread_mutex_lock(&c->ctl);
+	n = atomic_load(&c->rtp_dtmf_len);
+	memcpy(pending, c->rtp_dtmf, (size_t) n * sizeof(sim_dtmf_t));
+	atomic_store(&c->rtp_dtmf_len, 0);
+	pthread_mutex_unlock(&c->ctl);
+	for (i = 0; i < n; i++) queue_dtmf(c, &pending[i]);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Session threads                                                           */
 /* ------------------------------------------------------------------------ */
 
@@ -1497,10 +1637,14 @@ static void tick(sim_chan_t *c)
 	/* switch_core_session_read_frame holds session->read_codec->mutex from the top to the end,
 	 * bug callbacks included (switch_core_io.c) */
 	if (mutex_lock(c->read_codec_mutex, 1, "switch_core_session_read_frame (read codec)")) {
+		if (atomic_load(&c->rtp_dtmf_len)) rtp_dtmf_deliver(c);
 		read_path(c, &f);
 		mutex_unlock(c->read_codec_mutex);
 		mutex_end_scope(c->read_codec_mutex);
 	}
+
+	/* the application reading the channel (park) takes one queued digit per frame */
+	if (atomic_load(&c->dtmf_reading) && chan_up(c)) dtmf_dequeue(c);
 
 	if (atomic_load(&c->core_writing) == 1 && chan_up(c)) core_write(c, &c->core_codec);
 }
@@ -2227,6 +2371,84 @@ API void *switch_core_media_bug_get_user_data(void *bugp)
 	return b->user_data;
 }
 
+/* switch_core_event_hook_add_recv_dtmf / _remove_recv_dtmf (switch_core_event_hook.c, NEW_HOOK_DECL in
+ * switch_core_event_hook.h): real functions. Add appends a node at the end of the session's list, or
+ * returns FALSE if that function is in it already; remove unlinks the first node with that function
+ * (SUCCESS) or returns FALSE. Neither takes any lock, so two threads changing one session's list at once
+ * can lose a node (a violation here); a walk in progress on another thread is safe, because an unlinked
+ * node stays in the session pool and keeps its next pointer. The hooks die with the session: hangup
+ * does not remove them, recv_dtmf just stops calling them once the channel is down. */
+static sim_chan_t *hook_list_enter(void *session, void *fn, const char *where)
+{
+	sim_chan_t *c = session_chan(session, where);
+	if (!c) return NULL;
+	if (atomic_load(&c->destroyed)) return NULL;
+	if (!fn) {
+		violation("%s: NULL hook (the real core asserts)", where);
+		return NULL;
+	}
+	if (atomic_fetch_add(&c->dtmf_hook_writers, 1) != 0)
+		violation("%s on %s while another thread changes that list: the real core has no lock there", where, c->uuid);
+	return c;
+}
+
+API int switch_core_event_hook_add_recv_dtmf(void *session, sim_recv_dtmf_hook_t fn)
+{
+	sim_chan_t *c = hook_list_enter(session, (void *) fn, "switch_core_event_hook_add_recv_dtmf");
+	sim_dtmf_hook_t *hk, *ptr;
+	if (!c) return ST_FALSE;
+	for (ptr = atomic_load(&c->dtmf_hooks); ptr && atomic_load(&ptr->next); ptr = atomic_load(&ptr->next)) {
+		if (ptr->fn == fn) goto dup;
+	}
+	if (ptr && ptr->fn == fn) goto dup;
+	hk = xcalloc(1, sizeof(*hk));
+	hk->fn = fn;
+	pthread_mutex_lock(&c->ctl);
+	hk->all_next = c->dtmf_hooks_all;
+	c->dtmf_hooks_all = hk;
+	pthread_mutex_unlock(&c->ctl);
+	if (!ptr) atomic_store(&c->dtmf_hooks, hk);
+	else atomic_store(&ptr->next, hk);
+	atomic_fetch_sub(&c->dtmf_hook_writers, 1);
+	return ST_SUCCESS;
+dup:
+	atomic_fetch_sub(&c->dtmf_hook_writers, 1);
+	return ST_FALSE;
+}
+
+API int switch_core_event_hook_remove_recv_dtmf(void *session, sim_recv_dtmf_hook_t fn)
+{
+	sim_chan_t *c = hook_list_enter(session, (void *) fn, "switch_core_event_hook_remove_recv_dtmf");
+	sim_dtmf_hook_t *ptr, *last = NULL;
+	int status = ST_FALSE;
+	if (!c) return ST_FALSE;
+	for (ptr = atomic_load(&c->dtmf_hooks); ptr; ptr = atomic_load(&ptr->next)) {
+		if (ptr->fn == fn) {
+			if (last) atomic_store(&last->next, atomic_load(&ptr->next));
+			else atomic_store(&c->dtmf_hooks, atomic_load(&ptr->next));
+			status = ST_SUCCESS;
+			break;
+		}
+		last = ptr;
+	}
+	atomic_fetch_sub(&c->dtmf_hook_writers, 1);
+	return status;
+}
+
+/* switch_channel_queue_dtmf, on the caller's thread: what an endpoint does when the digit arrives
+ * outside the media thread (SIP INFO on a sofia thread; mod_loopback's send_dtmf queues on the other
+ * leg's channel on the thread that sends, e.g. the API thread of uuid_send_dtmf) */
+API int switch_channel_queue_dtmf(void *channel, const sim_dtmf_t *dtmf)
+{
+	sim_chan_t *c = channel_chan(channel, "switch_channel_queue_dtmf");
+	if (!c) return ST_FALSE;
+	if (!dtmf) {
+		violation("switch_channel_queue_dtmf: NULL dtmf (the real core asserts)");
+		return ST_FALSE;
+	}
+	return queue_dtmf(c, dtmf);
+}
+
 API int switch_core_session_write_frame(void *session, sim_frame_t *frame, uint32_t flags, int stream_id)
 {
 	sim_chan_t *c = session_chan(session, "switch_core_session_write_frame");
@@ -2638,6 +2860,248 @@ API void switch_channel_event_set_data(void *channel, void *event)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Event bindings and dispatch (switch_event.c)                              */
+/* ------------------------------------------------------------------------ */
+
+/* switch_event_types_t values (switch_types.h) of the events the simulator fires */
+enum { EV_CUSTOM = 0, EV_DTMF = 36, EV_RELOADXML = 56, EV_ALL = 92 };
+
+static const struct { const char *name; int id; } g_event_ids[] = {
+	{ "CUSTOM", EV_CUSTOM }, { "DTMF", EV_DTMF }, { "RELOADXML", EV_RELOADXML }, { "ALL", EV_ALL }, { NULL, -1 }
+};
+
+typedef void (*sim_event_cb_t)(void *event);
+
+typedef struct sim_event_node {
+	char *id;
+	int event_id;
+	char *subclass;
+	sim_event_cb_t callback;
+	void *user_data;
+	struct sim_event_node *next;
+} sim_event_node_t;
+
+typedef struct ev_q { sim_event_t *e; int event_id; struct ev_q *next; } ev_q_t;
+
+/* EVENT_NODES[] under RWLOCK: delivery holds the read lock across every callback, bind/unbind take
+ * the write lock (switch_event_deliver, switch_event_bind_removable, switch_event_unbind) */
+static sim_event_node_t *g_event_nodes[EV_ALL + 1];
+static pthread_rwlock_t g_event_rwlock = PTHREAD_RWLOCK_INITIALIZER;
+static atomic_int g_event_bindings;
+static __thread int tl_delivering;
+/* the dispatch queue and its one thread (switch_event_fire -> EVENT_DISPATCH_QUEUE) */
+static pthread_mutex_t g_evq_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_evq_cond = PTHREAD_COND_INITIALIZER;
+static ev_q_t *g_evq_head, *g_evq_tail;
+static int g_evq_busy;          /* the dispatch thread is delivering one */
+static pthread_t g_evq_thread;
+static int g_evq_started;
+
+static int event_id_of(const char *name)
+{
+	int i;
+	for (i = 0; g_event_ids[i].name; i++) if (!strcasecmp(g_event_ids[i].name, name)) return g_event_ids[i].id;
+	return -1;
+}
+
+static void event_deliver(sim_event_t *e, int event_id)
+{
+	int id;
+	sim_event_node_t *n;
+	pthread_rwlock_rdlock(&g_event_rwlock);
+	tl_delivering++;
+	for (id = event_id;; id = EV_ALL) {
+		for (n = g_event_nodes[id]; n; n = n->next) {
+			if (n->subclass && (!e->subclass || strcmp(n->subclass, e->subclass))) continue;
+			n->callback(e);
+		}
+		if (id == EV_ALL) break;
+	}
+	tl_delivering--;
+	pthread_rwlock_unlock(&g_event_rwlock);
+}
+
+static void *event_dispatch_thread(void *arg)
+{
+	(void) arg;
+	pthread_mutex_lock(&g_evq_lock);
+	for (;;) {
+		ev_q_t *q;
+		while (!g_evq_head) pthread_cond_wait(&g_evq_cond, &g_evq_lock);
+		q = g_evq_head;
+		g_evq_head = q->next;
+		if (!g_evq_head) g_evq_tail = NULL;
+		g_evq_busy = 1;
+		pthread_mutex_unlock(&g_evq_lock);
+		event_deliver(q->e, q->event_id);
+		fssim_event_free(q->e);
+		free(q);
+		pthread_mutex_lock(&g_evq_lock);
+		g_evq_busy = 0;
+		pthread_cond_broadcast(&g_evq_cond);
+	}
+	return NULL;
+}
+
+/* switch_event_fire: queue the event for the dispatch thread, which delivers it and frees it */
+static void event_fire(sim_event_t *e, int event_id)
+{
+	ev_q_t *q = xcalloc(1, sizeof(*q));
+	q->e = e;
+	q->event_id = event_id;
+	pthread_mutex_lock(&g_evq_lock);
+	if (!g_evq_started) {
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setstacksize(&attr, THREAD_STACKSIZE);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&g_evq_thread, &attr, event_dispatch_thread, NULL) != 0) abort();
+		pthread_attr_destroy(&attr);
+		g_evq_started = 1;
+	}
+	if (g_evq_tail) g_evq_tail->next = q;
+	else g_evq_head = q;
+	g_evq_tail = q;
+	pthread_cond_broadcast(&g_evq_cond);
+	pthread_mutex_unlock(&g_evq_lock);
+}
+
+/* switch_event_bind_removable: a node at the head of EVENT_NODES[event], under the write lock */
+API int switch_event_bind_removable(const char *id, int event, const char *subclass_name, sim_event_cb_t callback,
+									void *user_data, sim_event_node_t **node)
+{
+	sim_event_node_t *n;
+	if (node) *node = NULL;
+	if (event < 0 || event > EV_ALL) return ST_MEMERR;
+	if (!callback) {
+		violation("switch_event_bind_removable: NULL callback");
+		return ST_FALSE;
+	}
+	if (tl_delivering) {
+		violation("switch_event_bind_removable from inside an event callback: the real core deadlocks (RWLOCK)");
+		return ST_FALSE;
+	}
+	n = xcalloc(1, sizeof(*n));
+	n->id = xstrdup(id ? id : "");
+	n->event_id = event;
+	n->subclass = subclass_name ? xstrdup(subclass_name) : NULL;
+	n->callback = callback;
+	n->user_data = user_data;
+	pthread_rwlock_wrlock(&g_event_rwlock);
+	n->next = g_event_nodes[event];
+	g_event_nodes[event] = n;
+	pthread_rwlock_unlock(&g_event_rwlock);
+	atomic_fetch_add(&g_event_bindings, 1);
+	if (node) *node = n;
+	return ST_SUCCESS;
+}
+
+/* switch_event_unbind: waits for a delivery in progress (write lock), unlinks and frees the node */
+API int switch_event_unbind(sim_event_node_t **node)
+{
+	sim_event_node_t *n, *np, *lnp = NULL;
+	int status = ST_FALSE;
+	if (!node || !(n = *node)) return ST_FALSE;
+	if (tl_delivering) {
+		violation("switch_event_unbind from inside an event callback: the real core deadlocks (RWLOCK)");
+		return ST_FALSE;
+	}
+	pthread_rwlock_wrlock(&g_event_rwlock);
+	for (np = g_event_nodes[n->event_id]; np; np = np->next) {
+		if (np == n) {
+			if (lnp) lnp->next = n->next;
+			else g_event_nodes[n->event_id] = n->next;
+			free(n->id);
+			free(n->subclass);
+			free(n);
+			*node = NULL;
+			status = ST_SUCCESS;
+			atomic_fetch_sub(&g_event_bindings, 1);
+			break;
+		}
+		lnp = np;
+	}
+	pthread_rwlock_unlock(&g_event_rwlock);
+	return status;
+}
+
+/* switch_event_get_header_idx(event, name, -1): the first header of that name (case-insensitive) */
+API const char *switch_event_get_header_idx(void *event, const char *header_name, int idx)
+{
+	(void) idx;
+	return fssim_event_get_header(event, header_name);
+}
+
+/* event bindings in place now (switch_event_bind_removable minus switch_event_unbind) */
+API int fssim_event_bindings(void)
+{
+	return atomic_load(&g_event_bindings);
+}
+
+/* fire an event made with fssim_event_new through the dispatch thread (it is freed after delivery);
+ * the event's name picks its switch_event_types_t (CUSTOM, DTMF, RELOADXML) */
+API int fssim_event_fire(void *ev)
+{
+	sim_event_t *e = event_check(ev, "fssim_event_fire");
+	int id;
+	if (!e) return -1;
+	if ((id = event_id_of(e->event_name)) < 0) {
+		violation("fssim_event_fire: the simulator does not know event %s", e->event_name);
+		return -1;
+	}
+	event_fire(e, id);
+	return 0;
+}
+
+/* wait until every fired event has been delivered (tests) */
+API int fssim_event_drain(int timeout_ms)
+{
+	int64_t deadline = now_ns() + (int64_t) timeout_ms * 1000000LL;
+	int ok;
+	pthread_mutex_lock(&g_evq_lock);
+	while (g_evq_head || g_evq_busy) {
+		struct timespec ts;
+		if (now_ns() >= deadline) break;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 5000000;
+		if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+		pthread_cond_timedwait(&g_evq_cond, &g_evq_lock, &ts);
+	}
+	ok = !g_evq_head && !g_evq_busy;
+	pthread_mutex_unlock(&g_evq_lock);
+	return ok;
+}
+
+/* switch_channel_dequeue_dtmf: the oldest queued digit, and (unless it is sensitive) a DTMF event with
+ * the channel's data and DTMF-Digit, DTMF-Duration (samples), DTMF-Source. What an application that
+ * reads the channel's digits does, e.g. switch_ivr_park: one digit per frame read. */
+static void dtmf_dequeue(sim_chan_t *c)
+{
+	static const char *const sources[] = { "UNKNOWN", "INBAND_AUDIO", "RTP", "ENDPOINT", "APP" };
+	sim_dtmf_t d;
+	sim_event_t *e;
+	pthread_mutex_lock(&c->dtmf_mutex);
+	if (!c->dtmf_queue_len) {
+		pthread_mutex_unlock(&c->dtmf_mutex);
+		return;
+	}
+	d = c->dtmf_queue[0];
+	memmove(c->dtmf_queue, c->dtmf_queue + 1, (size_t) (c->dtmf_queue_len - 1) * sizeof(sim_dtmf_t));
+	c->dtmf_queue_len--;
+	c->dtmf_dequeued++;
+	if (d.duration > MAX_DTMF_DURATION) d.duration = MAX_DTMF_DURATION;
+	else if (d.duration < MIN_DTMF_DURATION) d.duration = MIN_DTMF_DURATION;
+	pthread_mutex_unlock(&c->dtmf_mutex);
+	if (d.flags & DTMF_FLAG_SENSITIVE) return;
+	e = fssim_event_new("DTMF", NULL);
+	switch_channel_event_set_data(&c->channel, e);
+	event_addf(e, "DTMF-Digit", "%c", d.digit);
+	event_addf(e, "DTMF-Duration", "%u", d.duration);
+	event_add(e, "DTMF-Source", d.source >= 0 && d.source <= DTMF_SRC_APP ? sources[d.source] : "UNKNOWN");
+	event_fire(e, EV_DTMF);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Control API                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -2783,6 +3247,7 @@ API int fssim_channel_new(const char *uuid, uint32_t rate, uint32_t ptime_ms)
 
 	init_recursive_mutex(&c->profile_mutex);
 	init_recursive_mutex(&c->codec_write_mutex);
+	pthread_mutex_init(&c->dtmf_mutex, NULL);
 	pthread_mutex_init(&c->tone_lock, NULL);
 	pthread_mutex_init(&c->heard_lock, NULL);
 	pthread_mutex_init(&c->srw_lock, NULL);
@@ -2804,6 +3269,7 @@ API int fssim_channel_new(const char *uuid, uint32_t rate, uint32_t ptime_ms)
 	atomic_store(&c->answer_state, 2);
 	atomic_store(&c->cs, CS_EXECUTE);
 	atomic_store(&c->tick_limit, -1);
+	atomic_store(&c->dtmf_reading, 1);
 	snprintf(c->hangup_cause, sizeof(c->hangup_cause), "NORMAL_CLEARING");
 	var_set(c, "uuid", c->uuid);
 	var_set(c, "channel_name", c->name);
@@ -3037,6 +3503,109 @@ API long fssim_channel_callbacks(int id, int abc_type)
 	return atomic_load(&c->cb_count[abc_type]);
 }
 
+/* A digit the caller sends as an RTP telephone event: queued for the channel's session thread, which
+ * hands it to switch_channel_queue_dtmf (flags 0, source RTP) at the start of its next frame, inside
+ * read_frame, before that frame reaches the media bugs. duration_ms 0 = a short digit (the core
+ * makes it 50 ms). 0, or -1 if the channel is unknown or its pending list is full. */
+API int fssim_channel_dtmf(int id, char digit, uint32_t duration_ms)
+{
+	sim_chan_t *c = chan_by_id(id);
+	int rc = -1;
+	if (!c) return -1;
+	pthread_mutex_lock(&c->ctl);
+	if (atomic_load(&c->rtp_dtmf_len) < (int) (sizeof(c->rtp_dtmf) / sizeof(c->rtp_dtmf[0]))) {
+		sim_dtmf_t *d = &c->rtp_dtmf[atomic_fetch_add(&c->rtp_dtmf_len, 1)];
+		d->digit = digit;
+		d->duration = duration_ms * 8;
+		d->flags = 0;
+		d->source = DTMF_SRC_RTP;
+		rc = 0;
+	}
+	pthread_cond_broadcast(&c->ctl_cond);
+	pthread_mutex_unlock(&c->ctl);
+	return rc;
+}
+
+/* switch_channel_queue_dtmf on the caller's thread, now: a SIP INFO digit (sofia's thread), or what
+ * mod_loopback does when the other leg sends one (uuid_send_dtmf on the peer: the API thread, flags
+ * DTMF_FLAG_SKIP_PROCESS unless the digits start with '~'). Returns queue_dtmf's status. */
+API int fssim_channel_queue_dtmf(int id, char digit, uint32_t duration_ms, int flags, int source)
+{
+	sim_chan_t *c = chan_by_id(id);
+	sim_dtmf_t d;
+	if (!c) return -1;
+	d.digit = digit;
+	d.duration = duration_ms * 8;
+	d.flags = flags;
+	d.source = source;
+	return queue_dtmf(c, &d);
+}
+
+/* digits waiting for the session thread (fssim_channel_dtmf, not yet delivered) */
+API int fssim_channel_dtmf_pending(int id)
+{
+	sim_chan_t *c = chan_by_id(id);
+	int n;
+	if (!c) return -1;
+	pthread_mutex_lock(&c->ctl);
+	n = atomic_load(&c->rtp_dtmf_len);
+	pthread_mutex_unlock(&c->ctl);
+	return n;
+}
+
+/* the digits waiting in the channel's DTMF queue (queued, not yet taken by its application), oldest
+ * first (a NUL-terminated copy in out); returns how many */
+API int fssim_channel_dtmf_queued(int id, char *out, int max)
+{
+	sim_chan_t *c = chan_by_id(id);
+	int i, n;
+	if (!c) return -1;
+	pthread_mutex_lock(&c->dtmf_mutex);
+	n = c->dtmf_queue_len;
+	if (out && max > 0) {
+		for (i = 0; i < n && i < max - 1; i++) out[i] = c->dtmf_queue[i].digit;
+		out[i] = 0;
+	}
+	pthread_mutex_unlock(&c->dtmf_mutex);
+	return n;
+}
+
+/* whether the channel's application takes digits from its DTMF queue (1, the default: parked), or
+ * leaves them there (0: e.g. a script that never reads digits) */
+API void fssim_channel_set_dtmf_reading(int id, int on)
+{
+	sim_chan_t *c = chan_by_id(id);
+	if (c) atomic_store(&c->dtmf_reading, on ? 1 : 0);
+}
+
+API long fssim_channel_dtmf_dequeued(int id)
+{
+	sim_chan_t *c = chan_by_id(id);
+	long n;
+	if (!c) return -1;
+	pthread_mutex_lock(&c->dtmf_mutex);
+	n = c->dtmf_dequeued;
+	pthread_mutex_unlock(&c->dtmf_mutex);
+	return n;
+}
+
+/* recv_dtmf hook calls made on this channel, and the hooks in its list now */
+API long fssim_channel_dtmf_hook_calls(int id)
+{
+	sim_chan_t *c = chan_by_id(id);
+	return c ? atomic_load(&c->dtmf_hook_calls) : -1;
+}
+
+API int fssim_channel_dtmf_hooks(int id)
+{
+	sim_chan_t *c = chan_by_id(id);
+	sim_dtmf_hook_t *hk;
+	int n = 0;
+	if (!c) return -1;
+	for (hk = atomic_load(&c->dtmf_hooks); hk; hk = atomic_load(&hk->next)) n++;
+	return n;
+}
+
 API long long fssim_channel_first_tick_ns(int id)
 {
 	sim_chan_t *c = chan_by_id(id);
@@ -3142,6 +3711,7 @@ API size_t fssim_struct_size(const char *name)
 	if (!strcmp(name, "switch_frame_t")) return sizeof(sim_frame_t);
 	if (!strcmp(name, "switch_codec_t")) return sizeof(sim_codec_t);
 	if (!strcmp(name, "switch_codec_implementation_t")) return sizeof(sim_codec_impl_t);
+	if (!strcmp(name, "switch_dtmf_t")) return sizeof(sim_dtmf_t);
 	return 0;
 }
 
@@ -3168,6 +3738,8 @@ API long fssim_struct_offset(const char *type, const char *field)
 	OFF("switch_codec_implementation_t", sim_codec_impl_t, number_of_channels);
 	OFF("switch_codec_implementation_t", sim_codec_impl_t, codec_id);
 	OFF("switch_codec_implementation_t", sim_codec_impl_t, next);
+	OFF("switch_dtmf_t", sim_dtmf_t, digit); OFF("switch_dtmf_t", sim_dtmf_t, duration);
+	OFF("switch_dtmf_t", sim_dtmf_t, flags); OFF("switch_dtmf_t", sim_dtmf_t, source);
 #undef OFF
 	return -1;
 }
@@ -3205,6 +3777,15 @@ static void chan_free(sim_chan_t *c)
 	sim_mutex_free(c->core_codec_mutex);
 	sim_mutex_free(c->partner_codec_mutex);
 	free(c->heard);
+	{
+		sim_dtmf_hook_t *hk, *hn;
+		for (hk = c->dtmf_hooks_all; hk; hk = hn) {
+			hn = hk->all_next;
+			free(hk);
+		}
+		c->dtmf_hooks_all = NULL;
+		pthread_mutex_destroy(&c->dtmf_mutex);
+	}
 	c->session.magic = 0;
 	c->channel.magic = 0;
 	pthread_rwlock_destroy(&c->bug_rwlock);
@@ -3223,6 +3804,8 @@ API void fssim_reset(void)
 			return;
 		}
 	}
+
+	fssim_event_drain(5000);   /* events already fired are delivered before their channels go */
 
 	pthread_mutex_lock(&g_lock);
 	chans = g_chans;

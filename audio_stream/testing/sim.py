@@ -78,6 +78,9 @@ LIBS = ["-lm"]
 STATE_NEW, STATE_RUNNING, STATE_HUNG_UP = 0, 1, 2
 # fssim_channel_set_core_writing modes
 CORE_WRITE_OFF, CORE_WRITE_SESSION_THREAD, CORE_WRITE_BRIDGED = 0, 1, 2
+# switch_dtmf_t flags and sources (switch_types.h)
+DTMF_FLAG_SKIP_PROCESS, DTMF_FLAG_SENSITIVE = 1 << 0, 1 << 1
+DTMF_UNKNOWN, DTMF_INBAND_AUDIO, DTMF_RTP, DTMF_ENDPOINT, DTMF_APP = 0, 1, 2, 3, 4
 
 
 class SimBuildError(RuntimeError):
@@ -139,6 +142,17 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "fssim_channel_bug_count": (c_int, [c_int]),
     "fssim_channel_ticks": (c_long, [c_int]),
     "fssim_channel_callbacks": (c_long, [c_int, c_int]),
+    "fssim_channel_dtmf": (c_int, [c_int, ctypes.c_char, c_uint32]),
+    "fssim_channel_queue_dtmf": (c_int, [c_int, ctypes.c_char, c_uint32, c_int, c_int]),
+    "fssim_channel_dtmf_pending": (c_int, [c_int]),
+    "fssim_channel_dtmf_queued": (c_int, [c_int, c_char_p, c_int]),
+    "fssim_channel_dtmf_hook_calls": (c_long, [c_int]),
+    "fssim_channel_dtmf_hooks": (c_int, [c_int]),
+    "fssim_channel_set_dtmf_reading": (None, [c_int, c_int]),
+    "fssim_channel_dtmf_dequeued": (c_long, [c_int]),
+    "fssim_event_bindings": (c_int, []),
+    "fssim_event_fire": (c_int, [c_void_p]),
+    "fssim_event_drain": (c_int, [c_int]),
     "fssim_set_strict_locking": (None, [c_int]),
     "fssim_channel_first_tick_ns": (ctypes.c_longlong, [c_int]),
     "fssim_channel_state": (c_int, [c_int]),
@@ -239,6 +253,15 @@ class SimSwitch:
         the bug's callbacks, not in switch_core_media_bug_exec_all) as a violation: the real core
         allows it, but it races a hangup that frees the bug. Off by default."""
         self.lib.fssim_set_strict_locking(1 if on else 0)
+
+    # -- events -----------------------------------------------------------
+    def event_bindings(self) -> int:
+        """switch_event_bind_removable bindings in place (each switch_event_unbind removes one)."""
+        return self.lib.fssim_event_bindings()
+
+    def event_drain(self, timeout: float = 5.0) -> bool:
+        """Wait until every event the core fired has been delivered to the bindings."""
+        return bool(self.lib.fssim_event_drain(int(timeout * 1000)))
 
     # -- global counters --------------------------------------------------
     def locks_outstanding(self) -> int:
@@ -348,6 +371,55 @@ class SimChannel:
     def wait_destroyed(self, timeout: float = 10.0) -> bool:
         """Wait until the session is destroyed (needs every read lock released)."""
         return bool(self.lib.fssim_channel_wait_destroyed(self.id, int(timeout * 1000)))
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100, via: str = "rtp", flags: int = 0,
+                  source: int | None = None) -> None:
+        """The caller sends `digits`. via="rtp": RFC 2833 events, handed to switch_channel_queue_dtmf by
+        the channel's session thread at the start of its next frame (so the channel must be running);
+        via="queue": switch_channel_queue_dtmf now, on this thread (SIP INFO, or a loopback peer's
+        uuid_send_dtmf, which passes DTMF_FLAG_SKIP_PROCESS unless the digits start with '~')."""
+        for d in digits.encode():
+            if via == "rtp":
+                rc = self.lib.fssim_channel_dtmf(self.id, bytes([d]), duration_ms)
+            elif via == "queue":
+                rc = self.lib.fssim_channel_queue_dtmf(self.id, bytes([d]), duration_ms, flags,
+                                                       DTMF_UNKNOWN if source is None else source)
+            else:
+                raise ValueError(f"via must be 'rtp' or 'queue', not {via!r}")
+            if rc < 0:
+                raise RuntimeError(f"channel {self.id}: cannot send DTMF {chr(d)!r}")
+
+    @property
+    def dtmf_pending(self) -> int:
+        """RTP digits sent with send_dtmf() that the session thread has not handed on yet."""
+        return self.lib.fssim_channel_dtmf_pending(self.id)
+
+    def set_dtmf_reading(self, on: bool) -> None:
+        """Whether the call's application takes digits from the DTMF queue, one per frame, firing a
+        DTMF event for each (True, the default: a parked call), or leaves them queued (False)."""
+        self.lib.fssim_channel_set_dtmf_reading(self.id, 1 if on else 0)
+
+    @property
+    def dtmf_dequeued(self) -> int:
+        """Digits the call's application has taken from the DTMF queue."""
+        return self.lib.fssim_channel_dtmf_dequeued(self.id)
+
+    def dtmf_queued(self) -> str:
+        """The digits waiting in the channel's DTMF queue (queued after the receive hooks, not yet
+        taken by the application), oldest first."""
+        buf = ctypes.create_string_buffer(256)
+        self.lib.fssim_channel_dtmf_queued(self.id, buf, 256)
+        return buf.value.decode()
+
+    @property
+    def dtmf_hook_calls(self) -> int:
+        """Receive-DTMF hook calls the core made on this channel."""
+        return self.lib.fssim_channel_dtmf_hook_calls(self.id)
+
+    @property
+    def dtmf_hooks(self) -> int:
+        """Receive-DTMF hooks in the session's list now."""
+        return self.lib.fssim_channel_dtmf_hooks(self.id)
 
     # -- observing --------------------------------------------------------
     def heard(self) -> np.ndarray:
