@@ -20,6 +20,7 @@ DEFAULTS = {
     "STREAM_RECONNECT_ATTEMPTS": "10",   # reconnection attempts in a row before giving up
     "STREAM_RECONNECT_MAX_SECONDS": "60",  # s without a connection before giving up
     "STREAM_GRACEFUL_TIMEOUT": "5",      # s graceful-shutdown waits for the server to close
+    "STREAM_DTMF": "true",               # send the digits the call receives to the server
 }
 
 MAX_BUFFER_MS = 10000
@@ -71,6 +72,7 @@ class Settings:
     tls_cert_file: Optional[str] = None
     tls_key_file: Optional[str] = None
     tls_no_hostname_check: bool = False
+    dtmf: bool = True                     # STREAM_DTMF
 
 
 def _ascii_number(raw):
@@ -190,5 +192,6 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         tls_cert_file=var("STREAM_TLS_CERT_FILE"),
         tls_key_file=var("STREAM_TLS_KEY_FILE"),
         tls_no_hostname_check=switch_true(var("STREAM_TLS_DISABLE_HOSTNAME_VALIDATION")),
+        dtmf=switch_true(var("STREAM_DTMF")),
     )
 

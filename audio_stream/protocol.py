@@ -173,6 +173,10 @@ def error_body(code, error):
     return dumps({"status": "error", "message": {"code": int(code), "error": error}})
 
 
+def dtmf_body(digit, duration_ms):
+    return dumps({"digit": digit, "duration": int(duration_ms)})
+
+
 def play_body(data, file):
     body = dict(data)
     body["file"] = file

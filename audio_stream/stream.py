@@ -20,6 +20,7 @@ from .outbox import Outbox
 from .playback import Player
 from .policy import RateLimit, Strikes
 from .switch import core as C
+from .switch.dtmf import DtmfPort
 from .switch.media import CapturePort, ControlPort
 
 PREFIX = "mod_audio_stream::"
@@ -66,6 +67,7 @@ class Stream:
         self.control = ControlPort(be.core, call_rate, ptime_ms, self.player.queue, self.capture, self,
                                    self.player, self.loop.call_soon_threadsafe)
         self.player.port = self.control
+        self.dtmf_port = DtmfPort(be, self, self.loop.call_soon_threadsafe) if settings.dtmf else None
         self.paused = False
         self.stop_text = None
         self.link = None          # made in run(), on the loop thread
@@ -151,6 +153,10 @@ class Stream:
         if not ok:
             self.be.core.bug_remove(session, self.capture.bug)
             self.capture.forget()
+        elif self.dtmf_port is not None:
+            why = self.dtmf_port.attach(session)
+            if why:
+                self.log("WARNING", "some digits will not reach the server: %s" % why)
         return ok, reason
 
     # ---- loop thread: the capture clock ------------------------------------------------------
@@ -208,6 +214,8 @@ class Stream:
         if self.media_ended:
             return
         self.media_ended = True
+        if self.dtmf_port is not None:
+            self.dtmf_port.detach()
         self.capture.forget()
         if not keep_playback:
             self._detach_control()
@@ -274,6 +282,19 @@ class Stream:
         """The acknowledgement of a server's mark (played out, or cleared)."""
         if self.dialect.is_open:
             self._queue(self.dialect.mark_ack(name, event))
+
+    def dtmf(self, digit, duration_ms):
+        """A digit the call received (switch/dtmf.py, on the loop thread): to the server after the
+        audio captured before it, and the dtmf event. Not while paused (pause is how card numbers
+        are kept out of a recording), nor once the media has ended."""
+        if self.media_ended:
+            return
+        self.poll()
+        if self.media_ended or self.paused:
+            return
+        if self.dialect.is_open:          # Twilio: not before its start frame
+            self._queue(self.dialect.dtmf(digit, duration_ms))
+        self.fire("dtmf", protocol.dtmf_body(digit, duration_ms))
 
     def render_audio(self, chunk):
         return self.dialect.media(chunk)

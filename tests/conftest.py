@@ -9,7 +9,7 @@ import pytest
 
 import audio_stream
 from audio_stream import service, switch
-from audio_stream.switch import core, media
+from audio_stream.switch import core, dtmf, media
 from audio_stream.testing import fake_freeswitch
 from audio_stream.testing.sim import SimSwitch, wait_until
 
@@ -91,6 +91,8 @@ def h(sim):
     for s in harness.servers:
         s.stop()
     assert media.live_ports() == 0
+    assert dtmf.live_ports() == 0, "DTMF ports left attached"
+    assert sim.event_bindings() == 0, "event bindings left in place"
     assert sim.locks_outstanding() == 0, "session read locks leaked"
     assert sim.violations() == 0, sim.last_violation()
     sim.reset()

@@ -78,3 +78,10 @@ def test_any_values_give_settings_or_config_error(vars_):
         make(vars_)
     except ConfigError as e:
         assert str(e)
+
+
+def test_stream_dtmf():
+    assert make({}).dtmf is True
+    assert make({"STREAM_DTMF": "false"}).dtmf is False
+    assert make({"STREAM_DTMF": "off"}).dtmf is False
+    assert make({"STREAM_DTMF": "1"}).dtmf is True

@@ -11,7 +11,7 @@ function and line, `switch_channel_get_variable` is `switch_channel_get_variable
 release the GIL, which matters: a media thread that blocks in the core must never hold it.
 """
 import ctypes
-from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_int32, c_uint8, c_uint16,
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_int, c_int32, c_uint8, c_uint16,
                     c_uint32, c_void_p, c_long, byref)
 
 # switch_status_t
@@ -41,6 +41,14 @@ SWITCH_CODEC_FLAG_ENCODE = 1 << 0
 SWITCH_CODEC_FLAG_DECODE = 1 << 1
 
 SWITCH_RECOMMENDED_BUFFER_SIZE = 8192
+
+# switch_dtmf_direction_t, dtmf_flag_t, switch_dtmf_source_t (switch_types.h)
+DTMF_RECV, DTMF_SEND = 0, 1
+DTMF_FLAG_SKIP_PROCESS = 1 << 0
+DTMF_FLAG_SENSITIVE = 1 << 1
+DTMF_UNKNOWN, DTMF_INBAND_AUDIO, DTMF_RTP, DTMF_ENDPOINT, DTMF_APP = 0, 1, 2, 3, 4
+# DTMF durations are samples at 8 kHz (SWITCH_MIN/DEFAULT/MAX_DTMF_DURATION 400/2000/192000)
+DTMF_SAMPLES_PER_MS = 8
 
 
 class FrameGeometry(Structure):
@@ -123,10 +131,23 @@ class Codec(Structure):
     ]
 
 
+class Dtmf(Structure):
+    """switch_dtmf_t: {char digit; uint32_t duration; int32_t flags; switch_dtmf_source_t source;}"""
+    _fields_ = [
+        ("digit", c_char),
+        ("duration", c_uint32),
+        ("flags", c_int32),
+        ("source", c_int),
+    ]
+
+
 # switch_bool_t (*switch_media_bug_callback_t)(switch_media_bug_t *, void *, switch_abc_type_t)
 BUG_CALLBACK = CFUNCTYPE(c_int, c_void_p, c_void_p, c_int)
 # void (*switch_media_bug_exec_cb_t)(switch_media_bug_t *bug, void *user_data)
 EXEC_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p)
+# switch_status_t (*switch_recv_dtmf_hook_t)(switch_core_session_t *, const switch_dtmf_t *,
+#                                           switch_dtmf_direction_t)   (switch_core_event_hook.h)
+RECV_DTMF_HOOK = CFUNCTYPE(c_int, c_void_p, POINTER(Dtmf), c_int)
 NO_CALLBACK = BUG_CALLBACK()     # a NULL callback: the core buffers the bug's audio, calls nothing
 
 _FILE = b"audio_stream/switch/core.py"
@@ -160,6 +181,9 @@ _PROTOTYPES = {
     "switch_core_codec_destroy": (c_int, [POINTER(Codec)]),
     "switch_core_session_get_pool": (c_void_p, [c_void_p]),
     "switch_mutex_unlock": (c_int, [c_void_p]),
+    # real functions (switch_core_event_hook.c: NEW_HOOK_DECL(recv_dtmf)), no lock inside
+    "switch_core_event_hook_add_recv_dtmf": (c_int, [c_void_p, RECV_DTMF_HOOK]),
+    "switch_core_event_hook_remove_recv_dtmf": (c_int, [c_void_p, RECV_DTMF_HOOK]),
 }
 
 

@@ -11,6 +11,8 @@ from . import esl
 HOST, _, PORT = os.environ.get("AUDIO_STREAM_ESL", "127.0.0.1:8021").partition(":")
 PORT = int(PORT or 8021)
 PASSWORD = os.environ.get("AUDIO_STREAM_ESL_PASSWORD", "ClueCon")
+# the name mod_python3 imports the package under (a symlink in the script dir): `python <MODULE> ...`
+MODULE = os.environ.get("AUDIO_STREAM_FS_MODULE", "audio_stream")
 SUBCLASSES = ["mod_audio_stream::%s" % n for n in (
     "connect", "disconnect", "error", "json", "play", "mark", "playback_started", "playback_stopped",
     "reconnecting", "reconnected", "buffer_overrun", "buffer_recovered", "dtmf")]
@@ -23,9 +25,9 @@ def _why_not():
     try:
         if c.api("module_exists mod_python3") != "true":
             return "FreeSWITCH at %s:%d has no mod_python3" % (HOST, PORT)
-        reply = c.api("python audio_stream")
+        reply = c.api("python %s" % MODULE)
         if not reply.startswith("-USAGE"):
-            return "audio_stream is not importable by mod_python3 there (python audio_stream -> %r)" % reply
+            return "%s is not importable by mod_python3 there (python %s -> %r)" % (MODULE, MODULE, reply)
     finally:
         c.close()
     return None
