@@ -6,7 +6,7 @@ for the network: `start` answers as soon as the bug is attached.
 """
 import concurrent.futures
 
-from . import commands, config, protocol, service
+from . import commands, config, protocol, service, settings_xml
 from .commands import CommandError, err
 from .config import ConfigError
 from .stream import Stream
@@ -36,7 +36,7 @@ MAX_STREAMS_PER_CALL = 4
 
 def run(cmd, be):
     if cmd.uuid is None:
-        return _global(cmd)
+        return _reload(be) if cmd.name == "reload" else _global(cmd)
     core = be.core
     session = core.locate(cmd.uuid)
     if not session:
@@ -45,6 +45,19 @@ def run(cmd, be):
         return _dispatch(cmd, be, session)
     finally:
         core.unlock(session)
+
+
+def _reload(be):
+    """`reload`: read audio_stream.conf through the switch again (after `reloadxml`)."""
+    conf = settings_xml.current(be, force=True)
+    if conf.error:
+        raise err(conf.error)
+    reply = "+OK reloaded: %d settings" % conf.count
+    if conf.problems:
+        reply += ", %d ignored (see the log)" % len(conf.problems)
+    if not conf.found:
+        reply += " (no %s: built-in defaults)" % settings_xml.CONF_NAME
+    return reply
 
 
 def _live(cmd):
@@ -136,10 +149,12 @@ def _start(cmd, be, session):
         raise err("channel %s has no read codec yet" % cmd.uuid)
     call_rate = impl.actual_samples_per_second
     ptime_ms = impl.microseconds_per_packet // 1000
+    conf = settings_xml.current(be)
     try:
-        settings = config.settings_from(lambda n: core.get_var(session, n), ptime_ms)
+        settings = config.settings_from(lambda n: core.get_var(session, n), ptime_ms, defaults=conf.defaults)
     except ConfigError as e:
         raise err(str(e)) from None
+    settings = conf.limit(settings, lambda level, message: be.log(level, message, cmd.uuid))
     if settings.protocol == "twilio":
         if cmd.mix == "mixed":
             raise err("STREAM_PROTOCOL=twilio has no mixed track: use mono (inbound) or stereo (both tracks)")
@@ -153,6 +168,9 @@ def _start(cmd, be, session):
     why = service.register(stream, MAX_STREAMS_PER_CALL)
     if why:
         raise err(why)
+    if conf.max_streams and service.live_count() > conf.max_streams:
+        service.unregister(stream)
+        raise err("too many streams (%d, max_streams in %s)" % (conf.max_streams, settings_xml.CONF_NAME))
     ok, reason = stream.attach(session)
     if not ok:
         service.unregister(stream)

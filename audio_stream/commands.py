@@ -13,7 +13,7 @@ USAGE = ("-USAGE: <uuid> start [name=<name>] <ws-url> <mono|mixed|stereo> [8k|16
          "<uuid> stop [name=<name>] [text] | <uuid> graceful-shutdown [name=<name>] [text] | "
          "<uuid> send_text [name=<name>] <text> | <uuid> pause|resume [name=<name>] | "
          "<uuid> playback_pause|playback_resume|playback_clear [name=<name>] | <uuid> status | "
-         "status | version")
+         "status | version | reload")
 
 OK = "+OK Success"
 
@@ -22,7 +22,7 @@ MIN_RATE, MAX_RATE = 8000, 48000
 
 COMMANDS = ("start", "stop", "graceful_shutdown", "send_text", "pause", "resume",
             "playback_pause", "playback_resume", "playback_clear", "status")
-GLOBAL_COMMANDS = ("status", "version")     # without a uuid
+GLOBAL_COMMANDS = ("status", "version", "reload")     # without a uuid
 DEFAULT_NAME = "default"                   # the call's stream when no name= is given
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 

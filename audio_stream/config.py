@@ -23,6 +23,16 @@ DEFAULTS = {
     "STREAM_DTMF": "true",               # send the digits the call receives to the server
 }
 
+# every channel variable settings_from() reads (audio_stream.conf may set a default for each)
+VARIABLES = (
+    "STREAM_BUFFER_SIZE", "STREAM_HEART_BEAT", "STREAM_CONNECT_TIMEOUT", "STREAM_MESSAGE_DEFLATE",
+    "STREAM_SUPPRESS_LOG", "STREAM_EXTRA_HEADERS", "STREAM_PLAYBACK", "STREAM_PLAYBACK_BUFFER",
+    "STREAM_MAX_MESSAGE", "STREAM_RECONNECT_BUFFER", "STREAM_SAMPLE_RATE", "STREAM_TLS_CA_FILE",
+    "STREAM_TLS_CERT_FILE", "STREAM_TLS_KEY_FILE", "STREAM_TLS_DISABLE_HOSTNAME_VALIDATION", "STREAM_DTMF",
+    "STREAM_NO_RECONNECT", "STREAM_RECONNECT_ATTEMPTS", "STREAM_RECONNECT_MAX_SECONDS", "STREAM_GRACEFUL_TIMEOUT",
+    "STREAM_PROTOCOL", "STREAM_TWILIO_ACCOUNT_SID",
+)
+
 MAX_BUFFER_MS = 10000
 _HEADER_TOKEN = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -195,3 +205,8 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         dtmf=switch_true(var("STREAM_DTMF")),
     )
 
+
+def check_default(name, value):
+    """Raise ConfigError when `value` cannot be the default of variable `name` (no call context:
+    what depends on the call's ptime is settled per call)."""
+    settings_from(lambda n: value if n == name else None, 0)

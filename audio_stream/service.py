@@ -208,6 +208,12 @@ def all_streams():
         return list(streams.values()), list(finishing_streams)
 
 
+def live_count():
+    """Live streams (max_streams in audio_stream.conf counts these)."""
+    with _lock:
+        return len(streams)
+
+
 def _at_exit():
     """mod_python3 calls Py_Finalize when FreeSWITCH unloads it (fsctl shutdown): whatever is
     still streaming (graceful-shutdown, reconnecting) closes with 1001 within a second."""

@@ -87,3 +87,11 @@ def test_parse_never_raises_anything_else(line):
         assert e.reply.startswith(("-ERR ", "-USAGE: "))
     else:
         assert c.name in commands.COMMANDS
+
+
+def test_reload_has_no_uuid():
+    from audio_stream.commands import Command
+    assert parse("reload") == Command(None, "reload")
+    assert parse("  Reload ") == Command(None, "reload")
+    with pytest.raises(CommandError, match="reload takes no arguments"):
+        parse("reload now")

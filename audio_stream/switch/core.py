@@ -181,6 +181,13 @@ _PROTOTYPES = {
     "switch_core_codec_destroy": (c_int, [POINTER(Codec)]),
     "switch_core_session_get_pool": (c_void_p, [c_void_p]),
     "switch_mutex_unlock": (c_int, [c_void_p]),
+    # switch_xml.h: open_cfg returns the root (a reference: switch_xml_free it) and sets *node to the
+    # <configuration> element; switch_xml_toxml is a macro for toxml_ex(xml, prn_header, TRUE), whose
+    # result is malloc'd
+    "switch_xml_open_cfg": (c_void_p, [c_char_p, POINTER(c_void_p), c_void_p]),
+    "switch_xml_toxml_ex": (c_void_p, [c_void_p, c_int, c_int]),
+    "switch_xml_free": (None, [c_void_p]),
+    "free": (None, [c_void_p]),
     # real functions (switch_core_event_hook.c: NEW_HOOK_DECL(recv_dtmf)), no lock inside
     "switch_core_event_hook_add_recv_dtmf": (c_int, [c_void_p, RECV_DTMF_HOOK]),
     "switch_core_event_hook_remove_recv_dtmf": (c_int, [c_void_p, RECV_DTMF_HOOK]),
@@ -280,6 +287,28 @@ class Core:
 
     def codec_destroy(self, codec):
         self.switch_core_codec_destroy(byref(codec))
+
+
+    # -- the XML registry --------------------------------------------------------------------
+    def config_xml(self, name):
+        """The text of `<configuration name="{name}">` as the switch serves it (after reloadxml's
+        preprocessing: includes done, $${vars} expanded), or None when there is none."""
+        node = c_void_p()
+        root = self.switch_xml_open_cfg(name.encode(), byref(node), None)
+        if not root:
+            return None
+        try:
+            if not node.value:
+                return None
+            text = self.switch_xml_toxml_ex(node, 0, 1)
+            if not text:
+                return None
+            try:
+                return ctypes.string_at(text).decode("utf-8", "replace")
+            finally:
+                self.free(text)
+        finally:
+            self.switch_xml_free(root)
 
 
 def load_default():

@@ -3102,6 +3102,123 @@ static void dtmf_dequeue(sim_chan_t *c)
 }
 
 /* ------------------------------------------------------------------------ */
+/* XML registry: configuration sections (switch_xml.c)                       */
+/* ------------------------------------------------------------------------ */
+
+/* The registry holds each <configuration name="..."> element as the switch serves it after
+ * reloadxml has run the preprocessor (X-PRE-PROCESS includes done, $${vars} expanded, comments
+ * gone): fssim_xml_set_config() is this simulator's reloadxml. switch_xml_open_cfg() finds one by
+ * name and returns the root with a reference taken (here: a handle onto a copy), *node = the
+ * element, or NULL (no log) when there is none; switch_xml_toxml_ex() gives a malloc'd copy the
+ * caller free()s; switch_xml_free(root) drops the reference. */
+#define XML_MAGIC 0x584d4c21u
+
+typedef struct xml_cfg { char *name, *text; struct xml_cfg *next; } xml_cfg_t;
+typedef struct { uint32_t magic; char *text; } sim_xml_t;
+
+static pthread_mutex_t g_xml_lock = PTHREAD_MUTEX_INITIALIZER;
+static xml_cfg_t *g_xml_cfgs;
+static atomic_int g_xml_open;
+static atomic_long g_xml_opens_total;
+
+/* set (text) or remove (NULL) the configuration section `name` */
+API void fssim_xml_set_config(const char *name, const char *text)
+{
+	xml_cfg_t **pp, *x;
+	if (!name) return;
+	pthread_mutex_lock(&g_xml_lock);
+	for (pp = &g_xml_cfgs; *pp; pp = &(*pp)->next) {
+		if (!strcasecmp((*pp)->name, name)) break;
+	}
+	if ((x = *pp)) {
+		*pp = x->next;
+		free(x->name);
+		free(x->text);
+		free(x);
+	}
+	if (text) {
+		x = xcalloc(1, sizeof(*x));
+		x->name = xstrdup(name);
+		x->text = xstrdup(text);
+		x->next = g_xml_cfgs;
+		g_xml_cfgs = x;
+	}
+	pthread_mutex_unlock(&g_xml_lock);
+}
+
+/* roots handed out by switch_xml_open_cfg and not yet switch_xml_free'd; opens so far */
+API int fssim_xml_open_count(void)
+{
+	return atomic_load(&g_xml_open);
+}
+
+API long fssim_xml_opens_total(void)
+{
+	return atomic_load(&g_xml_opens_total);
+}
+
+API void *switch_xml_open_cfg(const char *file_path, void **node, void *params)
+{
+	xml_cfg_t *x;
+	sim_xml_t *h = NULL;
+	(void) params;
+	if (!node) {
+		violation("switch_xml_open_cfg: NULL node (the real core writes through it)");
+		return NULL;
+	}
+	*node = NULL;
+	if (!file_path) return NULL;
+	atomic_fetch_add(&g_xml_opens_total, 1);
+	pthread_mutex_lock(&g_xml_lock);
+	for (x = g_xml_cfgs; x; x = x->next) {
+		if (!strcasecmp(x->name, file_path)) {
+			h = xcalloc(1, sizeof(*h));
+			h->magic = XML_MAGIC;
+			h->text = xstrdup(x->text);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&g_xml_lock);
+	if (h) {
+		atomic_fetch_add(&g_xml_open, 1);
+		*node = h;
+	}
+	return h;
+}
+
+API char *switch_xml_toxml_ex(void *xml, int prn_header, int use_utf8_encoding)
+{
+	sim_xml_t *h = xml;
+	(void) use_utf8_encoding;
+	if (!h || h->magic != XML_MAGIC) {
+		violation("switch_xml_toxml_ex: %p is not a live XML node (freed root?)", xml);
+		return NULL;
+	}
+	if (prn_header) {
+		const char *hdr = "<?xml version=\"1.0\"?>\n";
+		char *out = xcalloc(1, strlen(hdr) + strlen(h->text) + 1);
+		strcpy(out, hdr);
+		strcat(out, h->text);
+		return out;
+	}
+	return xstrdup(h->text);
+}
+
+API void switch_xml_free(void *xml)
+{
+	sim_xml_t *h = xml;
+	if (!h) return;
+	if (h->magic != XML_MAGIC) {
+		violation("switch_xml_free: %p is not a live XML root (freed twice?)", xml);
+		return;
+	}
+	h->magic = 0;
+	free(h->text);
+	free(h);
+	atomic_fetch_sub(&g_xml_open, 1);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Control API                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -3806,6 +3923,15 @@ API void fssim_reset(void)
 	}
 
 	fssim_event_drain(5000);   /* events already fired are delivered before their channels go */
+	pthread_mutex_lock(&g_xml_lock);
+	while (g_xml_cfgs) {
+		xml_cfg_t *x = g_xml_cfgs;
+		g_xml_cfgs = x->next;
+		free(x->name);
+		free(x->text);
+		free(x);
+	}
+	pthread_mutex_unlock(&g_xml_lock);
 
 	pthread_mutex_lock(&g_lock);
 	chans = g_chans;

@@ -153,6 +153,9 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "fssim_event_bindings": (c_int, []),
     "fssim_event_fire": (c_int, [c_void_p]),
     "fssim_event_drain": (c_int, [c_int]),
+    "fssim_xml_set_config": (None, [c_char_p, c_char_p]),
+    "fssim_xml_open_count": (c_int, []),
+    "fssim_xml_opens_total": (c_long, []),
     "fssim_set_strict_locking": (None, [c_int]),
     "fssim_channel_first_tick_ns": (ctypes.c_longlong, [c_int]),
     "fssim_channel_state": (c_int, [c_int]),
@@ -262,6 +265,19 @@ class SimSwitch:
     def event_drain(self, timeout: float = 5.0) -> bool:
         """Wait until every event the core fired has been delivered to the bindings."""
         return bool(self.lib.fssim_event_drain(int(timeout * 1000)))
+
+    # -- the XML registry -------------------------------------------------
+    def set_config(self, name: str, text: str | None) -> None:
+        """Put a <configuration name=...> section in the switch's XML registry, as reloadxml would
+        leave it (preprocessed: includes done, $${vars} expanded); None removes it."""
+        self.lib.fssim_xml_set_config(name.encode(), None if text is None else text.encode())
+
+    def xml_open_count(self) -> int:
+        """XML roots handed out by switch_xml_open_cfg and not yet switch_xml_free'd."""
+        return self.lib.fssim_xml_open_count()
+
+    def xml_opens_total(self) -> int:
+        return self.lib.fssim_xml_opens_total()
 
     # -- global counters --------------------------------------------------
     def locks_outstanding(self) -> int:

@@ -36,6 +36,16 @@ def _why_not():
 _REASON = _why_not()
 
 
+@pytest.fixture
+def has_reload(fs):
+    """Skip unless the module the switch loads has the `reload` command (DTMF and audio_stream.conf
+    came with it): the switch may load another checkout than this one."""
+    reply = fs.api("python %s reload" % MODULE)
+    if not reply.startswith("+OK reloaded"):
+        pytest.skip("python %s predates DTMF and audio_stream.conf (reload -> %r): set AUDIO_STREAM_FS_MODULE to "
+                    "a symlink to this checkout in the script dir" % (MODULE, reply.strip()))
+
+
 @pytest.fixture(scope="session")
 def fs():
     if _REASON:

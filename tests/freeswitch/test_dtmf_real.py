@@ -10,8 +10,12 @@ through the receive hook.
 import json
 import time
 
+import pytest
+
 from ..support import WSServer
 from .conftest import MODULE
+
+pytestmark = pytest.mark.usefixtures("has_reload")
 
 
 def api(fs, line):
