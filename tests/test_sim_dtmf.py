@@ -14,7 +14,9 @@ import pytest
 
 from audio_stream.testing import fake_freeswitch
 from audio_stream.testing.sim import (DTMF_APP, DTMF_FLAG_SENSITIVE, DTMF_FLAG_SKIP_PROCESS, DTMF_RTP,
-                                      DTMF_UNKNOWN, SimSwitch, wait_until)
+                                      DTMF_UNKNOWN, declare, wait_until)
+
+from .test_sim import sw  # noqa: F401  (the module's simulator)
 
 SUCCESS, FALSE, BREAK = 0, 1, 11
 DTMF_RECV = 0
@@ -32,8 +34,7 @@ BUGCB = CFUNCTYPE(c_int, c_void_p, c_void_p, c_int)
 
 
 def bind_core(path: str) -> ctypes.CDLL:
-    lib = ctypes.CDLL(path)
-    protos = {
+    return declare(ctypes.CDLL(path), {  # own instance: prototypes independent of the project's
         "switch_core_session_perform_locate": (c_void_p, [c_char_p, c_char_p, c_char_p, c_int]),
         "switch_core_session_rwunlock": (None, [c_void_p]),
         "switch_core_session_get_channel": (c_void_p, [c_void_p]),
@@ -46,25 +47,16 @@ def bind_core(path: str) -> ctypes.CDLL:
         "switch_event_get_header_idx": (c_char_p, [c_void_p, c_char_p, c_int]),
         "switch_core_media_bug_add": (c_int, [c_void_p, c_char_p, c_char_p, BUGCB, c_void_p, ctypes.c_long,
                                               c_uint32, POINTER(c_void_p)]),
-    }
-    for name, (res, args) in protos.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = res, args
-    return lib
+    })
 
 
 @pytest.fixture(scope="module")
-def sw() -> SimSwitch:
-    return SimSwitch()
-
-
-@pytest.fixture(scope="module")
-def core(sw):
+def core(sw):  # noqa: F811
     return bind_core(sw.path)
 
 
 @pytest.fixture
-def sim(sw):
+def sim(sw):  # noqa: F811
     sw.allow_violations = 0
     yield sw
     violations, last = sw.violations(), sw.last_violation()

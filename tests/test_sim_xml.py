@@ -5,7 +5,7 @@ from ctypes import POINTER, byref, c_char_p, c_int, c_void_p
 
 import pytest
 
-from audio_stream.testing.sim import SimSwitch
+from audio_stream.testing.sim import SimSwitch, declare
 
 TEXT = '<configuration name="x.conf"><settings><param name="a" value="1"/></settings></configuration>'
 
@@ -13,13 +13,12 @@ TEXT = '<configuration name="x.conf"><settings><param name="a" value="1"/></sett
 @pytest.fixture(scope="module")
 def lib():
     sw = SimSwitch()
-    lib = ctypes.CDLL(sw.path)
-    lib.switch_xml_open_cfg.restype = c_void_p
-    lib.switch_xml_open_cfg.argtypes = [c_char_p, POINTER(c_void_p), c_void_p]
-    lib.switch_xml_toxml_ex.restype = c_void_p
-    lib.switch_xml_toxml_ex.argtypes = [c_void_p, c_int, c_int]
-    lib.switch_xml_free.argtypes = [c_void_p]
-    lib.free.argtypes = [c_void_p]
+    lib = declare(ctypes.CDLL(sw.path), {
+        "switch_xml_open_cfg": (c_void_p, [c_char_p, POINTER(c_void_p), c_void_p]),
+        "switch_xml_toxml_ex": (c_void_p, [c_void_p, c_int, c_int]),
+        "switch_xml_free": (None, [c_void_p]),
+        "free": (None, [c_void_p]),
+    })
     yield sw, lib
     sw.reset()
 

@@ -189,18 +189,22 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
+def declare(lib: ctypes.CDLL, prototypes: dict[str, tuple[Any, list[Any]]]) -> ctypes.CDLL:
+    """Give each named function of `lib` its (restype, argtypes); returns lib."""
+    for name, (restype, argtypes) in prototypes.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return lib
+
+
 def load(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:
     """Load the simulator (building it if needed) with the fssim_* prototypes declared.
 
     Only the fssim_* control functions get prototypes here; the switch_* symbols are
     left to whoever binds them (the project's binding module, or a test).
     """
-    lib = ctypes.CDLL(str(path or build()))
-    for name, (restype, argtypes) in _PROTOTYPES.items():
-        fn = getattr(lib, name)
-        fn.restype = restype
-        fn.argtypes = argtypes
-    return lib
+    return declare(ctypes.CDLL(str(path or build())), _PROTOTYPES)
 
 
 def _b(s: str | None) -> bytes | None:
