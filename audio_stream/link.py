@@ -193,14 +193,18 @@ class Link:
             item = outbox.pop()
             self.messages_sent += 1
             self.bytes_sent += len(item)
-            if item.__class__ is bytes:
+            cls = item.__class__
+            if cls is bytes:
                 for frame in render(item):
                     if frame.__class__ is bytes:
                         await ws.send_bytes(frame)
                     else:
                         await ws.send_str(frame)
-            else:
+            elif cls is str:
                 await ws.send_str(item)
+            else:                               # outbox.Deferred: rendered now, in sending order
+                for text in item.render():
+                    await ws.send_str(text)
         self.host.outbox_drained()
         return True
 

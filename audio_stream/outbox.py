@@ -9,6 +9,20 @@ must not grow the switch's memory.
 from collections import deque
 
 
+class Deferred:
+    """A text message rendered only when it is sent (so a dialect that numbers its messages
+    numbers them in the order they leave). `render()` returns the list of texts to send."""
+
+    __slots__ = ("render", "size")
+
+    def __init__(self, render, size):
+        self.render = render
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+
 class Outbox:
     def __init__(self, max_audio_bytes, max_text_bytes, bytes_per_ms):
         self.max_audio_bytes = max_audio_bytes
@@ -44,6 +58,10 @@ class Outbox:
         self.audio_bytes += len(chunk)
         while self.audio_bytes > self.max_audio_bytes:
             self._drop_oldest_audio()
+
+    def put_deferred(self, render, size=256):
+        """Queue a text rendered when it is sent (see Deferred); bounded like put_text."""
+        return self.put_text(Deferred(render, size))
 
     def put_text(self, text):
         """Queue a text message; False (not queued) when texts already hold `max_text_bytes`."""

@@ -96,11 +96,16 @@ class Stream:
         return protocol.NativeDialect(self.metadata)
 
     def _queue(self, frames):
-        """Queue a dialect's text frames after the audio captured so far. False if refused."""
+        """Queue a dialect's text frames after the audio captured so far. False if refused.
+        `frames`: a list of texts, or a function returning one, called when they are sent (a
+        dialect that numbers its messages, Twilio, numbers them in the order they leave)."""
         self.poll()
         ok = True
+        if callable(frames):
+            frames = [frames] if self.settings.protocol == "twilio" else frames()
         for text in frames:
-            if not self.outbox.put_text(text):
+            put = self.outbox.put_text if text.__class__ is str else self.outbox.put_deferred
+            if not put(text):
                 ok = False
                 if self._text_drop_limit.allow(time.monotonic()):
                     missed = self._text_drop_limit.take_suppressed()
@@ -222,9 +227,18 @@ class Stream:
             service.retire(self)
         for chunk in self.uplink.flush():
             self.outbox.put_audio(chunk)
-        texts = self.dialect.text(self.stop_text) if self.stop_text else []
-        for text in texts + self.dialect.closing() if self.dialect.is_open else texts:
-            self.outbox.put_text(text)
+        stop_text = self.stop_text
+
+        def last_words():
+            texts = self.dialect.text(stop_text) if stop_text and self.dialect.is_open else \
+                ([stop_text] if stop_text else [])
+            return texts + self.dialect.closing() if self.dialect.is_open else texts
+
+        if self.settings.protocol == "twilio":
+            self.outbox.put_deferred(last_words)
+        else:
+            for text in last_words():
+                self.outbox.put_text(text)
         if self.link is not None:
             self.link.finish(code, message, drain_s, linger_s)
         else:
@@ -276,12 +290,12 @@ class Stream:
 
     def send_text(self, text):
         """`send_text`: a text message after the audio captured so far. False if refused."""
-        return self._queue(self.dialect.text(text) if self.dialect.is_open else [text])
+        return self._queue(lambda: self.dialect.text(text) if self.dialect.is_open else [text])
 
     def send_mark(self, name, event):
         """The acknowledgement of a server's mark (played out, or cleared)."""
         if self.dialect.is_open:
-            self._queue(self.dialect.mark_ack(name, event))
+            self._queue(lambda: self.dialect.mark_ack(name, event) if self.dialect.is_open else [])
 
     def dtmf(self, digit, duration_ms):
         """A digit the call received (switch/dtmf.py, on the loop thread): to the server after the
@@ -293,7 +307,7 @@ class Stream:
         if self.media_ended or self.paused:
             return
         if self.dialect.is_open:          # Twilio: not before its start frame
-            self._queue(self.dialect.dtmf(digit, duration_ms))
+            self._queue(lambda: self.dialect.dtmf(digit, duration_ms) if self.dialect.is_open else [])
         self.fire("dtmf", protocol.dtmf_body(digit, duration_ms))
 
     def render_audio(self, chunk):
@@ -331,7 +345,7 @@ class Stream:
         self.log("ERR", reason)
         self.fire("error", protocol.error_body(protocol.ERR_PROTOCOL, reason))
         if self.dialect.is_open:
-            self._queue(self.dialect.error_reply(kind, reason))
+            self._queue(lambda: self.dialect.error_reply(kind, reason) if self.dialect.is_open else [])
 
     def _garbage(self, reason):
         if self.closing or self.link is None:

@@ -329,7 +329,10 @@ def test_twilio_mode_sends_twilios_dtmf_message(h):
     first = dtmf()[0]
     assert first["event"] == "dtmf" and first["streamSid"] == sid
     assert first["dtmf"] == {"track": "inbound_track", "digit": "5"} and dtmf()[1]["dtmf"]["digit"] == "#"
-    # (sequenceNumber: the dialect numbers a text frame when it is queued and a media frame when it
-    # is sent, so a digit queued behind unsent audio carries a smaller number than that audio;
-    # the same holds for mark acknowledgements. Left to the Twilio integration.)
     assert json.loads(h.event("dtmf")["_body"]) == {"digit": "5", "duration": 100}
+    # every message is numbered when it is sent, so the numbers follow the order on the wire
+    h.api("%s stop" % ch.uuid)
+    assert conn.closed.wait(5)
+    seqs = [int(json.loads(t)["sequenceNumber"]) for t in conn.texts[1:]]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert json.loads(conn.texts[-1])["event"] == "stop"
