@@ -86,7 +86,7 @@ def test_parse_never_raises_anything_else(line):
     except CommandError as e:
         assert e.reply.startswith(("-ERR ", "-USAGE: "))
     else:
-        assert c.name in commands.COMMANDS
+        assert c.name in commands.COMMANDS + commands.GLOBAL_COMMANDS
 
 
 def test_reload_has_no_uuid():

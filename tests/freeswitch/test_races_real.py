@@ -39,6 +39,7 @@ def test_random_hangups_while_streaming_and_playing(fs, calls, events):
             legs = []
             for i in range(8):
                 app = "&park()" if i % 2 else "&endless_playback(tone_stream://%(60000,0,300))"
+                time.sleep(0.1)             # two sessions a call: stay under the stock 30 per second
                 a, b = calls.originate("loopback/tone/fstest", app)
                 mix = rng.choice(["mono", "mixed", "stereo"])
                 reply = fs.api("python audio_stream %s start %s %s %s" % (a, server.url, mix, rng.choice(["8k", "16k"])))
@@ -77,6 +78,7 @@ def test_stop_and_hangup_at_the_same_moment(fs, calls):
     server = WSServer()
     try:
         for i in range(15):
+            time.sleep(0.1)
             a, b = calls.originate("loopback/tone/fstest")
             assert fs.api("python audio_stream %s start %s stereo 16k" % (a, server.url)) == "+OK Success"
             time.sleep(0.05 + (i % 5) * 0.013)
