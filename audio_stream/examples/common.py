@@ -7,6 +7,7 @@ import json
 import os
 import signal
 
+import numpy as np
 from aiohttp import web
 
 from ..tools import cli
@@ -41,6 +42,16 @@ def stream_format(metadata, rate, channels):
     if c in (1, 2):
         channels = c
     return rate, channels
+
+
+def chime(rate=8000):
+    """Three short tones, like a chime: 0.6 s of L16 (int16 numpy) at `rate`."""
+    parts = []
+    for hz in (660, 880, 990):
+        t = np.arange(int(rate * 0.2)) / rate
+        env = np.minimum(1, np.minimum(t, t[::-1]) * 40)
+        parts.append((6000 * env * np.sin(2 * np.pi * hz * t)).astype("<i2"))
+    return np.concatenate(parts)
 
 
 def stream_audio(pcm, rate):

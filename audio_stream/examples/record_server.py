@@ -15,7 +15,6 @@ import os
 import time
 import wave
 
-import numpy as np
 from aiohttp import WSMsgType, web
 
 from ..tools import cli
@@ -26,12 +25,7 @@ NAME = "record_server"
 
 def greeting(rate=8000):
     """Three short tones, like a chime: 0.6 s of L16 at `rate`."""
-    parts = []
-    for hz in (660, 880, 990):
-        t = np.arange(int(rate * 0.2)) / rate
-        env = np.minimum(1, np.minimum(t, t[::-1]) * 40)
-        parts.append((6000 * env * np.sin(2 * np.pi * hz * t)).astype("<i2"))
-    return np.concatenate(parts)
+    return common.chime(rate)
 
 
 class RecordServer:

@@ -34,20 +34,12 @@ import signal
 import sys
 import wave
 
-import numpy as np
 from aiohttp import WSMsgType, web
 
 from audio_stream.twilio import ulaw_decode, ulaw_encode
 
 
-def chime(rate=8000):
-    """Three short tones, 0.6 s, as int16."""
-    parts = []
-    for hz in (660, 880, 990):
-        t = np.arange(int(rate * 0.2)) / rate
-        env = np.minimum(1, np.minimum(t, t[::-1]) * 40)
-        parts.append((6000 * env * np.sin(2 * np.pi * hz * t)).astype("<i2"))
-    return np.concatenate(parts)
+from audio_stream.examples.common import chime  # three short tones, 0.6 s
 
 
 # ---- the documented shapes (https://www.twilio.com/docs/voice/media-streams/websocket-messages) --
