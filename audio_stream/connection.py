@@ -137,8 +137,8 @@ def bound_send_buffer(ws, nbytes):
 SEND_ERRORS = (aiohttp.ClientError, ConnectionError, OSError, RuntimeError)
 
 
-def describe_send_error(exc):
-    """A reason a person can act on for a send that failed: the connection went away."""
+def lost_reason(exc):
+    """A reason a person can act on for a connection that went away under a send or a receive."""
     if isinstance(exc, ConnectionResetError):     # aiohttp's ClientConnectionResetError is one too
         return "connection lost: the server went away (connection reset)"
     if isinstance(exc, BrokenPipeError):
@@ -262,5 +262,5 @@ async def receive(ws):
             return FAILED, protocol.ERR_SERVER_MASKED, "the server sent a masked frame (RFC 6455 forbids it): %s" % text
         return FAILED, protocol.ERR_PROTOCOL, "the server broke the WebSocket protocol: %s" % text
     if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-        return LOST, protocol.ERR_IO, "connection lost: the server went away (connection reset)"
+        return LOST, protocol.ERR_IO, lost_reason(exc)
     return LOST, protocol.ERR_IO, "connection lost: %s" % (_printable(exc) if exc else "closed without a close frame")

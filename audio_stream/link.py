@@ -39,7 +39,6 @@ class Link:
         self.policy = ReconnectPolicy(settings.reconnect, settings.reconnect_attempts, settings.reconnect_max_s)
         self.state = CONNECTING
         self.ws = None
-        self.last_error = None
         self._wake = asyncio.Event()
         self._loss = None
         self._finish = None               # (code, message, drain_s, linger_s) once the host ends it
@@ -123,9 +122,9 @@ class Link:
                         self._wake.set()          # go round again: send what is left
                 except connection.SEND_ERRORS as e:
                     await asyncio.sleep(0)        # the receiver may know why (a close frame)
-                    return self._loss or (False, 1006, connection.describe_send_error(e), protocol.ERR_IO)
+                    return self._loss or (False, 1006, connection.lost_reason(e), protocol.ERR_IO)
                 continue
-            code, message, drain_s, linger_s = self._finish
+            drain_s, linger_s = self._finish[2:]
             self.state = CLOSING
             deadline = time.monotonic() + drain_s
             try:
@@ -237,7 +236,6 @@ class Link:
                 ws = await self._open(decision.attempt)
             except connection.ConnectError as e:
                 last = "%s (code %d)" % (e.message, e.code)
-                self.last_error = last
                 decision = self.policy.failed(time.monotonic())
                 continue
             self.policy.connected()

@@ -120,13 +120,19 @@ def _mark_name(obj):
     return None
 
 
-def parse_text(text):
-    """Classify one text frame from the server."""
+def json_object(text):
+    """The JSON object a text frame holds, or None (not JSON, or JSON but not an object)."""
     try:
         msg = ujson.loads(text)
     except (ValueError, TypeError, OverflowError):
-        return Passthrough(text)
-    if not isinstance(msg, dict):
+        return None
+    return msg if isinstance(msg, dict) else None
+
+
+def parse_text(text):
+    """Classify one text frame from the server."""
+    msg = json_object(text)
+    if msg is None:
         return Passthrough(text)
     kind = msg.get("type")
     event = msg.get("event")  # Twilio Media Streams dialect

@@ -72,7 +72,6 @@ class Stream:
         self.stop_text = None
         self.link = None          # made in run(), on the loop thread
         self.media_ended = False
-        self.graceful = False
         self.closing = False      # the connection is gone for good: what comes in no longer matters
         self.finished = False     # the WebSocket side is done: set by service.finished(), under its lock
         self._finish_args = None  # how the link must end, when the media ends before run() starts
@@ -223,8 +222,7 @@ class Stream:
             self.dtmf_port.detach()
         self.capture.forget()
         if not keep_playback:
-            self._detach_control()
-            service.retire(self)
+            self._release()
         for chunk in self.uplink.flush():
             self.outbox.put_audio(chunk)
         stop_text = self.stop_text
@@ -244,6 +242,12 @@ class Stream:
         else:
             self._finish_args = (code, message, drain_s, linger_s)
 
+    def _release(self):
+        """Off the call (no more playback) and off the registry; idempotent. _end_media does it,
+        except for graceful-shutdown, which keeps playing until the link is done."""
+        self._detach_control()
+        service.retire(self)
+
     def _detach_control(self):
         if not self.control.closed:
             session = self.be.core.force_locate(self.uuid)
@@ -260,9 +264,8 @@ class Stream:
         self.player.stop_requested = True
         if self.media_ended:          # a graceful-shutdown in progress: end it now
             if text:
-                self.outbox.put_text(self.dialect.text(text)[0] if self.dialect.is_open else text)
-            self._detach_control()
-            service.retire(self)
+                self.send_text(text)
+            self._release()
             if self.link is not None:
                 self.link.finish()
             return
@@ -275,7 +278,6 @@ class Stream:
         the server closes or STREAM_GRACEFUL_TIMEOUT passes; then close 1000."""
         if self.media_ended:
             return
-        self.graceful = True
         self.stop_text = text
         self._take_last()
         self._end_media(keep_playback=True, linger_s=self.settings.graceful_timeout)
@@ -395,8 +397,7 @@ class Stream:
             self.link.abandon()
         self.capture.poll(self.uuid, remove=True)
         self._end_media()
-        self._detach_control()
-        service.retire(self)
+        self._release()
         self.outbox.clear()
 
     # Link host
@@ -487,8 +488,7 @@ class Stream:
         if not self.media_ended:
             self.capture.poll(self.uuid, remove=True)
             self._end_media()
-        self._detach_control()
-        service.retire(self)
+        self._release()
         self.player.remove_files()
         if self.outbox.dropped_bytes:
             self.log("WARNING", "%d ms of the call's audio were dropped: the connection was not ready or the "

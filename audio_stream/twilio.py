@@ -31,7 +31,7 @@ import numpy as np
 import ujson
 
 from .audio import ULAW
-from .protocol import BadMessage, KillAudio, Mark, Passthrough, StreamAudio, dumps
+from .protocol import BadMessage, KillAudio, Mark, Passthrough, StreamAudio, dumps, json_object
 
 RATE = 8000                       # Twilio: always audio/x-mulaw, 8000 Hz, 1 channel
 CHUNK_MS = 20                     # what Twilio sends: 160 bytes of μ-law per media message
@@ -321,11 +321,8 @@ class TwilioDialect:
 
     def parse(self, text):
         """Classify one text frame from the server (see the module docstring)."""
-        try:
-            msg = ujson.loads(text)
-        except (ValueError, TypeError, OverflowError):
-            return Passthrough(text)
-        if not isinstance(msg, dict):
+        msg = json_object(text)
+        if msg is None:
             return Passthrough(text)
         event = msg.get("event")
         if event not in ("media", "mark", "clear"):

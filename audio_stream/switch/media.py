@@ -214,7 +214,6 @@ class ControlPort:
         self.bug = None
         self.closed = False
         self.playing = False
-        self.active = queue is not None   # playback flags on (as added); the loop thread's view
         self.policy = PlaybackPolicy()
         self.frames_replaced = 0
         self.frames_written = 0
@@ -290,7 +289,6 @@ class ControlPort:
         self._replaced_seen = self._replaced
         self.policy.activate()
         self.core.switch_core_media_bug_set_flag(bug, PLAY_FLAGS)
-        self.active = True
         self._wake_ok = True
 
     # -- media threads -------------------------------------------------------------------------
@@ -342,7 +340,6 @@ class ControlPort:
             # nothing to play: no more callbacks until the loop wakes us (inside exec_all, which
             # waits for this callback to return before it sets the flags again)
             policy.sleep()
-            self.active = False
             self.core.switch_core_media_bug_clear_flag(bug, PLAY_FLAGS)
 
     def _write(self, bug, data):

@@ -18,7 +18,6 @@ blocks it or the switch does not answer yet, 2 for a bad option.
 """
 import os
 import subprocess
-import sys
 
 from . import cli, esl, install_plan as P, install_probe
 

@@ -1,5 +1,6 @@
 """Connections that survive, against a real FreeSWITCH (skips without one): a server killed and
-restarted mid-call, a server that drops the TCP connection, a deliberate close, graceful-shutdown.
+restarted mid-call, a server that stops reading, graceful-shutdown (a deliberate close, never
+retried, is in test_stream_real.py).
 `test_switch_shutdown_closes_1001` restarts the switch: it runs only with
 AUDIO_STREAM_ESL_RESTART=1."""
 import asyncio
@@ -46,24 +47,6 @@ def test_server_killed_and_restarted_reconnects_with_the_gap(fs, calls, events):
         a.stop()
         if b is not None:
             b.stop()
-
-
-def test_server_close_1000_is_not_retried(fs, calls, events):
-    async def bye(conn, server):
-        await asyncio.sleep(0.5)
-        await conn.ws.close(code=1000, message=b"done")
-
-    server = WSServer(on_connect=bye)
-    try:
-        call, _ = calls.originate("loopback/tone/fstest")
-        assert api(fs, "%s start %s mono 8k" % (call, server.url)) == "+OK Success"
-        ev = events.wait("mod_audio_stream::disconnect", call)
-        assert ev is not None and json.loads(ev["_body"])["message"]["code"] == 1000
-        time.sleep(0.5)
-        assert len(server.conns) == 1
-        assert api(fs, "%s stop" % call).startswith("-ERR not streaming")
-    finally:
-        server.stop()
 
 
 def test_graceful_shutdown_waits_for_the_server(fs, calls, events):

@@ -144,11 +144,13 @@ def test_hangup_mid_stream_closes_1000(fs, calls, server):
     assert len(conn.audio()) > 12000
 
 
-def test_server_close_fires_disconnect_and_ends(fs, calls, events):
+@pytest.mark.parametrize("code", [4000, 1000])
+def test_server_close_fires_disconnect_and_ends(fs, calls, events, code):
+    """A deliberate close (4xxx, 1000) ends the stream and is never retried."""
     async def close_soon(conn, server):
         import asyncio
         await asyncio.sleep(0.5)
-        await conn.ws.close(code=4000, message=b"bye from server")
+        await conn.ws.close(code=code, message=b"bye from server")
     server = WSServer(on_connect=close_soon)
     try:
         a, _ = calls.originate("loopback/tone/fstest")
@@ -156,8 +158,9 @@ def test_server_close_fires_disconnect_and_ends(fs, calls, events):
         ev = events.wait("mod_audio_stream::disconnect", a)
         assert ev is not None
         assert json.loads(ev["_body"]) == {"status": "disconnected",
-                                           "message": {"code": 4000, "reason": "bye from server"}}
-        time.sleep(0.3)
+                                           "message": {"code": code, "reason": "bye from server"}}
+        time.sleep(0.5)
+        assert len(server.conns) == 1
         assert "audio_stream" not in fs.api("uuid_buglist %s" % a)
         assert api(fs, "%s stop" % a).startswith("-ERR not streaming")
         assert calls.exists(a)

@@ -5,7 +5,6 @@ preprocessor having expanded a $${global} in it; removed again at the end.
 The default used is STREAM_EXTRA_HEADERS (an extra handshake header): harmless to anything else
 streaming on the same switch meanwhile."""
 import os
-import time
 
 import pytest
 
