@@ -67,6 +67,10 @@ def test_graceful_shutdown_waits_for_the_server(fs, calls, events):
         assert ev is not None and json.loads(ev["_body"]) == {"type": "transcript", "final": True}
         assert conn.closed.wait(5) and conn.close_code == 1000
         assert conn.messages[-1] == ("text", "done")
+        # the stream lets go of the call once its link is done, just after the server's close
+        deadline = time.monotonic() + 2
+        while "audio_stream" in fs.api("uuid_buglist %s" % call) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert "audio_stream" not in fs.api("uuid_buglist %s" % call)
     finally:
         server.stop()
