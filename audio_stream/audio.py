@@ -286,16 +286,18 @@ def decode(audio_type, payload, sample_rate):
 
 
 class Downlink:
-    """Server audio at any rate → mono int16 at the call's rate, continuous across messages."""
+    """Server audio at any rate → mono int16 at the call's rate, continuous across messages.
+    `make_resampler(rate_in, rate_out, channels)`: resampler() or the accelerated one."""
 
-    def __init__(self, rate_out):
+    def __init__(self, rate_out, make_resampler=None):
         self.rate_out = rate_out
+        self._make = make_resampler or resampler
         self._rs = None
         self._carry = b""   # odd trailing byte of a binary frame
 
     def convert(self, pcm16, rate_in):
         if self._rs is None or self._rs.rate_in != rate_in:
-            self._rs = resampler(rate_in, self.rate_out, 1)
+            self._rs = self._make(rate_in, self.rate_out, 1)
         return self._rs.process(pcm16)
 
     def binary(self, data, rate_in):
@@ -317,9 +319,24 @@ class PlaybackQueue:
 
     Positions count bytes ever pushed; a mark sits at the position of the end of the queue when it
     arrived and is reached once that many bytes have been played.
+
+    The queue owns `playing` (changed only under its lock): pull() starts it with the first frame it
+    returns and ends it when it finds the queue dry; clear(), the pause and stop_playing() end it and
+    say whether it was on, so exactly one side fires playback_stopped.
+
+    Real-time servers: a burst that starts from an empty queue waits up to `jitter_s` (unless
+    `jitter_bytes` are already queued) so that the next message arriving a little late still finds
+    audio (no silent frame inside continuous audio). When the queue runs dry while playing and audio
+    comes back within `session_gap_s`, the time it was dry is *debt*: latency a real-time stream
+    gained that the server did not ask for; latency recovery (policy.LatencyPolicy) may drop up to
+    that much (silence first). Audio a server sends ahead of time never creates debt.
+
+    audio_stream/_accel.c's Player is the same queue in C, for the accelerated path; the tests run
+    both against the same expectations.
     """
 
-    def __init__(self, rate, max_ms, clock=time.monotonic):
+    def __init__(self, rate, max_ms, clock=time.monotonic, jitter_ms=0, ptime_ms=20, hold_ms=40,
+                 session_gap_ms=1000):
         self.rate = rate
         self.max_bytes = rate * max_ms // 1000 * 2
         self._lock = threading.Lock()
@@ -330,9 +347,18 @@ class PlaybackQueue:
         self.played = 0         # position: bytes ever played
         self._marks = deque()   # (position, name)
         self.paused = False
+        self.playing = False
         self._clock = clock
         self._last_push = -1e9
-        self.hold_s = 0.04      # a short tail waits this long for more audio before it plays
+        self._first_push = -1e9
+        self.hold_s = hold_ms / 1000.0   # a short tail waits this long for more audio before it plays
+        self.jitter_s = jitter_ms / 1000.0
+        self.jitter_bytes = rate * (jitter_ms + ptime_ms) // 1000 * 2 if jitter_ms else 0
+        self.session_gap_s = session_gap_ms / 1000.0
+        self._starting = True
+        self._dry_since = None
+        self.debt = 0           # bytes
+        self._min_queued = None
         self.dormant = False    # the consumer sleeps (no callbacks) until take_wake() says so
 
     def push(self, pcm16):
@@ -342,17 +368,25 @@ class PlaybackQueue:
         with self._lock:
             if self.queued + len(pcm16) > self.max_bytes:
                 return False
+            now = self._clock()
+            if not self.queued and not self.playing:
+                self._starting = True
+                self._first_push = now
+            if self._dry_since is not None:
+                dry = now - self._dry_since
+                self.debt = self.debt + int(dry * self.rate) * 2 if dry < self.session_gap_s else 0
+                self._dry_since = None
             self._chunks.append(bytes(pcm16))
             self.queued += len(pcm16)
             self.pushed += len(pcm16)
-            self._last_push = self._clock()
+            self._last_push = now
         return True
 
     def sleep_if_idle(self):
         """Media thread: nothing to play (empty or paused)? Then mark the consumer dormant and
         return True. Atomic with push()/take_wake(), so audio cannot arrive unnoticed."""
         with self._lock:
-            if self.queued and not self.paused:
+            if self.playing or (self.queued and not self.paused):
                 return False
             self.dormant = True
             return True
@@ -374,8 +408,14 @@ class PlaybackQueue:
             self._marks.append((self.pushed, name))
             return False
 
+    def _reset_burst(self):
+        self.playing = False
+        self._starting = True
+        self._dry_since = None
+        self.debt = 0
+
     def clear(self):
-        """Drop everything queued; returns the names of the marks dropped."""
+        """Drop everything queued. Returns (names of the marks dropped, whether it was playing)."""
         with self._lock:
             self._chunks.clear()
             self._head = 0
@@ -383,7 +423,24 @@ class PlaybackQueue:
             self.queued = 0
             names = [n for _, n in self._marks]
             self._marks.clear()
-            return names
+            was = self.playing
+            self._reset_burst()
+            return names, was
+
+    def set_paused(self, paused):
+        """Hold or resume. Returns whether it was playing (a pause ends it)."""
+        with self._lock:
+            was = self.playing
+            self.paused = paused
+            if paused:
+                self._reset_burst()
+            return was and paused
+
+    def stop_playing(self):
+        """The consumer is gone: not playing any more. Returns whether it was."""
+        with self._lock:
+            was, self.playing = self.playing, False
+            return was
 
     def clear_marks(self):
         with self._lock:
@@ -399,39 +456,100 @@ class PlaybackQueue:
     def marks_waiting(self):
         return len(self._marks)
 
-    def pull(self, nbytes):
-        """Media thread: the next `nbytes` of audio, or None when there is nothing to play now.
+    def take_stats(self):
+        """(the least queued while playing since the last call, or None; the debt in bytes)."""
+        with self._lock:
+            m, self._min_queued = self._min_queued, None
+            return m, self.debt
 
-        A tail shorter than `nbytes` is held back while more audio may still be arriving (a
-        server streaming in real time), then played padded with silence. Returns (data, marks)
-        where marks lists the names of the marks reached by this frame.
+    def _take(self, nbytes):
+        """Under the lock: up to nbytes from the head (bytes, maybe short)."""
+        parts = []
+        need = nbytes
+        while need and self._chunks:
+            c = self._chunks[0]
+            avail = len(c) - self._head
+            take = avail if avail <= need else need
+            parts.append(c[self._head:self._head + take] if (self._head or take < len(c)) else c)
+            need -= take
+            if take == avail:
+                self._chunks.popleft()
+                self._head = 0
+            else:
+                self._head += take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _reached(self):
+        reached = None
+        while self._marks and self._marks[0][0] <= self.played:
+            if reached is None:
+                reached = []
+            reached.append(self._marks.popleft()[1])
+        return reached
+
+    def drop(self, nbytes, frame_bytes, silent_below=0):
+        """Latency recovery: drop up to `nbytes` from the head, whole frames only; with
+        `silent_below`, only frames whose peak is below it (within the next second). Positions move
+        on as if played, so marks stay in order. Returns (bytes dropped, marks reached)."""
+        if frame_bytes <= 0 or frame_bytes % 2:
+            return 0, None
+        with self._lock:
+            scan = min(self.queued // frame_bytes, 50)
+            limit = nbytes // frame_bytes
+            if not silent_below:
+                scan = min(scan, limit)
+            kept, dropped, n = [], 0, 0
+            while n < scan and dropped // frame_bytes < limit:
+                frame = self._take(frame_bytes)
+                n += 1
+                if silent_below and np.abs(np.frombuffer(frame, dtype="<i2").astype(np.int32)).max() >= silent_below:
+                    kept.append(frame)
+                else:
+                    dropped += frame_bytes
+            if kept:
+                if self._head:
+                    self._chunks[0] = self._chunks[0][self._head:]
+                    self._head = 0
+                self._chunks.appendleft(b"".join(kept))
+            self.queued -= dropped
+            self.played += dropped
+            self.debt = max(0, self.debt - dropped)
+            return dropped, self._reached()
+
+    def pull(self, nbytes):
+        """Media thread: the next `nbytes` of audio. Returns (data, marks, started, done): data
+        None when there is nothing to play now; marks the names of the marks reached by this frame
+        (or None); started True on the first frame of a burst; done True when the queue is found dry
+        while playing.
+
+        A burst from empty waits for its jitter cushion (see the class); a tail shorter than
+        `nbytes` is held back while more audio may still be arriving (a server streaming in real
+        time), then played padded with silence.
         """
         with self._lock:
             if self.paused or not self.queued:
-                return None, None
-            if self.queued < nbytes and self._clock() - self._last_push < self.hold_s:
-                return None, None
-            parts = []
-            need = nbytes
-            while need and self._chunks:
-                c = self._chunks[0]
-                avail = len(c) - self._head
-                take = avail if avail <= need else need
-                parts.append(c[self._head:self._head + take] if (self._head or take < len(c)) else c)
-                need -= take
-                if take == avail:
-                    self._chunks.popleft()
-                    self._head = 0
-                else:
-                    self._head += take
-            got = nbytes - need
+                if self.playing and not self.queued and not self.paused:
+                    self.playing = False
+                    self._starting = True
+                    self._dry_since = self._clock()
+                    return None, None, False, True
+                return None, None, False, False
+            now = self._clock()
+            if (self._starting and self.jitter_s and self.queued < self.jitter_bytes
+                    and now - self._first_push < self.jitter_s):
+                return None, None, False, False
+            if self.queued < nbytes and now - self._last_push < self.hold_s:
+                return None, None, False, False
+            data = self._take(nbytes)
+            got = len(data)
             self.queued -= got
             self.played += got
-            reached = None
-            while self._marks and self._marks[0][0] <= self.played:
-                if reached is None:
-                    reached = []
-                reached.append(self._marks.popleft()[1])
-        if need:
-            parts.append(bytes(need))
-        return (parts[0] if len(parts) == 1 else b"".join(parts)), reached
+            if self._min_queued is None or self.queued < self._min_queued:
+                self._min_queued = self.queued
+            reached = self._reached()
+            started = not self.playing
+            self.playing = True
+            self._starting = False
+        if got < nbytes:
+            data += bytes(nbytes - got)
+        return data, reached, started, False

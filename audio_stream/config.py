@@ -15,6 +15,7 @@ DEFAULTS = {
     "STREAM_CONNECT_TIMEOUT": "5",       # s for TCP + TLS + WebSocket handshake
     "STREAM_PLAYBACK": "true",           # inject the server's audio into the call
     "STREAM_PLAYBACK_BUFFER": "60000",   # ms of server audio the playback queue may hold
+    "STREAM_PLAYBACK_JITTER": "40",      # ms a burst from an empty queue waits for a cushion
     "STREAM_MAX_MESSAGE": "4194304",     # bytes: largest message accepted from the server
     "STREAM_RECONNECT_BUFFER": "5000",   # ms of the caller's audio kept while the server cannot take it
     "STREAM_RECONNECT_ATTEMPTS": "10",   # reconnection attempts in a row before giving up
@@ -27,6 +28,7 @@ DEFAULTS = {
 VARIABLES = (
     "STREAM_BUFFER_SIZE", "STREAM_HEART_BEAT", "STREAM_CONNECT_TIMEOUT", "STREAM_MESSAGE_DEFLATE",
     "STREAM_SUPPRESS_LOG", "STREAM_EXTRA_HEADERS", "STREAM_PLAYBACK", "STREAM_PLAYBACK_BUFFER",
+    "STREAM_PLAYBACK_JITTER",
     "STREAM_MAX_MESSAGE", "STREAM_RECONNECT_BUFFER", "STREAM_SAMPLE_RATE", "STREAM_TLS_CA_FILE",
     "STREAM_TLS_CERT_FILE", "STREAM_TLS_KEY_FILE", "STREAM_TLS_DISABLE_HOSTNAME_VALIDATION", "STREAM_DTMF",
     "STREAM_NO_RECONNECT", "STREAM_RECONNECT_ATTEMPTS", "STREAM_RECONNECT_MAX_SECONDS", "STREAM_GRACEFUL_TIMEOUT",
@@ -69,6 +71,7 @@ class Settings:
     extra_headers: Tuple[Tuple[str, str], ...] = ()
     playback: bool = True
     playback_buffer_ms: int = 60000
+    playback_jitter_ms: int = 40          # STREAM_PLAYBACK_JITTER
     max_message: int = 4 * 1024 * 1024
     backlog_ms: int = 5000                # STREAM_RECONNECT_BUFFER
     reconnect: bool = True                # not STREAM_NO_RECONNECT
@@ -189,6 +192,7 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         extra_headers=parse_extra_headers(raw_headers) if raw_headers else (),
         playback=switch_true(var("STREAM_PLAYBACK")),
         playback_buffer_ms=_int("STREAM_PLAYBACK_BUFFER", var("STREAM_PLAYBACK_BUFFER"), 100, 3600000),
+        playback_jitter_ms=_int("STREAM_PLAYBACK_JITTER", var("STREAM_PLAYBACK_JITTER"), 0, 1000),
         max_message=_int("STREAM_MAX_MESSAGE", var("STREAM_MAX_MESSAGE"), 1024, 256 * 1024 * 1024),
         backlog_ms=_int("STREAM_RECONNECT_BUFFER", var("STREAM_RECONNECT_BUFFER"), 100, 600000),
         reconnect=not switch_true(var("STREAM_NO_RECONNECT")),

@@ -157,6 +157,21 @@ def backlogged(ws):
         return False
 
 
+def direct_writer(ws):
+    """The transport to write pre-framed binary messages to, or None when that is not safe: the
+    connection negotiated permessage-deflate (frames must be compressed), or aiohttp's internals
+    moved. aiohttp writes an uncompressed frame to the transport at once, in one call, so whole
+    frames written here and by aiohttp never interleave."""
+    try:
+        if ws.compress:
+            return None
+        transport = ws._writer.transport      # aiohttp has no public accessor
+        transport.get_write_buffer_size
+        return transport
+    except AttributeError:
+        return None
+
+
 def abort(ws):
     """Drop a connection that would not close cleanly (a server that stopped reading)."""
     try:

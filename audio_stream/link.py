@@ -47,6 +47,8 @@ class Link:
         self._fail_code = None
         self.messages_sent = 0
         self.bytes_sent = 0
+        self.frame = None                 # (data, chunk_bytes) -> masked frames: the direct path
+        self._direct = None               # the transport, while the direct path may be used
 
     # ---- the host's controls (loop thread) ------------------------------------------------------
     def wake(self):
@@ -72,6 +74,21 @@ class Link:
         self._abandoned = True
         self._wake.set()
 
+    def send_audio_now(self, data, chunk_bytes):
+        """The capture clock's direct path: write complete chunks of audio as binary messages at
+        once, when nothing waits before them and the socket takes data. True if sent; False: the
+        caller queues them in the outbox (and wakes the link)."""
+        transport = self._direct
+        if transport is None or self.outbox or transport.get_write_buffer_size():
+            return False
+        if transport.is_closing():
+            self._direct = None
+            return False
+        transport.write(self.frame(data, chunk_bytes))
+        self.messages_sent += -(-len(data) // chunk_bytes)
+        self.bytes_sent += len(data)
+        return True
+
     # ---- running ----------------------------------------------------------------------------------
     async def run(self):
         """Connect, serve, reconnect while it makes sense. Raises connection.ConnectError when
@@ -84,6 +101,7 @@ class Link:
                 ws = await self._recover(loss) if loss is not None else None
         finally:
             self.state = CLOSED
+            self._direct = None
             await self._stop_receiver()
             if self.ws is not None and not self.ws.closed:
                 connection.abort(self.ws)
@@ -106,13 +124,17 @@ class Link:
         self._loss = None
         self.state = STREAMING
         self._receiver = asyncio.ensure_future(self._receive(ws))
+        if self.frame is not None and self.host.dialect.binary_audio:
+            self._direct = connection.direct_writer(ws)
         outbox = self.outbox
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self._abandoned:
+                self._direct = None
                 return None
             if self._loss is not None:
+                self._direct = None
                 # lost while we were closing anyway: nothing to recover
                 return None if self._finish is not None else self._loss
             if self._finish is None:
@@ -121,11 +143,13 @@ class Link:
                         await self._writable(ws, None)
                         self._wake.set()          # go round again: send what is left
                 except connection.SEND_ERRORS as e:
+                    self._direct = None
                     await asyncio.sleep(0)        # the receiver may know why (a close frame)
                     return self._loss or (False, 1006, connection.lost_reason(e), protocol.ERR_IO)
                 continue
             drain_s, linger_s = self._finish[2:]
             self.state = CLOSING
+            self._direct = None
             deadline = time.monotonic() + drain_s
             try:
                 while not await self._drain(ws, outbox):
@@ -282,6 +306,7 @@ class Link:
         except Exception as e:
             host.log("ERR", "receive failed: %r" % (e,))
             event = (connection.LOST, protocol.ERR_IO, "receive failed: %r" % (e,))
+        self._direct = None
         kind, code, text = event
         if kind == connection.CLOSED:
             self._loss = (True, code, text, protocol.ERR_IO)

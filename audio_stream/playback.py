@@ -1,6 +1,6 @@
 """The server's audio into one call: decoding, the queue, marks, clear/pause, mod_audio_stream's
-file mode. Runs on the loop thread; the frames themselves go into the call through the stream's
-PlaybackPort (switch/media.py) on the media threads.
+file mode. Runs on the loop thread; the frames themselves go into the call through the stream's control
+port (switch/media.py's ControlPort, or switch/accel.py's in C) on the media threads.
 
 `host` is the stream: `fire(name, body)`, `send_mark(name, event)`, `bad(reason, kind)`,
 `log(level, msg)`, `wake_playback()` and attributes `uuid`, `settings`, `rate` (the stream's
@@ -18,14 +18,14 @@ class Player:
     """`plays=False`: another stream of the call plays into it; this one only listens, and
     refuses the server's audio (with an error reply) instead of fighting over the call's frames."""
 
-    def __init__(self, host, call_rate, plays=True):
+    def __init__(self, host, call_rate, queue, plays=True, make_resampler=None):
+        """`queue`: the media path's playback queue (audio.PlaybackQueue or its C twin), None when
+        this stream does not play (STREAM_PLAYBACK=false, or another stream of the call plays)."""
         self.host = host
-        settings = host.settings
         self.plays = plays
-        self.queue = audio.PlaybackQueue(call_rate, settings.playback_buffer_ms) \
-            if settings.playback and plays else None
-        self.downlink = audio.Downlink(call_rate)
-        self.port = None          # the PlaybackPort, set by the stream when attached
+        self.queue = queue
+        self.downlink = audio.Downlink(call_rate, make_resampler)
+        self.port = None          # the control port, set by the stream
         self.stop_requested = False
         self._files = []
         self._file_n = 0
@@ -33,11 +33,10 @@ class Player:
 
     @property
     def playing(self):
-        return self.port is not None and self.port.playing
+        return self.queue is not None and self.queue.playing
 
-    def _stop_playing(self, reason):
-        if self.port is not None and self.port.playing:
-            self.port.playing = False
+    def _stopped(self, was_playing, reason):
+        if was_playing:
             self.host.fire("playback_stopped", protocol.dumps({"reason": reason}))
 
     # ---- messages from the server ---------------------------------------------------------------
@@ -137,17 +136,17 @@ class Player:
     def clear(self):
         if self.queue is None:
             return
-        dropped = self.queue.clear()
+        dropped, was_playing = self.queue.clear()
         self.downlink.reset()
-        self._stop_playing("cleared")
+        self._stopped(was_playing, "cleared")
         self._ack_marks(dropped, "cleared")
 
     def pause(self, paused):
         if self.queue is None:
             return
-        self.queue.paused = paused
+        was_playing = self.queue.set_paused(paused)
         if paused:
-            self._stop_playing("paused")
+            self._stopped(was_playing, "paused")
         elif self.queue.take_wake():
             self.host.wake_playback()
 
@@ -168,7 +167,8 @@ class Player:
 
     def playback_closed(self):
         """The playback bug is gone (hangup, stop, or the stream's own removal)."""
-        self._stop_playing("stopped" if self.stop_requested else "hangup")
+        if self.queue is not None:
+            self._stopped(self.queue.stop_playing(), "stopped" if self.stop_requested else "hangup")
 
     # ---- end --------------------------------------------------------------------------------------
     def remove_files(self):

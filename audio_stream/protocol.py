@@ -198,6 +198,7 @@ class NativeDialect:
 
     name = "audio_stream"
     is_open = True
+    binary_audio = True      # media(chunk) is the chunk itself, one binary message
 
     def __init__(self, metadata_text=None):
         self.metadata = metadata_text

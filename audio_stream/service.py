@@ -85,11 +85,13 @@ def http():
 # ---- the capture clock (loop thread only) ------------------------------------------------------
 
 class _Clock:
-    """Calls `poll()` on every registered stream once per tick, in one pass. Runs only while
-    there are streams. Remembers how late its ticks ran (the loop thread's load)."""
+    """Reads every registered stream's capture once per tick, in one pass: the accelerated ones in
+    one C call with the GIL released (`_accel.capture_pass`), the others one by one (`poll()`).
+    Runs only while there are streams. Remembers how late its ticks ran (the loop thread's load)."""
 
     def __init__(self):
-        self.streams = {}         # stream -> None (insertion-ordered set)
+        self.streams = {}         # stream -> None (insertion-ordered set): polled one by one
+        self.batched = {}         # stream -> its capture's C object: read in one capture_pass
         self.handle = None
         self.due = 0.0
         self.lag = 0.0            # how late the last tick ran, s
@@ -99,7 +101,11 @@ class _Clock:
         self.ticks = 0
 
     def add(self, stream):
-        self.streams[stream] = None
+        batch = stream.capture.batch
+        if batch is not None:
+            self.batched[stream] = batch
+        else:
+            self.streams[stream] = None
         if self.handle is None:
             lp = asyncio.get_running_loop()
             self.due = lp.time() + TICK_S
@@ -107,7 +113,8 @@ class _Clock:
 
     def remove(self, stream):
         self.streams.pop(stream, None)
-        if not self.streams and self.handle is not None:
+        self.batched.pop(stream, None)
+        if not self.streams and not self.batched and self.handle is not None:
             self.handle.cancel()
             self.handle = None
 
@@ -118,6 +125,8 @@ class _Clock:
         self.ticks += 1
         if lag > self.lag_peak or now - self.lag_peak_at > LAG_LOG_EVERY_S:
             self.lag_peak, self.lag_peak_at = lag, now
+        if self.batched:
+            self._pass()
         for stream in list(self.streams):
             try:
                 stream.poll()
@@ -126,14 +135,29 @@ class _Clock:
         if lag > LAG_WARN_S and now - self.lag_logged_at > LAG_LOG_EVERY_S:
             self.lag_logged_at = now
             backend().log("WARNING", "the capture clock ran %d ms late with %d streams: the process is "
-                          "overloaded, audio may be delayed or dropped" % (lag * 1000, len(self.streams)))
+                          "overloaded, audio may be delayed or dropped" % (lag * 1000, len(self.streams) +
+                                                                           len(self.batched)))
         self.due += TICK_S
         if self.due < now:        # far behind: do not try to catch up with a burst of ticks
             self.due = now + TICK_S
-        if self.streams:
+        if self.streams or self.batched:
             self.handle = lp.call_at(self.due, self.tick)
         else:
             self.handle = None
+
+    def _pass(self):
+        from .switch.accel import capture_pass
+        streams = list(self.batched)
+        try:
+            results = capture_pass(list(self.batched.values()))
+        except Exception as e:
+            backend().log("ERR", "capture pass failed: %r" % (e,))
+            return
+        for stream, data in zip(streams, results):
+            try:
+                stream.captured(stream.capture.convert(data))
+            except Exception as e:  # one stream's failure must not stop the others' audio
+                stream.log("ERR", "capture failed: %r" % (e,))
 
 
 _clock = _Clock()
@@ -251,5 +275,7 @@ def stop_loop(timeout=5.0):
     lp.call_soon_threadsafe(lp.stop)
     if t is not None:
         t.join(timeout)
+    from .switch import accel
+    accel.unwatch()
     global _clock
     _clock = _Clock()

@@ -14,14 +14,13 @@ within a time limit, and closes (1000; 1001 when the switch shuts down).
 import asyncio
 import time
 
-from . import audio, connection, protocol, service, twilio
+from . import connection, protocol, service, twilio
 from .link import CLOSE_TIMEOUT, CONNECTING, Link
 from .outbox import Outbox
 from .playback import Player
 from .policy import RateLimit, Strikes
 from .switch import core as C
 from .switch.dtmf import DtmfPort
-from .switch.media import CapturePort, ControlPort
 
 PREFIX = "mod_audio_stream::"
 MAX_TEXT_BYTES = 1 << 20   # texts waiting for a server that does not read
@@ -52,7 +51,6 @@ class Stream:
         if settings.protocol == "twilio":
             fmt = self.dialect.uplink_format()
             self.rate, chunk_ms = fmt.rate, fmt.chunk_ms
-        self.uplink = audio.Uplink(call_rate, self.rate, self.channels, chunk_ms)
         # audio held while connecting (and while the server is slow): bounded, oldest dropped
         bytes_per_ms = self.rate * 2 * self.channels // 1000
         self.outbox = Outbox(settings.backlog_ms * bytes_per_ms, MAX_TEXT_BYTES + settings.max_message,
@@ -62,10 +60,13 @@ class Stream:
             flags |= C.SMBF_WRITE_STREAM
         if cmd.mix == "stereo":
             flags |= C.SMBF_STEREO
-        self.capture = CapturePort(be.core, flags)
-        self.player = Player(self, call_rate, plays)
-        self.control = ControlPort(be.core, call_rate, ptime_ms, self.player.queue, self.capture, self,
-                                   self.player, self.loop.call_soon_threadsafe)
+        path = be.media_path()
+        self.path = path.name
+        self._ws_frames = path.ws_frames
+        self.capture = path.capture(uuid, flags, call_rate, self.rate, self.channels, chunk_ms)
+        queue = path.queue(uuid, call_rate, ptime_ms, settings) if settings.playback and plays else None
+        self.player = Player(self, call_rate, queue, plays, path.resampler)
+        self.control = path.control(uuid, call_rate, ptime_ms, queue, self.capture, self, self.player, self.loop)
         self.player.port = self.control
         self.dtmf_port = DtmfPort(be, self, self.loop.call_soon_threadsafe) if settings.dtmf else None
         self.paused = False
@@ -128,6 +129,7 @@ class Stream:
             "name": self.name,
             "url": connection.redact(self.url),
             "protocol": self.settings.protocol,
+            "path": self.path,
             "state": self.state if not self.finished else "closed",
             "mix": self.mix,
             "call_rate": self.call_rate,
@@ -141,7 +143,7 @@ class Stream:
             "reconnects": link.policy.reconnects if link else 0,
             "paused": self.paused,
             "playback": "off" if queue is None else ("paused" if queue.paused else
-                                                     "playing" if self.control.playing else "idle"),
+                                                     "playing" if queue.playing else "idle"),
             "playback_queued_ms": queue.queued_ms if queue is not None else 0,
             "marks_waiting": queue.marks_waiting if queue is not None else 0,
             "frames_played": self.control.frames_written + self.control.frames_replaced,
@@ -166,10 +168,16 @@ class Stream:
     # ---- loop thread: the capture clock ------------------------------------------------------
     def poll(self):
         """Read what the core buffered since the last poll into the outbox (service's capture
-        clock, once per tick; and before anything that must come after the audio so far)."""
+        clock, once per tick, for a capture it does not read in its batch; and before anything
+        that must come after the audio so far)."""
         if self.media_ended:
             return
-        data = self.capture.poll(self.uuid)
+        self.captured(self.capture.poll())
+
+    def captured(self, data):
+        """What a capture pass read: complete chunks (bytes), or None when the bug is gone."""
+        if self.media_ended:
+            return
         if data is None:
             # The capture bug is gone: a hangup. The control bug's CLOSE is running or has run
             # (the core closes all of a call's bugs in one pass, and exec_all can miss them while
@@ -181,21 +189,27 @@ class Stream:
             elif now - self._gone_at > 1.0 and not self.control.closed:
                 self._end_media()
             return
-        if data and not self.paused:
+        link = self.link
+        if data and (link is None or not link.send_audio_now(data, self.capture.chunk_bytes)):
             self._feed(data)
-        if self.outbox and self.link is not None:
-            self.link.wake()
+        if self.outbox and link is not None:
+            link.wake()
         self._overrun_events()
 
     def _feed(self, data):
+        """Complete chunks (a multiple of chunk_bytes; the last one short only from flush())."""
         put = self.outbox.put_audio
-        for chunk in self.uplink.feed(data):
-            put(chunk)
+        n = self.capture.chunk_bytes
+        if len(data) == n:
+            put(data)
+            return
+        for i in range(0, len(data), n):
+            put(data[i:i + n])
 
     def _take_last(self):
         """Read what is left in the capture bug and remove it."""
-        data = self.capture.poll(self.uuid, remove=True)
-        if data and not self.paused:
+        data = self.capture.poll(remove=True)
+        if data:
             self._feed(data)
 
     def media_closed(self, tail, cause=0):
@@ -204,8 +218,10 @@ class Stream:
         self.player.playback_closed()
         if self.media_ended:
             return
-        if tail and not self.paused:
-            self._feed(tail)
+        if tail:
+            data = self.capture.feed(tail)
+            if data:
+                self._feed(data)
         if cause in SHUTDOWN_CAUSES:
             self._end_media(code=1001, message=b"going away", drain_s=0.5)
         else:
@@ -223,8 +239,9 @@ class Stream:
         self.capture.forget()
         if not keep_playback:
             self._release()
-        for chunk in self.uplink.flush():
-            self.outbox.put_audio(chunk)
+        rest = self.capture.flush()
+        if rest:
+            self._feed(rest)
         stop_text = self.stop_text
 
         def last_words():
@@ -289,6 +306,7 @@ class Stream:
         elif not paused and self.paused:
             self.dialect.skip(int((time.monotonic() - self._paused_at) * 1000))   # Twilio's media clock
         self.paused = paused
+        self.capture.paused = paused
 
     def send_text(self, text):
         """`send_text`: a text message after the audio captured so far. False if refused."""
@@ -368,6 +386,7 @@ class Stream:
     async def run(self):
         self._task = asyncio.current_task()
         self.link = Link(self, self.url, self.settings, self.outbox, service.http)
+        self.link.frame = self._ws_frames
         if self._finish_args is not None:
             self.link.finish(*self._finish_args)
         service.poll_add(self)
@@ -395,7 +414,7 @@ class Stream:
         self.closing = True
         if self.link is not None:
             self.link.abandon()
-        self.capture.poll(self.uuid, remove=True)
+        self.capture.poll(remove=True)
         self._end_media()
         self._release()
         self.outbox.clear()
@@ -486,7 +505,7 @@ class Stream:
         self._cleaned = True
         service.poll_remove(self)
         if not self.media_ended:
-            self.capture.poll(self.uuid, remove=True)
+            self.capture.poll(remove=True)
             self._end_media()
         self._release()
         self.player.remove_files()

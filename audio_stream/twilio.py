@@ -138,6 +138,8 @@ class TwilioDialect:
     check_stream_sid  the server's media/mark/clear must carry this stream's streamSid
     """
 
+    binary_audio = False     # every chunk becomes JSON media frames
+
     name = "twilio"
 
     def __init__(self, call_uuid, stream_name=None, metadata_text=None, account_sid=None, *,

@@ -15,10 +15,31 @@ _backend = None
 _lock = threading.Lock()
 
 
+ACCEL_VARIABLE = "audio_stream_accel"     # global variable: false = the pure-Python media path
+OFF_VALUES = ("0", "false", "no", "off")
+
+
 class Backend:
     def __init__(self, core_api, fs_module):
         self.core = core_api
         self.fs = fs_module
+        self._python_path = None
+
+    def media_path(self):
+        """The media path for a new stream: the compiled accelerator when it is built and loads
+        (switch/accel.py), unless the global variable audio_stream_accel (or the environment's
+        AUDIO_STREAM_ACCEL) is false; else the pure-Python path (switch/media.py)."""
+        from . import accel, media
+        try:
+            want = (self.fs.getGlobalVariable(ACCEL_VARIABLE) or "").strip().lower() not in OFF_VALUES
+        except Exception:
+            want = True
+        p = accel.path(self.core) if want else None
+        if p is None:
+            if self._python_path is None:
+                self._python_path = media.PythonPath(self.core)
+            p = self._python_path
+        return p
 
     def log(self, level, message, uuid=None):
         """Log through FreeSWITCH (consoleLog); never raises."""

@@ -279,11 +279,16 @@ class Core:
         """An initialised L16 mono codec in the session's pool (a Codec struct the caller keeps
         alive and destroys before the session ends), or None."""
         codec = Codec()
+        return codec if self.l16_codec_into(codec, session, rate, ptime_ms) else None
+
+    def l16_codec_into(self, codec, session, rate, ptime_ms):
+        """Initialise the Codec struct `codec` (which may live in C memory) as an L16 mono codec
+        in the session's pool. True on success."""
         status = self.switch_core_codec_init_with_bitrate(
             byref(codec), b"L16", None, None, rate, ptime_ms, 1, 0,
             SWITCH_CODEC_FLAG_ENCODE | SWITCH_CODEC_FLAG_DECODE, None,
             self.switch_core_session_get_pool(session))
-        return codec if status == SUCCESS else None
+        return status == SUCCESS
 
     def codec_destroy(self, codec):
         self.switch_core_codec_destroy(byref(codec))

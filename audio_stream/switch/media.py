@@ -27,6 +27,7 @@ import threading
 import time
 
 from . import core as C
+from ..audio import PlaybackQueue, Uplink, resampler
 from ..policy import PairPolicy, PlaybackPolicy
 
 CAPTURE_BUG = "audio_stream"
@@ -201,8 +202,9 @@ class ControlPort:
     `player.playback_started(t)`, `player.playback_done()`, `player.marks_played(names)`.
     """
 
-    def __init__(self, core, rate, ptime_ms, queue, capture, listener, player, notify):
+    def __init__(self, core, rate, ptime_ms, queue, capture, listener, player, notify, uuid=None):
         self.core = core
+        self.uuid = uuid
         self.rate = rate
         self.ptime_ms = ptime_ms
         self.queue = queue
@@ -213,7 +215,6 @@ class ControlPort:
         self.key = next(_keys)
         self.bug = None
         self.closed = False
-        self.playing = False
         self.policy = PlaybackPolicy()
         self.frames_replaced = 0
         self.frames_written = 0
@@ -227,6 +228,10 @@ class ControlPort:
         self._replaced = 0         # core writes seen by WRITE_REPLACE (any thread)
         self._replaced_seen = 0    # ... as of the last READ_PING
         self._wake_ok = False
+
+    @property
+    def playing(self):
+        return self.queue is not None and self.queue.playing
 
     # -- API / loop thread, session read-locked by the caller ----------------------------------
     def attach(self, session):
@@ -269,12 +274,12 @@ class ControlPort:
         if self.bug is not None and not self.closed:
             self.core.bug_remove(session, self.bug)
 
-    def wake(self, uuid):
+    def wake(self, uuid=None):
         """Loop thread: switch the callbacks on (the server's audio arrived at a dormant port).
         False if the bug is gone."""
         if self.closed or self.bug is None or self.queue is None:
             return False
-        session = self.core.locate(uuid)
+        session = self.core.locate(uuid or self.uuid)
         if not session:
             return False
         self._wake_ok = False
@@ -293,16 +298,12 @@ class ControlPort:
 
     # -- media threads -------------------------------------------------------------------------
     def _pull(self, nbytes):
-        data, marks = self.queue.pull(nbytes)
+        data, marks, started, done = self.queue.pull(nbytes)
         if marks:
             self.notify(self.player.marks_played, marks)
-        if data is None:
-            if self.playing and not self.queue.queued:
-                self.playing = False
-                self.notify(self.player.playback_done)
-            return None
-        if not self.playing:
-            self.playing = True
+        if done:
+            self.notify(self.player.playback_done)
+        if started:
             self.notify(self.player.playback_started, time.monotonic())
         return data
 
@@ -336,7 +337,7 @@ class ControlPort:
             if data is not None:
                 self._write(bug, data)
                 return
-        if policy.may_sleep() and not self.playing and self.queue.sleep_if_idle():
+        if policy.may_sleep() and self.queue.sleep_if_idle():
             # nothing to play: no more callbacks until the loop wakes us (inside exec_all, which
             # waits for this callback to return before it sets the flags again)
             policy.sleep()
@@ -386,6 +387,76 @@ class ControlPort:
             self._codec = None
 
 
+class CaptureSource:
+    """The stream's audio out, pure-Python path: CapturePort + audio.Uplink. `poll()` returns the
+    complete chunks read so far as one bytes object (a multiple of `chunk_bytes`), b"" when there
+    is none, None when the bug is gone (the call's media ended). `batch` is None: the capture clock
+    polls it on its own (switch/accel.py's AccelCapture is read in one C call per tick)."""
+
+    batch = None
+
+    def __init__(self, core, uuid, flags, call_rate, rate, channels, chunk_ms):
+        self.uuid = uuid
+        self.port = CapturePort(core, flags)
+        self.uplink = Uplink(call_rate, rate, channels, chunk_ms)
+        self.chunk_bytes = self.uplink.chunk_bytes
+        self.paused = False
+
+    def attach(self, session):
+        return self.port.attach(session)
+
+    @property
+    def bug(self):
+        return self.port.bug
+
+    @property
+    def frames_read(self):
+        return self.port.frames_read
+
+    def convert(self, result):
+        return result
+
+    def poll(self, remove=False):
+        data = self.port.poll(self.uuid, remove)
+        if data is None:
+            return None
+        return self.feed(data)
+
+    def feed(self, raw):
+        if not raw or self.paused:
+            return b""
+        return b"".join(self.uplink.feed(raw))
+
+    def flush(self):
+        return b"".join(self.uplink.flush())
+
+    def forget(self):
+        self.port.forget()
+
+
+class PythonPath:
+    """The media path without the compiled accelerator: ctypes callbacks and numpy."""
+
+    name = "python"
+    ws_frames = None          # audio goes through the outbox and aiohttp's writer
+    resampler = staticmethod(resampler)
+
+    def __init__(self, core):
+        self.core = core
+
+    def capture(self, uuid, flags, call_rate, rate, channels, chunk_ms):
+        return CaptureSource(self.core, uuid, flags, call_rate, rate, channels, chunk_ms)
+
+    def queue(self, uuid, call_rate, ptime_ms, settings):
+        return PlaybackQueue(call_rate, settings.playback_buffer_ms, jitter_ms=settings.playback_jitter_ms,
+                             ptime_ms=ptime_ms)
+
+    def control(self, uuid, call_rate, ptime_ms, queue, capture, listener, player, loop):
+        return ControlPort(self.core, call_rate, ptime_ms, queue, capture.port, listener, player,
+                           loop.call_soon_threadsafe, uuid)
+
+
 def live_ports():
-    """Bugs this process still has registered (tests: 0 once every stream is over)."""
-    return len(_captures) + len(_players)
+    """Bugs this process still has registered (tests: 0 once every stream is over), on either path."""
+    from . import accel
+    return len(_captures) + len(_players) + accel.live_ports()

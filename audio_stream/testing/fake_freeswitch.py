@@ -360,6 +360,18 @@ def bind(sim: SimSwitch | ctypes.CDLL) -> types.ModuleType:
             cmd, _, args = command.strip().partition(" ")
             return self.execute(cmd, args)
 
+    globals_: dict[str, str] = {}
+
+    def getGlobalVariable(name: str) -> str | None:
+        return globals_.get(name)
+
+    def setGlobalVariable(name: str, value: str | None) -> None:
+        """Test helper (mod_python3 has no setter: `global_setvar` through the API)."""
+        if value is None:
+            globals_.pop(name, None)
+        else:
+            globals_[name] = str(value)
+
     def consoleLog(level: str, msg: str) -> None:
         with rec.cond:
             rec.logs.append((str(level), str(msg)))
@@ -411,6 +423,8 @@ def bind(sim: SimSwitch | ctypes.CDLL) -> types.ModuleType:
         "API": API,
         "EventConsumer": EventConsumer,
         "consoleLog": consoleLog,
+        "getGlobalVariable": getGlobalVariable,
+        "setGlobalVariable": setGlobalVariable,
         "consoleCleanLog": consoleCleanLog,
         "fired": fired,
         "wait_for": wait_for,
