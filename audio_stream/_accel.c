@@ -30,6 +30,7 @@
 #include <stddef.h>
 #include <math.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,10 @@ enum { SMBF_WRITE_REPLACE = 1 << 2, SMBF_READ_PING = 1 << 4 };
 #define PLAY_FLAGS (SMBF_WRITE_REPLACE | SMBF_READ_PING)
 #define READ_BUFLEN (2 * 8192)       /* 2 x SWITCH_RECOMMENDED_BUFFER_SIZE: a stereo read */
 #define TAIL_BYTES (64 * 1024)       /* what CLOSE reads out of the capture bug at most */
+#define AGE_RING 512                 /* read frames waiting for their write partner, at most */
+#define PAIR_WAIT_NS 30000000LL      /* audio.Pairer.wait_s */
+#define PAIR_IDLE_NS 60000000LL      /* audio.Pairer.idle_s */
+#define WRITE_AHEAD 2                /* audio.Pairer.WRITE_AHEAD */
 
 typedef void (*exec_cb_t)(void *bug, void *user_data);
 
@@ -204,20 +209,36 @@ static inline int16_t to_i16(float v)
 }
 
 /* outputs n_out .. upto-1 as interleaved int16 into out; returns the count of samples written */
+/* sum a[k] * b[k]: eight lanes at a time where the compiler has vector extensions (GCC, clang) */
+static inline float dot(const float *a, const float *b, int n)
+{
+    int k = 0;
+    float acc = 0.0f;
+#if defined(__GNUC__)
+    typedef float v8sf __attribute__((vector_size(32)));
+    v8sf va, vb, vacc = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (; k + 8 <= n; k += 8) {
+        memcpy(&va, a + k, sizeof(va));
+        memcpy(&vb, b + k, sizeof(vb));
+        vacc += va * vb;
+    }
+    acc = ((vacc[0] + vacc[4]) + (vacc[1] + vacc[5])) + ((vacc[2] + vacc[6]) + (vacc[3] + vacc[7]));
+#endif
+    for (; k < n; k++)
+        acc += a[k] * b[k];
+    return acc;
+}
+
 static size_t rs_run(resampler_t *r, int64_t upto, int16_t *out)
 {
     const int L = r->L, M = r->M, K = r->K, ch = r->channels;
     size_t w = 0;
     for (int64_t j = r->n_out; j < upto; j++) {
+        /* r->h holds each branch reversed: the K inputs ending at the newest one, oldest first */
         const float *f = r->h + (size_t)((j * M + r->d) % L) * K;
         int64_t e = rs_newest(r, j) - r->base;
-        for (int c = 0; c < ch; c++) {
-            const float *x = r->buf + (size_t)c * r->cap + e;
-            float acc = 0.0f;
-            for (int k = 0; k < K; k++)
-                acc += f[k] * x[-k];
-            out[w++] = to_i16(acc);
-        }
+        for (int c = 0; c < ch; c++)
+            out[w++] = to_i16(dot(f, r->buf + (size_t)c * r->cap + e - (K - 1), K));
     }
     if (upto > r->n_out)
         r->n_out = upto;
@@ -233,6 +254,15 @@ static size_t rs_run(resampler_t *r, int64_t upto, int16_t *out)
         r->base += drop;
     }
     return w;
+}
+
+/* h: L branches of K taps, branch p's tap k weighing the input k samples before the newest one
+ * (audio.PolyphaseResampler.h); stored reversed for dot() */
+static void rs_set_taps(resampler_t *r, const float *h)
+{
+    for (int p = 0; p < r->L; p++)
+        for (int k = 0; k < r->K; k++)
+            r->h[(size_t)p * r->K + k] = h[(size_t)p * r->K + (r->K - 1 - k)];
 }
 
 static int64_t rs_available(const resampler_t *r)
@@ -292,17 +322,23 @@ static ssize_t rs_flush(resampler_t *r, int16_t *out, size_t out_cap)
 typedef struct capture_s {
     int refs;                        /* Python object + a Player's tail reader; under caps_lock */
     char uuid[128];
-    void *volatile bug;
-    int pair;                        /* READ|WRITE bug: pad the silent side after idle passes */
-    int idle_passes, unpaired;
+    void *volatile bug;              /* READ_STREAM: the caller */
+    void *volatile wbug;             /* mixed/stereo: WRITE_STREAM, what the caller hears */
+    int both, stereo;                /* both sides, paired here (audio.Pairer's rules) */
+    size_t fb;                       /* bytes of one frame of one side */
+    uint8_t *rq, *wq;                /* frames of each side waiting for their partner */
+    size_t rq_len, rq_cap, wq_len, wq_cap;
+    int64_t ages[AGE_RING];          /* when each frame in rq came */
+    size_t age_head, age_n;
+    int64_t last_write_ns;
     volatile int removing;
     int paused;
     int visited;
     int gone;                        /* the bug was not visited: the call's media has ended */
     uint64_t frames_read;
     /* pass output */
-    uint8_t *raw;                    /* frames read this pass (call rate, the bug's layout) */
-    size_t raw_len, raw_cap;
+    size_t raw_len;                  /* bytes read this pass into the thread's scratch (t_raw) */
+    size_t wraw_len;                 /* ... of the write side (t_wraw) */
     int resample;                    /* 0: passthrough */
     resampler_t rs;
     int channels;
@@ -312,24 +348,30 @@ typedef struct capture_s {
     size_t ready;                    /* bytes of complete chunks at the start of out */
     int remove_now;
     int error;
+    /* the direct path: complete chunks sent during the pass, as masked binary frames */
+    int fd;                          /* a dup of the connection's socket (plain TCP), -1: none */
+    int direct;                      /* Python's invariant: on only while nothing waits before this
+                                        audio (its outbox and the transport's buffer are empty) */
+    uint64_t sent_msgs, sent_bytes;  /* audio handed to the socket from here (payload bytes) */
+    int send_errno;                  /* the last send error (then direct is off) */
+    uint8_t *rest;                   /* framed bytes a short send left: Python writes them to the
+                                        transport, which then keeps them in order */
+    size_t rest_len;
 } capture_t;
 
 static pthread_mutex_t caps_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void capture_unref(capture_t *c)
-{
-    int last;
-    pthread_mutex_lock(&caps_lock);
-    last = (--c->refs == 0);
-    pthread_mutex_unlock(&caps_lock);
-    if (!last)
-        return;
-    free(c->raw);
-    free(c->out);
-    free(c->rs.h);
-    free(c->rs.buf);
-    free(c);
-}
+/* Scratch buffers of the thread running a pass (the loop thread or a pass worker): what a capture reads
+ * and the frames it sends are used at once, so per-capture buffers would only cost memory. */
+static __thread uint8_t *t_raw;
+static __thread size_t t_raw_cap;
+static __thread uint8_t *t_fbuf;
+static __thread size_t t_fbuf_cap;
+static __thread uint8_t *t_wraw;
+static __thread size_t t_wraw_cap;
+static __thread uint8_t *t_pair;
+static __thread size_t t_pair_cap;
+
 
 static int grow(uint8_t **p, size_t *cap, size_t need)
 {
@@ -346,23 +388,145 @@ static int grow(uint8_t **p, size_t *cap, size_t need)
     return 0;
 }
 
-/* read every buffered frame of the bug into c->raw; fill: as switch_core_media_bug_read. Returns frames. */
-static int read_frames(capture_t *c, void *bug, int fill, size_t limit)
+static void capture_unref(capture_t *c)
+{
+    int last;
+    pthread_mutex_lock(&caps_lock);
+    last = (--c->refs == 0);
+    pthread_mutex_unlock(&caps_lock);
+    if (!last)
+        return;
+    if (c->fd >= 0)
+        close(c->fd);
+    free(c->out);
+    free(c->rq);
+    free(c->wq);
+    free(c->rest);
+    free(c->rs.h);
+    free(c->rs.buf);
+    free(c);
+}
+
+/* xorshift64*: masking keys (RFC 6455 5.3 wants them unpredictable to intermediaries; seeded from
+ * the OS at import, never the same sequence twice); one state per thread */
+static uint64_t mask_seed;
+static __thread uint64_t mask_state;
+
+static uint32_t next_mask(void)
+{
+    uint64_t x = mask_state;
+    if (!x)
+        x = mask_seed ^ ((uint64_t)(uintptr_t)&mask_state * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)now_ns();
+    if (!x)
+        x = 0x9E3779B97F4A7C15ULL;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    mask_state = x;
+    return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+/* masked binary frames of `len` bytes, one per `chunk` (the last may be short), into out; returns the
+ * length written (at most len + 14 per frame) */
+static size_t frame_into(uint8_t *out, const uint8_t *r, size_t len, size_t chunk)
+{
+    uint8_t *w = out;
+    size_t left = len;
+    if (!chunk)
+        chunk = len ? len : 1;
+    while (left > 0) {
+        size_t n = left < chunk ? left : chunk;
+        *w++ = 0x82;                          /* FIN, binary */
+        if (n < 126) {
+            *w++ = 0x80 | (uint8_t)n;
+        } else if (n < 65536) {
+            *w++ = 0x80 | 126;
+            *w++ = (uint8_t)(n >> 8);
+            *w++ = (uint8_t)n;
+        } else {
+            *w++ = 0x80 | 127;
+            for (int s = 56; s >= 0; s -= 8)
+                *w++ = (uint8_t)((uint64_t)n >> s);
+        }
+        uint32_t key = next_mask();
+        uint8_t k[4] = {(uint8_t)(key >> 24), (uint8_t)(key >> 16), (uint8_t)(key >> 8), (uint8_t)key};
+        memcpy(w, k, 4);
+        w += 4;
+        for (size_t i = 0; i < n; i++)
+            w[i] = r[i] ^ k[i & 3];
+        w += n;
+        r += n;
+        left -= n;
+    }
+    return (size_t)(w - out);
+}
+
+/* the direct path: the complete chunks of this pass go out as frames now. A short send leaves the rest
+ * for Python (c->rest) and turns direct off until Python has seen the transport drain; an error turns
+ * direct off and leaves the chunks to Python (its receiver will learn why the connection went). */
+static void capture_send(capture_t *c)
+{
+    size_t nchunks = (c->ready + c->chunk_bytes - 1) / c->chunk_bytes;
+    if (grow(&t_fbuf, &t_fbuf_cap, c->ready + nchunks * 14) < 0) {
+        c->direct = 0;
+        return;
+    }
+    uint8_t *fbuf = t_fbuf;
+    size_t flen = frame_into(fbuf, c->out, c->ready, c->chunk_bytes);
+    size_t sent = 0;
+    while (sent < flen) {
+        ssize_t n = send(c->fd, fbuf + sent, flen - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            if (sent == 0) {                  /* nothing of it left: Python queues the chunks */
+                c->send_errno = errno;
+                c->direct = 0;
+                return;
+            }
+            c->send_errno = errno;            /* part of a frame is out: the rest must follow */
+        }
+        break;
+    }
+    c->sent_msgs += nchunks;
+    c->sent_bytes += c->ready;
+    if (sent < flen) {
+        uint8_t *rest = malloc(flen - sent);
+        if (rest) {
+            memcpy(rest, fbuf + sent, flen - sent);
+            c->rest = rest;
+            c->rest_len = flen - sent;
+        }
+        c->direct = 0;
+    }
+    memmove(c->out, c->out + c->ready, c->out_len - c->ready);
+    c->out_len -= c->ready;
+    c->ready = 0;
+}
+
+
+/* read every buffered frame of a single-direction bug into *buf at *len (fill=TRUE drains exactly what
+ * it holds). Returns frames. */
+static int read_frames(capture_t *c, void *bug, uint8_t **buf, size_t *cap, size_t *len, size_t limit)
 {
     as_frame_t frame;
     int n = 0;
     memset(&frame, 0, sizeof(frame));
-    while (c->raw_len + READ_BUFLEN <= limit) {
-        if (grow(&c->raw, &c->raw_cap, c->raw_len + READ_BUFLEN) < 0) {
+    while (*len + READ_BUFLEN <= limit) {
+        if (grow(buf, cap, *len + READ_BUFLEN) < 0) {
             c->error = ENOMEM;
             break;
         }
-        frame.data = c->raw + c->raw_len;
+        frame.data = *buf + *len;
         frame.buflen = READ_BUFLEN;
         frame.datalen = 0;
-        if (core.bug_read(bug, &frame, fill) != AS_SUCCESS)
+        if (core.bug_read(bug, &frame, 1) != AS_SUCCESS)
             break;
-        c->raw_len += frame.datalen;
+        *len += frame.datalen;
         n++;
     }
     c->frames_read += (uint64_t)n;
@@ -375,17 +539,93 @@ static int read_frames(capture_t *c, void *bug, int fill, size_t limit)
 static void capture_exec_cb(void *bug, void *user_data)
 {
     capture_t *c = user_data;
-    if (!c || bug != c->bug)
+    if (!c)
+        return;
+    if (bug == c->wbug && bug) {
+        read_frames(c, bug, &t_wraw, &t_wraw_cap, &c->wraw_len, PASS_LIMIT);
+        return;
+    }
+    if (bug != c->bug)
         return;
     c->visited = 1;
-    int n = read_frames(c, bug, 1, PASS_LIMIT);
-    if (c->pair) {
-        if (n) {
-            c->unpaired = 0;
-        } else if (++c->unpaired >= c->idle_passes) {
-            read_frames(c, bug, 0, PASS_LIMIT);
+    read_frames(c, bug, &t_raw, &t_raw_cap, &c->raw_len, PASS_LIMIT);
+}
+
+static int append(uint8_t **q, size_t *len, size_t *cap, const uint8_t *d, size_t n)
+{
+    if (!n)
+        return 0;
+    if (grow(q, cap, *len + n) < 0)
+        return -1;
+    memcpy(*q + *len, d, n);
+    *len += n;
+    return 0;
+}
+
+/* audio.Pairer.push (final: push + drain) for the accelerated path: both sides' whole frames in, the
+ * stream's audio now complete out, in t_pair. Returns its length, -1 when out of memory. */
+static ssize_t pair_push(capture_t *c, const uint8_t *r, size_t rlen, const uint8_t *w, size_t wlen, int64_t now,
+                         int final)
+{
+    size_t fb = c->fb;
+    size_t nr = rlen / fb;
+    if (nr) {
+        if (append(&c->rq, &c->rq_len, &c->rq_cap, r, nr * fb) < 0)
+            return -1;
+        for (size_t i = 0; i < nr; i++) {
+            if (c->age_n == AGE_RING) {         /* a read side this far ahead goes out padded now */
+                final = 1;
+                break;
+            }
+            c->ages[(c->age_head + c->age_n++) % AGE_RING] = now;
         }
     }
+    if (wlen >= fb) {
+        if (append(&c->wq, &c->wq_len, &c->wq_cap, w, wlen / fb * fb) < 0)
+            return -1;
+        c->last_write_ns = now;
+    }
+    size_t rframes = c->rq_len / fb, wframes = c->wq_len / fb;
+    size_t paired = rframes < wframes ? rframes : wframes;
+    int idle = now - c->last_write_ns >= PAIR_IDLE_NS;
+    size_t pad = 0;
+    while (paired + pad < rframes &&
+           (final || idle || (paired + pad < c->age_n &&
+                              now - c->ages[(c->age_head + paired + pad) % AGE_RING] >= PAIR_WAIT_NS)))
+        pad++;
+    size_t k = paired + pad;
+    size_t out_len = k * fb * (c->stereo ? 2 : 1);
+    if (grow(&t_pair, &t_pair_cap, out_len ? out_len : 1) < 0)
+        return -1;
+    const int16_t *rs = (const int16_t *)c->rq, *ws = (const int16_t *)c->wq;
+    int16_t *o = (int16_t *)t_pair;
+    size_t samples = k * fb / 2, wsamples = paired * fb / 2;
+    for (size_t i = 0; i < samples; i++) {
+        int32_t rv = rs[i], wv = i < wsamples ? ws[i] : 0;
+        if (c->stereo) {
+            *o++ = (int16_t)rv;
+            *o++ = (int16_t)wv;
+        } else {
+            int32_t z = rv + wv;
+            *o++ = (int16_t)(z > 32767 ? 32767 : z < -32768 ? -32768 : z);
+        }
+    }
+    memmove(c->rq, c->rq + k * fb, c->rq_len - k * fb);
+    c->rq_len -= k * fb;
+    memmove(c->wq, c->wq + paired * fb, c->wq_len - paired * fb);
+    c->wq_len -= paired * fb;
+    size_t gone = k < c->age_n ? k : c->age_n;
+    c->age_head = (c->age_head + gone) % AGE_RING;
+    c->age_n -= gone;
+    if (final) {
+        c->wq_len = 0;
+        c->age_n = 0;
+    } else if (!c->rq_len && c->wq_len > WRITE_AHEAD * fb) {
+        size_t toss = c->wq_len - WRITE_AHEAD * fb;
+        memmove(c->wq, c->wq + toss, c->wq_len - toss);
+        c->wq_len -= toss;
+    }
+    return (ssize_t)out_len;
 }
 
 /* resample + chunk what was read (no GIL needed: only this capture's C buffers) */
@@ -418,7 +658,7 @@ static void capture_process(capture_t *c, const uint8_t *data, size_t len)
 static void capture_poll_nogil(capture_t *c)
 {
     c->visited = 0;
-    c->raw_len = 0;
+    c->raw_len = c->wraw_len = 0;
     c->error = 0;
     if (!c->bug) {
         c->gone = 1;
@@ -434,15 +674,31 @@ static void capture_poll_nogil(capture_t *c)
     if (c->remove_now && c->visited) {
         void *ref = c->bug;
         core.bug_remove(session, &ref);
+        if (c->wbug) {
+            ref = c->wbug;
+            core.bug_remove(session, &ref);
+        }
     }
     core.rwunlock(session);
     if (!c->visited || c->remove_now) {
         c->bug = NULL;
+        c->wbug = NULL;
         if (!c->visited)
             c->gone = 1;
     }
-    if (c->raw_len && !c->paused)
-        capture_process(c, c->raw, c->raw_len);
+    if (c->both) {
+        if (c->visited) {
+            ssize_t n = pair_push(c, t_raw, c->raw_len, t_wraw, c->wraw_len, now_ns(), c->remove_now);
+            if (n < 0)
+                c->error = ENOMEM;
+            else if (n && !c->paused)
+                capture_process(c, t_pair, (size_t)n);
+        }
+    } else if (c->raw_len && !c->paused) {
+        capture_process(c, t_raw, c->raw_len);
+    }
+    if (c->ready && c->direct && c->fd >= 0 && c->chunk_bytes && !c->rest)
+        capture_send(c);
 }
 
 typedef struct {
@@ -461,33 +717,53 @@ static PyObject *take_ready(capture_t *c)
     return b;
 }
 
-/* the result of a pass for Python: None (gone) or the bytes of the complete chunks (maybe b"") */
+enum { RES_CHUNKS = 0, RES_GONE = 1, RES_REST = 2 };
+
+/* the result of a pass for Python: (RES_GONE, None), (RES_REST, framed bytes for the transport) or
+ * (RES_CHUNKS, the bytes of the complete chunks, maybe b"") */
 static PyObject *capture_result(capture_t *c)
 {
     if (c->error == ENOMEM)
         return PyErr_NoMemory();
-    if (!c->visited) {
-        Py_RETURN_NONE;
+    if (c->rest) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)c->rest, (Py_ssize_t)c->rest_len);
+        free(c->rest);
+        c->rest = NULL;
+        c->rest_len = 0;
+        return b ? Py_BuildValue("(iN)", RES_REST, b) : NULL;
     }
-    return take_ready(c);
+    if (!c->visited)
+        return Py_BuildValue("(iO)", RES_GONE, Py_None);
+    PyObject *b = take_ready(c);
+    return b ? Py_BuildValue("(iN)", RES_CHUNKS, b) : NULL;
 }
 
 static int Capture_init(CaptureObject *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"uuid", "pair", "channels", "chunk_bytes", "taps", "L", "M", "d", NULL};
-    const char *uuid;
-    Py_ssize_t uuid_len;
-    int pair = 0, channels = 1, L = 1, M = 1, d = 0;
+    static char *names[] = {"uuid", "frame_bytes", "mix", "chunk_bytes", "taps", "L", "M", "d", NULL};
+    const char *uuid, *mix = "mono";
+    Py_ssize_t uuid_len, frame_bytes;
+    int L = 1, M = 1, d = 0;
     Py_ssize_t chunk_bytes = 0;
     PyObject *taps = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y#|pinOiii", names, &uuid, &uuid_len, &pair, &channels,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y#n|snOiii", names, &uuid, &uuid_len, &frame_bytes, &mix,
                                      &chunk_bytes, &taps, &L, &M, &d))
         return -1;
+    int both = strcmp(mix, "mono") != 0, stereo = strcmp(mix, "stereo") == 0;
+    if (both && !stereo && strcmp(mix, "mixed") != 0) {
+        PyErr_SetString(PyExc_ValueError, "mix: mono, mixed or stereo");
+        return -1;
+    }
+    int channels = stereo ? 2 : 1;
+    if (frame_bytes <= 0 || frame_bytes % 2) {
+        PyErr_SetString(PyExc_ValueError, "frame_bytes: the bytes of one frame of one side");
+        return -1;
+    }
     if (uuid_len <= 0 || uuid_len >= 128 || memchr(uuid, 0, (size_t)uuid_len)) {
         PyErr_SetString(PyExc_ValueError, "bad uuid");
         return -1;
     }
-    if (channels < 1 || channels > 2 || chunk_bytes < 0 || L < 1 || M < 1) {
+    if (chunk_bytes < 0 || L < 1 || M < 1) {
         PyErr_SetString(PyExc_ValueError, "bad capture geometry");
         return -1;
     }
@@ -501,9 +777,12 @@ static int Capture_init(CaptureObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     c->refs = 1;
+    c->fd = -1;
     memcpy(c->uuid, uuid, (size_t)uuid_len);
-    c->pair = pair;
-    c->idle_passes = 2;
+    c->both = both;
+    c->stereo = stereo;
+    c->fb = (size_t)frame_bytes;
+    c->last_write_ns = INT64_MIN / 2;
     c->channels = channels;
     c->chunk_bytes = (size_t)chunk_bytes;
     if (taps != Py_None) {
@@ -526,14 +805,14 @@ static int Capture_init(CaptureObject *self, PyObject *args, PyObject *kw)
         c->rs.channels = channels;
         c->rs.K = (int)(view.len / (Py_ssize_t)sizeof(float) / L);
         c->rs.h = malloc((size_t)view.len);
-        if (!c->rs.h || rs_reserve(&c->rs, 4096) < 0) {
+        if (!c->rs.h || rs_reserve(&c->rs, 512) < 0) {
             PyBuffer_Release(&view);
             free(c->rs.h);
             free(c);
             PyErr_NoMemory();
             return -1;
         }
-        memcpy(c->rs.h, view.buf, (size_t)view.len);
+        rs_set_taps(&c->rs, view.buf);
         PyBuffer_Release(&view);
         rs_reset(&c->rs);
     }
@@ -550,11 +829,16 @@ static void Capture_dealloc(CaptureObject *self)
 
 static capture_t *cap_of(PyObject *o);
 
-static PyObject *Capture_set_bug(CaptureObject *self, PyObject *arg)
+static PyObject *Capture_set_bug(CaptureObject *self, PyObject *args)
 {
-    void *bug = PyLong_AsVoidPtr(arg);
+    PyObject *b, *wb = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O", &b, &wb))
+        return NULL;
+    void *bug = PyLong_AsVoidPtr(b);
+    void *wbug = wb == Py_None ? NULL : PyLong_AsVoidPtr(wb);
     if (PyErr_Occurred())
         return NULL;
+    self->c->wbug = wbug;
     self->c->bug = bug;
     self->c->gone = 0;
     Py_RETURN_NONE;
@@ -572,9 +856,8 @@ static PyObject *Capture_poll(CaptureObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     capture_t *c = self->c;
-    if (!c->bug) {
-        Py_RETURN_NONE;
-    }
+    if (!c->bug)
+        return Py_BuildValue("(iO)", RES_GONE, Py_None);
     if (remove)
         c->removing = 1;
     c->remove_now = remove;
@@ -585,17 +868,30 @@ static PyObject *Capture_poll(CaptureObject *self, PyObject *args, PyObject *kw)
     return capture_result(c);
 }
 
-/* feed(raw): frames read elsewhere (the control bug's CLOSE tail) through the resampler and chunker */
-static PyObject *Capture_feed(CaptureObject *self, PyObject *arg)
+/* feed(read, write=b"", final=False): frames read elsewhere (the control bug's CLOSE tail) through the
+ * pairing (final: drain it), the resampler and the chunker */
+static PyObject *Capture_feed(CaptureObject *self, PyObject *args, PyObject *kw)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    static char *names[] = {"read", "write", "final", NULL};
+    Py_buffer view, wview = {0};
+    int final = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|y*p", names, &view, &wview, &final))
         return NULL;
     capture_t *c = self->c;
     c->error = 0;
-    if (!c->paused)
+    if (c->both) {
+        ssize_t n = pair_push(c, view.buf, (size_t)view.len, wview.buf, wview.buf ? (size_t)wview.len : 0,
+                              now_ns(), final);
+        if (n < 0)
+            c->error = ENOMEM;
+        else if (n && !c->paused)
+            capture_process(c, t_pair, (size_t)n);
+    } else if (!c->paused) {
         capture_process(c, view.buf, (size_t)view.len);
+    }
     PyBuffer_Release(&view);
+    if (wview.buf)
+        PyBuffer_Release(&wview);
     if (c->error == ENOMEM)
         return PyErr_NoMemory();
     return take_ready(c);
@@ -618,9 +914,30 @@ static PyObject *Capture_flush(CaptureObject *self, PyObject *Py_UNUSED(ignored)
     return take_ready(c);
 }
 
+static PyObject *Capture_set_socket(CaptureObject *self, PyObject *arg)
+{
+    int fd = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    capture_t *c = self->c;
+    c->direct = 0;
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    if (fd >= 0) {
+        c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (c->fd < 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    c->send_errno = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Capture_forget(CaptureObject *self, PyObject *Py_UNUSED(ignored))
 {
     self->c->bug = NULL;
+    self->c->wbug = NULL;
     Py_RETURN_NONE;
 }
 
@@ -656,16 +973,44 @@ static PyObject *Capture_get_removing(CaptureObject *self, void *closure)
     return PyBool_FromLong(self->c->removing);
 }
 
+static PyObject *Capture_get_direct(CaptureObject *self, void *closure)
+{
+    return PyBool_FromLong(self->c->direct);
+}
+
+static int Capture_set_direct(CaptureObject *self, PyObject *v, void *closure)
+{
+    int on = PyObject_IsTrue(v);
+    if (on < 0)
+        return -1;
+    self->c->direct = on && self->c->fd >= 0 && self->c->chunk_bytes;
+    return 0;
+}
+
+static PyObject *Capture_get_sent(CaptureObject *self, void *closure)
+{
+    return Py_BuildValue("(KK)", (unsigned long long)self->c->sent_msgs, (unsigned long long)self->c->sent_bytes);
+}
+
+static PyObject *Capture_get_send_errno(CaptureObject *self, void *closure)
+{
+    return PyLong_FromLong(self->c->send_errno);
+}
+
 static PyObject *Capture_get_pending(CaptureObject *self, void *closure)
 {
     return PyLong_FromSize_t(self->c->out_len);
 }
 
 static PyMethodDef Capture_methods[] = {
-    {"set_bug", (PyCFunction)Capture_set_bug, METH_O, "the bug's address (after switch_core_media_bug_add)"},
+    {"set_bug", (PyCFunction)Capture_set_bug, METH_VARARGS,
+     "set_bug(bug[, wbug]): the bugs' addresses (after switch_core_media_bug_add)"},
     {"poll", (PyCFunction)(void (*)(void))Capture_poll, METH_VARARGS | METH_KEYWORDS,
-     "read this capture now: None (the bug is gone) or the bytes of complete chunks; remove=True removes the bug"},
-    {"feed", (PyCFunction)Capture_feed, METH_O, "resample and chunk frames read elsewhere; the complete chunks"},
+     "read this capture now: (kind, value) as capture_pass; remove=True removes the bug"},
+    {"set_socket", (PyCFunction)Capture_set_socket, METH_O,
+     "the connection's socket fd (duplicated here) for the direct path; -1 lets it go"},
+    {"feed", (PyCFunction)(void (*)(void))Capture_feed, METH_VARARGS | METH_KEYWORDS,
+     "feed(read, write=b'', final=False): frames read elsewhere; the complete chunks"},
     {"flush", (PyCFunction)Capture_flush, METH_NOARGS, "everything still held, the last chunk maybe short"},
     {"forget", (PyCFunction)Capture_forget, METH_NOARGS, "the bug is gone"},
     {NULL}};
@@ -676,6 +1021,10 @@ static PyGetSetDef Capture_getset[] = {
     {"paused", (getter)Capture_get_paused, (setter)Capture_set_paused, NULL, NULL},
     {"removing", (getter)Capture_get_removing, NULL, NULL, NULL},
     {"pending", (getter)Capture_get_pending, NULL, "resampled bytes held (a partial chunk)", NULL},
+    {"direct", (getter)Capture_get_direct, (setter)Capture_set_direct,
+     "send complete chunks from the pass (only while nothing waits before them)", NULL},
+    {"sent", (getter)Capture_get_sent, NULL, "(messages, payload bytes) sent from C", NULL},
+    {"send_errno", (getter)Capture_get_send_errno, NULL, "the last send error, 0 if none", NULL},
     {NULL}};
 
 static PyTypeObject CaptureType = {
@@ -696,8 +1045,126 @@ static capture_t *cap_of(PyObject *o)
     return PyObject_TypeCheck(o, &CaptureType) ? ((CaptureObject *)o)->c : NULL;
 }
 
-/* capture_pass(captures): every capture of a tick, one after the other, with the GIL released. A list
- * of results in the same order: None (the bug is gone: the call's media ended) or bytes (complete chunks). */
+/* ---- the pass's worker threads ---------------------------------------------------------------------
+ * A pass over many captures is shared with a few C threads (no Python, no GIL): the reads, the
+ * resampling and the sends of a tick use the machine's cores instead of one. Each capture is taken by
+ * exactly one thread (an atomic index); the loop thread takes its share too and waits for the others. */
+
+#define MAX_WORKERS 32
+#define POOL_MIN_CAPTURES 8          /* fewer: the loop thread alone is quicker than waking others */
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t go, done;
+    int started;                     /* worker threads running */
+    int stop;
+    uint64_t gen;                    /* one per pass */
+    int open;                        /* workers may still join this pass */
+    int joined;                      /* workers inside this pass */
+    capture_t **caps;
+    size_t ncaps;
+    size_t next;                     /* the next capture to take (atomic) */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static void pass_one(capture_t *c)
+{
+    if (c->bug) {
+        capture_poll_nogil(c);
+    } else {
+        c->gone = 1;
+        c->visited = 0;
+        c->ready = 0;
+    }
+}
+
+static void run_share(void)
+{
+    for (;;) {
+        size_t i = __atomic_fetch_add(&pool.next, 1, __ATOMIC_RELAXED);
+        if (i >= pool.ncaps)
+            return;
+        pass_one(pool.caps[i]);
+    }
+}
+
+static void *pool_worker(void *arg)
+{
+    uint64_t seen = 0;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (!pool.stop && !(pool.open && pool.gen != seen))
+            pthread_cond_wait(&pool.go, &pool.lock);
+        if (pool.stop)
+            break;
+        seen = pool.gen;
+        pool.joined++;
+        pthread_mutex_unlock(&pool.lock);
+        run_share();
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.joined == 0)
+            pthread_cond_signal(&pool.done);
+    }
+    pthread_mutex_unlock(&pool.lock);
+    return NULL;
+}
+
+/* set_workers(n): the threads a pass uses, the loop thread included (1: none of its own); returns the
+ * number now in use. Threads are only ever added. */
+static PyObject *set_workers(PyObject *mod, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (n > MAX_WORKERS + 1)
+        n = MAX_WORKERS + 1;
+    pthread_mutex_lock(&pool.lock);
+    while (pool.started < n - 1) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &attr, pool_worker, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0)
+            break;
+        pool.started++;
+    }
+    long now = pool.started + 1;
+    pthread_mutex_unlock(&pool.lock);
+    return PyLong_FromLong(now);
+}
+
+/* the pass itself, GIL released */
+static void run_pass(capture_t **cs, size_t n)
+{
+    if (pool.started == 0 || n < POOL_MIN_CAPTURES) {
+        for (size_t i = 0; i < n; i++)
+            pass_one(cs[i]);
+        return;
+    }
+    pthread_mutex_lock(&pool.lock);
+    pool.caps = cs;
+    pool.ncaps = n;
+    pool.next = 0;
+    pool.gen++;
+    pool.open = 1;
+    pthread_cond_broadcast(&pool.go);
+    pthread_mutex_unlock(&pool.lock);
+    run_share();
+    pthread_mutex_lock(&pool.lock);
+    pool.open = 0;                       /* every capture is taken: no one else joins */
+    while (pool.joined > 0)
+        pthread_cond_wait(&pool.done, &pool.lock);
+    pool.caps = NULL;
+    pool.ncaps = 0;
+    pthread_mutex_unlock(&pool.lock);
+}
+
+/* capture_pass(captures): every capture of a tick, one after the other, with the GIL released. Returns
+ * only what needs the caller: a list of (index, result) for the captures that read complete chunks
+ * (bytes) or whose bug is gone (None: the call's media ended, said on every pass); the others read
+ * nothing new. */
 static PyObject *capture_pass(PyObject *mod, PyObject *seq)
 {
     if (!core.bound) {
@@ -723,20 +1190,22 @@ static PyObject *capture_pass(PyObject *mod, PyObject *seq)
         }
     }
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (cs[i]->bug)
-            capture_poll_nogil(cs[i]);
-        else
-            cs[i]->gone = 1, cs[i]->visited = 0;
+    run_pass(cs, (size_t)n);
     Py_END_ALLOW_THREADS
-    PyObject *out = PyList_New(n);
+    PyObject *out = PyList_New(0);
     for (Py_ssize_t i = 0; out && i < n; i++) {
-        PyObject *r = capture_result(cs[i]);
-        if (!r) {
+        capture_t *c = cs[i];
+        if (c->visited && !c->ready && !c->error && !c->rest)
+            continue;                     /* nothing for the caller: read nothing, or sent it */
+        PyObject *r = capture_result(c);
+        PyObject *t = r ? Py_BuildValue("(nO)", i, r) : NULL;
+        Py_XDECREF(r);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
             Py_CLEAR(out);
             break;
         }
-        PyList_SET_ITEM(out, i, r);
+        Py_DECREF(t);
     }
     PyMem_Free(cs);
     Py_DECREF(fast);
@@ -793,8 +1262,8 @@ typedef struct player_s {
     volatile int closed;
     int cause;
     capture_t *capture;              /* whose unread frames CLOSE reads (a reference) */
-    uint8_t *tail;
-    size_t tail_len;
+    uint8_t *tail, *wtail;           /* what CLOSE read of the capture's bugs */
+    size_t tail_len, wtail_len;
     int woke;
 } player_t;
 
@@ -823,6 +1292,7 @@ static void player_unref(player_t *p)
         capture_unref(p->capture);
     free(p->wbuf);
     free(p->tail);
+    free(p->wtail);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }
@@ -973,32 +1443,41 @@ static void on_read_ping(player_t *p, void *bug)
     }
 }
 
+static size_t read_all(void *bug, uint8_t *buf, size_t size)
+{
+    as_frame_t frame;
+    memset(&frame, 0, sizeof(frame));
+    size_t used = 0;
+    while (used + READ_BUFLEN <= size) {
+        frame.data = buf + used;
+        frame.buflen = READ_BUFLEN;
+        frame.datalen = 0;
+        if (core.bug_read(bug, &frame, 1) != AS_SUCCESS)
+            break;
+        used += frame.datalen;
+    }
+    return used;
+}
+
+/* at hangup, inside the core's bug-list write lock: the frames no pass has read yet, of each bug (the
+ * loop thread pairs them, in feed(final=True)) */
 static void read_tail(player_t *p)
 {
     capture_t *c = p->capture;
     if (!c || c->removing)
         return;
-    void *bug = c->bug;
+    void *bug = c->bug, *wbug = c->wbug;
     if (!bug)
         return;
-    uint8_t *buf = malloc(TAIL_BYTES);       /* once per call, at its end */
-    if (!buf)
+    p->tail = malloc(TAIL_BYTES);       /* once per call, at its end */
+    if (!p->tail)
         return;
-    as_frame_t frame;
-    memset(&frame, 0, sizeof(frame));
-    size_t used = 0;
-    for (int fill = 1; fill >= (c->pair ? 0 : 1); fill--) {
-        while (used + READ_BUFLEN <= TAIL_BYTES) {
-            frame.data = buf + used;
-            frame.buflen = READ_BUFLEN;
-            frame.datalen = 0;
-            if (core.bug_read(bug, &frame, fill) != AS_SUCCESS)
-                break;
-            used += frame.datalen;
-        }
+    p->tail_len = read_all(bug, p->tail, TAIL_BYTES);
+    if (wbug) {
+        p->wtail = malloc(TAIL_BYTES);
+        if (p->wtail)
+            p->wtail_len = read_all(wbug, p->wtail, TAIL_BYTES);
     }
-    p->tail = buf;
-    p->tail_len = used;
 }
 
 static void on_close(player_t *p, void *bug)
@@ -1415,16 +1894,19 @@ static PyObject *Player_wake(PlayerObject *self, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(ok);
 }
 
+/* take_tail(): (read, write) bytes CLOSE read out of the capture's bugs */
 static PyObject *Player_take_tail(PlayerObject *self, PyObject *Py_UNUSED(ignored))
 {
     player_t *p = self->p;
-    if (!p->closed || !p->tail)
-        return PyBytes_FromStringAndSize("", 0);
-    PyObject *b = PyBytes_FromStringAndSize((const char *)p->tail, (Py_ssize_t)p->tail_len);
+    if (!p->closed)
+        return Py_BuildValue("(y#y#)", "", (Py_ssize_t)0, "", (Py_ssize_t)0);
+    PyObject *r = Py_BuildValue("(y#y#)", p->tail ? (const char *)p->tail : "", (Py_ssize_t)p->tail_len,
+                                p->wtail ? (const char *)p->wtail : "", (Py_ssize_t)p->wtail_len);
     free(p->tail);
-    p->tail = NULL;
-    p->tail_len = 0;
-    return b;
+    free(p->wtail);
+    p->tail = p->wtail = NULL;
+    p->tail_len = p->wtail_len = 0;
+    return r;
 }
 
 static PyObject *Player_set_mark_at(PlayerObject *self, PyObject *arg)
@@ -1652,12 +2134,12 @@ static int Resampler_init(ResamplerObject *self, PyObject *args, PyObject *kw)
     self->rs.channels = channels;
     self->rs.K = (int)(view.len / (Py_ssize_t)sizeof(float) / L);
     self->rs.h = malloc((size_t)view.len);
-    if (!self->rs.h || rs_reserve(&self->rs, 4096) < 0) {
+    if (!self->rs.h || rs_reserve(&self->rs, 512) < 0) {
         PyBuffer_Release(&view);
         PyErr_NoMemory();
         return -1;
     }
-    memcpy(self->rs.h, view.buf, (size_t)view.len);
+    rs_set_taps(&self->rs, view.buf);
     PyBuffer_Release(&view);
     rs_reset(&self->rs);
     self->ready = 1;
@@ -1726,6 +2208,70 @@ static PyTypeObject ResamplerType = {
     .tp_methods = Resampler_methods,
 };
 
+/* ---- MaskScanner: connection.MaskGuard's frame walk (RFC 6455 5.1: a server must not mask) ---------- */
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t hdr[10];
+    int hdr_len;
+    uint64_t skip;
+} MaskScannerObject;
+
+/* masked(data): follow frame boundaries through the bytes the server sent; True as soon as a frame
+ * header has the mask bit (2 header bytes, 0/2/8 length bytes, a key when masked, the payload) */
+static PyObject *MaskScanner_masked(MaskScannerObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *d = view.buf;
+    size_t i = 0, n = (size_t)view.len;
+    int masked = 0;
+    while (i < n) {
+        if (self->skip) {
+            uint64_t step = n - i < self->skip ? n - i : self->skip;
+            self->skip -= step;
+            i += (size_t)step;
+            continue;
+        }
+        self->hdr[self->hdr_len++] = d[i++];
+        if (self->hdr_len < 2)
+            continue;
+        if (self->hdr[1] & 0x80) {
+            masked = 1;
+            break;
+        }
+        int size = self->hdr[1] & 0x7F;
+        int ext = size == 126 ? 2 : size == 127 ? 8 : 0;
+        if (self->hdr_len < 2 + ext)
+            continue;
+        uint64_t len = (uint64_t)size;
+        if (ext) {
+            len = 0;
+            for (int k = 0; k < ext; k++)
+                len = (len << 8) | self->hdr[2 + k];
+        }
+        self->skip = len;
+        self->hdr_len = 0;
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(masked);
+}
+
+static PyMethodDef MaskScanner_methods[] = {
+    {"masked", (PyCFunction)MaskScanner_masked, METH_O, "True once a frame header from the server is masked"},
+    {NULL}};
+
+static PyTypeObject MaskScannerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "audio_stream._accel.MaskScanner",
+    .tp_basicsize = sizeof(MaskScannerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Follows WebSocket frame headers in what a server sends; says when one is masked.",
+    .tp_new = PyType_GenericNew,
+    .tp_methods = MaskScanner_methods,
+};
+
 /* ---- module functions ------------------------------------------------------------------------------ */
 
 static int bind_one(PyObject *d, const char *name, void **slot, int required)
@@ -1749,7 +2295,7 @@ static int bind_one(PyObject *d, const char *name, void **slot, int required)
     return 0;
 }
 
-static PyObject *bind(PyObject *mod, PyObject *d)
+static PyObject *bind_core(PyObject *mod, PyObject *d)
 {
     if (!PyDict_Check(d)) {
         PyErr_SetString(PyExc_TypeError, "bind takes a dict of name -> address");
@@ -1873,20 +2419,6 @@ static PyObject *callback_address(PyObject *mod, PyObject *Py_UNUSED(ignored))
     return PyLong_FromVoidPtr((void *)control_callback);
 }
 
-/* xorshift64*: masking keys (RFC 6455 5.3 wants them unpredictable to intermediaries; seeded from
- * the OS at import, never the same sequence twice) */
-static uint64_t mask_state;
-
-static uint32_t next_mask(void)
-{
-    uint64_t x = mask_state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    mask_state = x;
-    return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
-}
-
 /* ws_frames(data, chunk_bytes): masked binary frames, one per chunk (the last may be short) */
 static PyObject *ws_frames(PyObject *mod, PyObject *args)
 {
@@ -1897,41 +2429,14 @@ static PyObject *ws_frames(PyObject *mod, PyObject *args)
     if (chunk <= 0)
         chunk = view.len ? view.len : 1;
     Py_ssize_t frames = (view.len + chunk - 1) / chunk;
-    Py_ssize_t total = view.len + frames * 14;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, view.len + frames * 14);
     if (!out) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(out);
-    const uint8_t *r = view.buf;
-    Py_ssize_t left = view.len;
-    while (left > 0) {
-        Py_ssize_t n = left < chunk ? left : chunk;
-        *w++ = 0x82;                          /* FIN, binary */
-        if (n < 126) {
-            *w++ = 0x80 | (uint8_t)n;
-        } else if (n < 65536) {
-            *w++ = 0x80 | 126;
-            *w++ = (uint8_t)(n >> 8);
-            *w++ = (uint8_t)n;
-        } else {
-            *w++ = 0x80 | 127;
-            for (int s = 56; s >= 0; s -= 8)
-                *w++ = (uint8_t)((uint64_t)n >> s);
-        }
-        uint32_t key = next_mask();
-        uint8_t k[4] = {(uint8_t)(key >> 24), (uint8_t)(key >> 16), (uint8_t)(key >> 8), (uint8_t)key};
-        memcpy(w, k, 4);
-        w += 4;
-        for (Py_ssize_t i = 0; i < n; i++)
-            w[i] = r[i] ^ k[i & 3];
-        w += n;
-        r += n;
-        left -= n;
-    }
+    size_t n = frame_into((uint8_t *)PyBytes_AS_STRING(out), view.buf, (size_t)view.len, (size_t)chunk);
     PyBuffer_Release(&view);
-    if (_PyBytes_Resize(&out, (Py_ssize_t)(w - (uint8_t *)PyBytes_AS_STRING(out))) < 0)
+    if (_PyBytes_Resize(&out, (Py_ssize_t)n) < 0)
         return NULL;
     return out;
 }
@@ -1951,8 +2456,9 @@ static PyObject *frame_layout(PyObject *mod, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef module_methods[] = {
-    {"bind", bind, METH_O, "bind(dict name -> address): the core's functions"},
+    {"bind", bind_core, METH_O, "bind(dict name -> address): the core's functions"},
     {"capture_pass", capture_pass, METH_O, "read every capture of a tick with the GIL released"},
+    {"set_workers", set_workers, METH_O, "threads a pass may use, the caller's included; returns the count"},
     {"take_events", take_events, METH_NOARGS, "[(player_id, kind, value)] posted by media threads since last call"},
     {"event_fd", event_fd, METH_NOARGS, "a file descriptor that becomes readable when events are waiting"},
     {"close_event_fd", close_event_fd, METH_NOARGS, "close it (the loop that watched it is gone)"},
@@ -1969,7 +2475,8 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "audio_stream._acc
 
 PyMODINIT_FUNC PyInit__accel(void)
 {
-    if (PyType_Ready(&CaptureType) < 0 || PyType_Ready(&PlayerType) < 0 || PyType_Ready(&ResamplerType) < 0)
+    if (PyType_Ready(&CaptureType) < 0 || PyType_Ready(&PlayerType) < 0 || PyType_Ready(&ResamplerType) < 0 ||
+        PyType_Ready(&MaskScannerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
@@ -1978,6 +2485,8 @@ PyMODINIT_FUNC PyInit__accel(void)
     Py_INCREF(&PlayerType);
     Py_INCREF(&ResamplerType);
     PyModule_AddObject(m, "Resampler", (PyObject *)&ResamplerType);
+    Py_INCREF(&MaskScannerType);
+    PyModule_AddObject(m, "MaskScanner", (PyObject *)&MaskScannerType);
     PyModule_AddObject(m, "Capture", (PyObject *)&CaptureType);
     PyModule_AddObject(m, "Player", (PyObject *)&PlayerType);
     PyModule_AddIntConstant(m, "EV_STARTED", EV_STARTED);
@@ -1991,8 +2500,6 @@ PyMODINIT_FUNC PyInit__accel(void)
         (void)r;
         close(fd);
     }
-    mask_state = seed ^ (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
-    if (!mask_state)
-        mask_state = 0x9E3779B97F4A7C15ULL;
+    mask_seed = seed ^ (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
     return m;
 }

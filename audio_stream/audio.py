@@ -189,6 +189,81 @@ class PolyphaseResampler:
         return y
 
 
+class Pairer:
+    """Both directions of a call in one stream (`mixed`: their sum; `stereo`: left the caller, right
+    what the caller hears), from two single-direction bugs read separately, so that neither side can
+    hold the other back.
+
+    The core pairs a READ|WRITE bug's frames first in, first out and never lets the read side go
+    alone while it holds any write frame: each frame the write side misses (a playback queue that ran
+    dry for a frame on a parked call) would leave one more read frame behind for good, and the stream
+    would fall further behind the call. Here: frames pair as they come; a read frame whose write
+    partner has not come within `wait_s` (a bridged call's write side lags by up to a frame), or at
+    once when the write side is idle (nothing for `idle_s`), goes out with silence on the write side;
+    write frames that come with no read frame to pair are kept up to two frames (a lagging read
+    side), older ones are dropped, as the core does.
+
+    push(read, write, now) takes whole frames of each side (int16 bytes, `frame_bytes` per frame of
+    one side) and returns the stream's audio now complete; drain() returns the rest at the end.
+    audio_stream/_accel.c pairs the same way for the accelerated path.
+    """
+
+    WRITE_AHEAD = 2           # write frames kept with no read frame to pair
+
+    def __init__(self, frame_bytes, stereo, wait_s=0.03, idle_s=0.06):
+        self.fb = frame_bytes
+        self.stereo = stereo
+        self.wait_s = wait_s
+        self.idle_s = idle_s
+        self.rq = bytearray()
+        self.ages = deque()      # when each read frame in rq came
+        self.wq = bytearray()
+        self.last_write = -1e9
+
+    def push(self, read, write, now):
+        fb = self.fb
+        nr = len(read) // fb
+        if nr:
+            self.rq += read[:nr * fb]
+            self.ages.extend([now] * nr)
+        if len(write) >= fb:
+            self.wq += write[:len(write) // fb * fb]
+            self.last_write = now
+        paired = min(len(self.rq), len(self.wq)) // fb
+        pad = 0
+        idle = now - self.last_write >= self.idle_s
+        ages = self.ages
+        while paired + pad < len(ages) and (idle or now - ages[paired + pad] >= self.wait_s):
+            pad += 1
+        out = self._take(paired, pad)
+        if not self.rq and len(self.wq) > self.WRITE_AHEAD * fb:
+            del self.wq[:len(self.wq) - self.WRITE_AHEAD * fb]
+        return out
+
+    def drain(self):
+        """The end: every read frame left, paired where possible; write frames left are dropped."""
+        paired = min(len(self.rq), len(self.wq)) // self.fb
+        out = self._take(paired, len(self.ages) - paired)
+        self.wq.clear()
+        return out
+
+    def _take(self, paired, pad):
+        fb, k = self.fb, paired + pad
+        if not k:
+            return b""
+        r = np.frombuffer(bytes(self.rq[:k * fb]), dtype="<i2")
+        w = np.zeros(len(r), dtype="<i2")
+        if paired:
+            w[:paired * fb // 2] = np.frombuffer(bytes(self.wq[:paired * fb]), dtype="<i2")
+        del self.rq[:k * fb]
+        del self.wq[:paired * fb]
+        for _ in range(k):
+            self.ages.popleft()
+        if self.stereo:
+            return np.stack((r, w), axis=1).astype("<i2").tobytes()
+        return np.clip(r.astype(np.int32) + w, -32768, 32767).astype("<i2").tobytes()
+
+
 class Uplink:
     """Channel frames (L16 at the call's rate, already in the stream's layout) → binary messages
     of `chunk_ms` at the stream's rate."""

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from . import protocol
+from .accelerator import native
 from .version import VERSION
 
 USER_AGENT = "audio_stream/%s (FreeSWITCH mod_python3)" % VERSION
@@ -29,6 +30,8 @@ class MaskGuard:
         self.hdr = bytearray()      # header bytes of the frame being read
         self.skip = 0               # payload bytes still to pass over
         self.failed = False
+        if native is not None:      # the same walk in C
+            self._masked = native.MaskScanner().masked
 
     def feed_data(self, data):
         if self.failed:
@@ -170,6 +173,46 @@ def direct_writer(ws):
         return transport
     except AttributeError:
         return None
+
+
+def socket_for_direct(ws):
+    """The connection's socket file descriptor when complete frames may be written to it from C
+    (plain TCP, no permessage-deflate), else None (TLS must go through the SSL transport)."""
+    transport = direct_writer(ws)
+    if transport is None or transport.get_extra_info("sslcontext") is not None or \
+            transport.get_extra_info("ssl_object") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    try:
+        return sock.fileno() if sock is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def watch_writes(ws, on_buffered, on_closing):
+    """Call `on_buffered()` whenever a write to this connection's transport leaves data in its
+    buffer (the socket did not take it all: a server that does not keep up, or a control frame
+    aiohttp sent meanwhile), and `on_closing()` before it closes or aborts. Returns the
+    transport's own write (for what must go out ahead of anything else). The direct path relies
+    on it: writes from C happen only while the transport holds nothing."""
+    transport = ws._writer.transport
+    write, close, abort_ = transport.write, transport.close, transport.abort
+
+    def watched_write(data):
+        write(data)
+        if transport.get_write_buffer_size():
+            on_buffered()
+
+    def watched_close():
+        on_closing()
+        close()
+
+    def watched_abort():
+        on_closing()
+        abort_()
+
+    transport.write, transport.close, transport.abort = watched_write, watched_close, watched_abort
+    return write
 
 
 def abort(ws):

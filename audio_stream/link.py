@@ -82,12 +82,17 @@ class Link:
         if transport is None or self.outbox or transport.get_write_buffer_size():
             return False
         if transport.is_closing():
-            self._direct = None
+            self._stop_direct()
             return False
         transport.write(self.frame(data, chunk_bytes))
         self.messages_sent += -(-len(data) // chunk_bytes)
         self.bytes_sent += len(data)
         return True
+
+    def _stop_direct(self):
+        if self._direct is not None:
+            self._direct = None
+            self.host.connection_down()
 
     # ---- running ----------------------------------------------------------------------------------
     async def run(self):
@@ -101,7 +106,7 @@ class Link:
                 ws = await self._recover(loss) if loss is not None else None
         finally:
             self.state = CLOSED
-            self._direct = None
+            self._stop_direct()
             await self._stop_receiver()
             if self.ws is not None and not self.ws.closed:
                 connection.abort(self.ws)
@@ -126,15 +131,17 @@ class Link:
         self._receiver = asyncio.ensure_future(self._receive(ws))
         if self.frame is not None and self.host.dialect.binary_audio:
             self._direct = connection.direct_writer(ws)
+            if self._direct is not None:
+                self.host.connection_up(ws)
         outbox = self.outbox
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self._abandoned:
-                self._direct = None
+                self._stop_direct()
                 return None
             if self._loss is not None:
-                self._direct = None
+                self._stop_direct()
                 # lost while we were closing anyway: nothing to recover
                 return None if self._finish is not None else self._loss
             if self._finish is None:
@@ -143,13 +150,13 @@ class Link:
                         await self._writable(ws, None)
                         self._wake.set()          # go round again: send what is left
                 except connection.SEND_ERRORS as e:
-                    self._direct = None
+                    self._stop_direct()
                     await asyncio.sleep(0)        # the receiver may know why (a close frame)
                     return self._loss or (False, 1006, connection.lost_reason(e), protocol.ERR_IO)
                 continue
             drain_s, linger_s = self._finish[2:]
             self.state = CLOSING
-            self._direct = None
+            self._stop_direct()
             deadline = time.monotonic() + drain_s
             try:
                 while not await self._drain(ws, outbox):
@@ -211,7 +218,7 @@ class Link:
         render = self.host.render_audio
         while outbox:
             if backlogged(ws):
-                self.host.outbox_drained()
+                self.host.outbox_drained(False)
                 return False
             item = outbox.pop()
             self.messages_sent += 1
@@ -228,7 +235,7 @@ class Link:
             else:                               # outbox.Deferred: rendered now, in sending order
                 for text in item.render():
                     await ws.send_str(text)
-        self.host.outbox_drained()
+        self.host.outbox_drained(not backlogged(ws) and self._direct is not None)
         return True
 
     async def _recover(self, loss):
@@ -306,7 +313,7 @@ class Link:
         except Exception as e:
             host.log("ERR", "receive failed: %r" % (e,))
             event = (connection.LOST, protocol.ERR_IO, "receive failed: %r" % (e,))
-        self._direct = None
+        self._stop_direct()
         kind, code, text = event
         if kind == connection.CLOSED:
             self._loss = (True, code, text, protocol.ERR_IO)

@@ -35,6 +35,7 @@ class Outbox:
         self.overrun = False            # inside an overrun episode
         self.episode_dropped = 0        # audio dropped in the current/last episode
         self._events = []               # ("overrun", episode_ms, total_ms) / ("recovered", ms, total_ms)
+        self.on_put = None              # called before anything is queued (the direct path must stop)
 
     def __len__(self):
         return len(self._q)
@@ -54,6 +55,8 @@ class Outbox:
         return self.ms(self.audio_bytes)
 
     def put_audio(self, chunk):
+        if self.on_put is not None:
+            self.on_put()
         self._q.append(chunk)
         self.audio_bytes += len(chunk)
         while self.audio_bytes > self.max_audio_bytes:
@@ -68,6 +71,8 @@ class Outbox:
         size = len(text)
         if self.text_bytes + size > self.max_text_bytes:
             return False
+        if self.on_put is not None:
+            self.on_put()
         self._q.append(text)
         self.text_bytes += size
         return True
@@ -75,6 +80,8 @@ class Outbox:
     def put_text_front(self, text):
         """Queue a text before everything else (the metadata of a new connection). Never refused:
         the host sends one per connection."""
+        if self.on_put is not None:
+            self.on_put()
         self._q.appendleft(text)
         self.text_bytes += len(text)
 

@@ -1,6 +1,5 @@
 """Small pure state machines for decisions taken per frame or per capture pass. No I/O, no threads.
 
-PairPolicy: when to stop waiting for the write side of a both-directions capture (mixed, stereo).
 PlaybackPolicy: who puts the server's audio into the call (the core's own writes, replaced, or
 our writes), and when the playback bug may go dormant.
 """
@@ -8,30 +7,6 @@ our writes), and when the playback bug may go dormant.
 # PlaybackPolicy modes (the prior: who wrote the call the last time we played into it)
 REPLACE = "replace"   # the core writes frames to the call; our WRITE_REPLACE callback replaces them
 WRITE = "write"       # the core writes nothing; we write frames from the READ_PING callback
-
-
-class PairPolicy:
-    """Reading a READ|WRITE bug (mixed, stereo) once per capture pass.
-
-    `switch_core_media_bug_read(fill=TRUE)` returns a frame only when both directions have one.
-    On a call where the core writes nothing to the caller (parked), the write side stays empty and
-    nothing ever pairs; `fill=FALSE` pads the missing side with silence. A bridged call's write
-    side comes from another thread and can lag the read side by a frame, so one pass without a
-    pair is normal there. So: after `idle_passes` passes in a row without a pair, the write side
-    is idle, and the pass drains the read side padded (`pad()` says when).
-    """
-
-    def __init__(self, idle_passes=2):
-        self.idle_passes = idle_passes
-        self.unpaired = 0      # passes in a row that read no pair
-
-    def pad(self, paired):
-        """After a pass read `paired` pairs: True if it should now drain with fill=FALSE."""
-        if paired:
-            self.unpaired = 0
-            return False
-        self.unpaired += 1
-        return self.unpaired >= self.idle_passes
 
 
 class PlaybackPolicy:

@@ -12,7 +12,8 @@ import aiohttp
 
 from .switch import backend
 
-TICK_S = 0.020                # the capture clock: every stream is read once per tick
+TICK_S = 0.010                # the capture clock: accelerated streams are read on every tick
+POLL_EVERY = 2                # ... the others (pure-Python path) on every second tick (20 ms)
 LAG_WARN_S = 0.2              # a tick this late is logged (rate-limited): the process is overloaded
 LAG_LOG_EVERY_S = 10.0
 
@@ -92,6 +93,7 @@ class _Clock:
     def __init__(self):
         self.streams = {}         # stream -> None (insertion-ordered set): polled one by one
         self.batched = {}         # stream -> its capture's C object: read in one capture_pass
+        self._batch = None        # (streams, C objects) as lists, rebuilt when the set changes
         self.handle = None
         self.due = 0.0
         self.lag = 0.0            # how late the last tick ran, s
@@ -104,6 +106,7 @@ class _Clock:
         batch = stream.capture.batch
         if batch is not None:
             self.batched[stream] = batch
+            self._batch = None
         else:
             self.streams[stream] = None
         if self.handle is None:
@@ -113,7 +116,8 @@ class _Clock:
 
     def remove(self, stream):
         self.streams.pop(stream, None)
-        self.batched.pop(stream, None)
+        if self.batched.pop(stream, None) is not None:
+            self._batch = None
         if not self.streams and not self.batched and self.handle is not None:
             self.handle.cancel()
             self.handle = None
@@ -127,11 +131,12 @@ class _Clock:
             self.lag_peak, self.lag_peak_at = lag, now
         if self.batched:
             self._pass()
-        for stream in list(self.streams):
-            try:
-                stream.poll()
-            except Exception as e:  # one stream's failure must not stop the others' audio
-                stream.log("ERR", "capture failed: %r" % (e,))
+        if self.streams and self.ticks % POLL_EVERY == 0:
+            for stream in list(self.streams):
+                try:
+                    stream.poll()
+                except Exception as e:  # one stream's failure must not stop the others' audio
+                    stream.log("ERR", "capture failed: %r" % (e,))
         if lag > LAG_WARN_S and now - self.lag_logged_at > LAG_LOG_EVERY_S:
             self.lag_logged_at = now
             backend().log("WARNING", "the capture clock ran %d ms late with %d streams: the process is "
@@ -147,13 +152,16 @@ class _Clock:
 
     def _pass(self):
         from .switch.accel import capture_pass
-        streams = list(self.batched)
+        if self._batch is None:
+            self._batch = (list(self.batched), list(self.batched.values()))
+        streams, objs = self._batch
         try:
-            results = capture_pass(list(self.batched.values()))
+            results = capture_pass(objs)
         except Exception as e:
             backend().log("ERR", "capture pass failed: %r" % (e,))
             return
-        for stream, data in zip(streams, results):
+        for i, data in results:      # only the streams that read something (or lost their bug)
+            stream = streams[i]
             try:
                 stream.captured(stream.capture.convert(data))
             except Exception as e:  # one stream's failure must not stop the others' audio

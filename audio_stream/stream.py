@@ -55,19 +55,15 @@ class Stream:
         bytes_per_ms = self.rate * 2 * self.channels // 1000
         self.outbox = Outbox(settings.backlog_ms * bytes_per_ms, MAX_TEXT_BYTES + settings.max_message,
                              bytes_per_ms)
-        flags = C.SMBF_READ_STREAM
-        if cmd.mix in ("mixed", "stereo"):
-            flags |= C.SMBF_WRITE_STREAM
-        if cmd.mix == "stereo":
-            flags |= C.SMBF_STEREO
         path = be.media_path()
         self.path = path.name
         self._ws_frames = path.ws_frames
-        self.capture = path.capture(uuid, flags, call_rate, self.rate, self.channels, chunk_ms)
+        self.capture = path.capture(uuid, cmd.mix, call_rate, ptime_ms, self.rate, chunk_ms)
         queue = path.queue(uuid, call_rate, ptime_ms, settings) if settings.playback and plays else None
         self.player = Player(self, call_rate, queue, plays, path.resampler)
         self.control = path.control(uuid, call_rate, ptime_ms, queue, self.capture, self, self.player, self.loop)
         self.player.port = self.control
+        self.outbox.on_put = self.capture.stop_direct
         self.dtmf_port = DtmfPort(be, self, self.loop.call_soon_threadsafe) if settings.dtmf else None
         self.paused = False
         self.stop_text = None
@@ -136,8 +132,8 @@ class Stream:
             "rate": self.rate,
             "seconds": round(time.time() - self.started_at, 1),
             "frames_captured": self.capture.frames_read,
-            "messages_sent": link.messages_sent if link else 0,
-            "bytes_sent": link.bytes_sent if link else 0,
+            "messages_sent": (link.messages_sent if link else 0) + self.capture.sent[0],
+            "bytes_sent": (link.bytes_sent if link else 0) + self.capture.sent[1],
             "dropped_ms": self.outbox.dropped_ms,
             "queued_ms": self.outbox.queued_ms,
             "reconnects": link.policy.reconnects if link else 0,
@@ -157,8 +153,7 @@ class Stream:
             return ok, reason
         ok, reason = self.control.attach(session)
         if not ok:
-            self.be.core.bug_remove(session, self.capture.bug)
-            self.capture.forget()
+            self.capture.remove(session)
         elif self.dtmf_port is not None:
             why = self.dtmf_port.attach(session)
             if why:
@@ -190,9 +185,10 @@ class Stream:
                 self._end_media()
             return
         link = self.link
-        if data and (link is None or not link.send_audio_now(data, self.capture.chunk_bytes)):
-            self._feed(data)
-        if self.outbox and link is not None:
+        if not data or (link is not None and link.send_audio_now(data, self.capture.chunk_bytes)):
+            return                    # nothing new, or on the wire already (the direct path)
+        self._feed(data)
+        if link is not None:
             link.wake()
         self._overrun_events()
 
@@ -219,7 +215,7 @@ class Stream:
         if self.media_ended:
             return
         if tail:
-            data = self.capture.feed(tail)
+            data = self.capture.feed(tail, final=True)
             if data:
                 self._feed(data)
         if cause in SHUTDOWN_CAUSES:
@@ -448,8 +444,26 @@ class Stream:
             self.fire("error", protocol.error_body(error_code, reason))
         self._abandon()
 
-    def outbox_drained(self):
+    def outbox_drained(self, writable=False):
+        """The link sent what the outbox held (`writable`: all of it, and the socket took it all:
+        the capture may send from C again)."""
+        if writable and not self.outbox:
+            self.capture.direct = True
         self._overrun_events()
+
+    def connection_up(self, ws):
+        """A connection that audio may go to without the outbox (the link's direct path)."""
+        capture = self.capture
+        if capture.attach_socket(connection.socket_for_direct(ws)):
+            def buffered():
+                capture.direct = False
+                link = self.link
+                if link is not None:
+                    link.wake()
+            capture.on_rest = connection.watch_writes(ws, buffered, capture.detach_socket)
+
+    def connection_down(self):
+        self.capture.detach_socket()
 
     def on_text(self, text):
         if len(text) > self.settings.max_message:

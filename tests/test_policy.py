@@ -1,23 +1,6 @@
 """The pure decision policies (policy.py) and the bounded outbox (outbox.py)."""
 from audio_stream.outbox import Outbox
-from audio_stream.policy import REPLACE, WRITE, PairPolicy, PlaybackPolicy
-
-
-# ---- PairPolicy ---------------------------------------------------------------------------------
-
-def test_pairs_flowing_never_pad():
-    p = PairPolicy(idle_passes=2)
-    assert [p.pad(n) for n in (1, 2, 1, 0, 1, 0, 2)] == [False] * 7   # one empty pass is jitter
-
-
-def test_write_side_idle_pads_after_two_empty_passes_until_pairs_return():
-    p = PairPolicy(idle_passes=2)
-    assert [p.pad(n) for n in (1, 0, 0, 0, 0, 1, 0, 0)] == [False, False, True, True, True, False, False, True]
-
-
-def test_idle_from_the_start():
-    p = PairPolicy(idle_passes=2)
-    assert [p.pad(0) for _ in range(3)] == [False, True, True]
+from audio_stream.policy import REPLACE, WRITE, PlaybackPolicy
 
 
 # ---- PlaybackPolicy -----------------------------------------------------------------------------

@@ -23,15 +23,9 @@ from . import core as C
 from ..audio import PolyphaseResampler, Passthrough, Uplink, resampler as audio_resampler
 from .media import CAPTURE_BUG, CONTROL_BUG, CONTROL_FLAGS, PLAY_FLAGS
 
-try:
-    from .. import _accel
-    _IMPORT_ERROR = None
-except ImportError as e:  # not built here (no compiler or Python headers when it was installed)
-    _accel = None
-    _IMPORT_ERROR = str(e)
+from .. import accelerator
 
-OFF_VALUES = ("0", "false", "no", "off")
-ENV = "AUDIO_STREAM_ACCEL"
+_accel = accelerator.native
 
 _BIND = (
     "switch_core_session_perform_force_locate", "switch_core_session_perform_locate",
@@ -65,10 +59,7 @@ def path(core):
     """The AccelPath bound to this core, or None (why_not() says why)."""
     global _why
     if _accel is None:
-        _why = "the compiled accelerator is not built (%s)" % _IMPORT_ERROR
-        return None
-    if os.environ.get(ENV, "").strip().lower() in OFF_VALUES:
-        _why = "%s=%s" % (ENV, os.environ[ENV])
+        _why = accelerator.why_not
         return None
     p = _paths.get(id(core))
     if p is not None and p.core is core:
@@ -115,10 +106,11 @@ class AccelPath:
     def __init__(self, core):
         self.core = core
         self.ws_frames = _accel.ws_frames     # masked binary frames: the capture clock's direct path
+        self.workers = _accel.set_workers(min(os.cpu_count() or 1, 8))
         self.resampler = resampler            # the server's audio to the call's rate
 
-    def capture(self, uuid, flags, call_rate, rate, channels, chunk_ms):
-        return AccelCapture(self.core, uuid, flags, call_rate, rate, channels, chunk_ms)
+    def capture(self, uuid, mix, call_rate, ptime_ms, rate, chunk_ms):
+        return AccelCapture(self.core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms)
 
     def queue(self, uuid, call_rate, ptime_ms, settings):
         return AccelQueue(uuid, call_rate, ptime_ms, settings.playback_buffer_ms, settings.playback_jitter_ms)
@@ -150,14 +142,15 @@ class AccelCapture:
     turns its result into complete chunks (one bytes object, a multiple of chunk_bytes), or None
     when the bug is gone (the call's media ended)."""
 
-    def __init__(self, core, uuid, flags, call_rate, rate, channels, chunk_ms):
+    def __init__(self, core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms):
         self.core = core
         self.uuid = uuid
-        self.flags = flags
+        self.both = mix != "mono"
+        channels = 2 if mix == "stereo" else 1
         self.chunk_bytes = rate * chunk_ms // 1000 * 2 * channels
         rs = audio_resampler(call_rate, rate, channels)
-        kw = {"uuid": uuid.encode("utf-8", "surrogateescape"), "pair": bool(flags & C.SMBF_WRITE_STREAM),
-              "channels": channels}
+        kw = {"uuid": uuid.encode("utf-8", "surrogateescape"), "frame_bytes": call_rate * ptime_ms // 1000 * 2,
+              "mix": mix}
         self.uplink = None
         if isinstance(rs, Passthrough):
             kw["chunk_bytes"] = self.chunk_bytes
@@ -169,11 +162,28 @@ class AccelCapture:
         self.batch = _accel.Capture(**kw)
 
     def attach(self, session):
-        bug, status = self.core.bug_add(session, CAPTURE_BUG, None, 0, self.flags)
+        """The bugs (API thread, session read-locked): READ_STREAM, and for mixed/stereo a
+        WRITE_STREAM one too (paired in C; see audio.Pairer)."""
+        core = self.core
+        bug, status = core.bug_add(session, CAPTURE_BUG, None, 0, C.SMBF_READ_STREAM)
         if bug is None:
             return False, "switch_core_media_bug_add failed (status %d)" % status
-        self.batch.set_bug(bug)
+        wbug = None
+        if self.both:
+            wbug, status = core.bug_add(session, CAPTURE_BUG, None, 0, C.SMBF_WRITE_STREAM)
+            if wbug is None:
+                core.bug_remove(session, bug)
+                return False, "switch_core_media_bug_add failed (status %d)" % status
+        self.batch.set_bug(bug, wbug)
+        self._bugs = (bug, wbug)
         return True, None
+
+    def remove(self, session):
+        """Remove the bugs (API thread, session read-locked by the caller)."""
+        for bug in getattr(self, "_bugs", ()):
+            if bug is not None:
+                self.core.bug_remove(session, bug)
+        self.batch.forget()
 
     @property
     def bug(self):
@@ -192,19 +202,60 @@ class AccelCapture:
         self.batch.paused = value
 
     def convert(self, result):
-        if result is None or self.uplink is None or not result:
-            return result
-        return b"".join(self.uplink.feed(result))
+        """A result of capture_pass() or poll(): the chunks for the outbox (bytes), None when the bug
+        is gone; frames a short send left go to `on_rest` (the transport) first."""
+        kind, value = result
+        if kind == _CHUNKS:
+            return value if self.uplink is None or not value else b"".join(self.uplink.feed(value))
+        if kind == _GONE:
+            return None
+        if self.on_rest is not None:
+            self.on_rest(value)
+        return b""
 
     def poll(self, remove=False):
         """This capture now (stop, a digit, a text that must follow the audio so far)."""
         return self.convert(self.batch.poll(remove=remove))
 
-    def feed(self, raw):
-        """Frames read elsewhere (the control bug's CLOSE tail) → complete chunks."""
-        if self.batch.paused or not raw:
-            return b""
-        return b"".join(self.uplink.feed(raw)) if self.uplink is not None else self.batch.feed(raw)
+    # the direct path: complete chunks go to the socket from C during the pass, as masked frames, while
+    # nothing waits before them (the stream's outbox and the transport's buffer are empty)
+    on_rest = None        # the transport's write: for the frames a short send left
+
+    def attach_socket(self, fd):
+        """Send from C on this socket (the stream says when). False if not possible."""
+        if fd is None or self.uplink is not None:
+            return False
+        self.batch.set_socket(fd)
+        return True
+
+    def detach_socket(self):
+        self.on_rest = None
+        self.batch.set_socket(-1)
+
+    def stop_direct(self):
+        self.batch.direct = False
+
+    @property
+    def direct(self):
+        return self.batch.direct
+
+    @direct.setter
+    def direct(self, on):
+        self.batch.direct = on
+
+    @property
+    def sent(self):
+        """(messages, payload bytes) sent from C."""
+        return self.batch.sent
+
+    def feed(self, tail, final=True):
+        """What the control bug's CLOSE read out of the bugs ((read, write) bytes) → complete chunks,
+        paired and drained (`final`)."""
+        read, write = tail or (b"", b"")
+        data = self.batch.feed(read, write, final=final)
+        if self.uplink is not None:
+            return b"".join(self.uplink.feed(data)) if data else b""
+        return data
 
     def flush(self):
         """What is still held: the resampler's delay and a partial chunk (may be short)."""
@@ -402,6 +453,9 @@ class AccelControlPort:
 
 
 _CALLBACK = C.BUG_CALLBACK(_accel.callback_address()) if _accel is not None else None
+
+
+_CHUNKS, _GONE, _REST = 0, 1, 2
 
 
 def capture_pass(captures):

@@ -27,8 +27,8 @@ import threading
 import time
 
 from . import core as C
-from ..audio import PlaybackQueue, Uplink, resampler
-from ..policy import PairPolicy, PlaybackPolicy
+from ..audio import Pairer, PlaybackQueue, Uplink, resampler
+from ..policy import PlaybackPolicy
 
 CAPTURE_BUG = "audio_stream"
 CONTROL_BUG = "audio_stream_ctl"
@@ -53,6 +53,8 @@ SCRATCH_BYTES = 256 * 1024
 READ_BUFLEN = 2 * C.SWITCH_RECOMMENDED_BUFFER_SIZE   # a stereo read writes two frames' worth
 _scratch = ctypes.create_string_buffer(SCRATCH_BYTES)
 _scratch_addr = ctypes.addressof(_scratch)
+_wscratch = ctypes.create_string_buffer(SCRATCH_BYTES)      # the write side of a mixed/stereo capture
+_wscratch_addr = ctypes.addressof(_wscratch)
 
 
 def _on_bug(bug, user_data, abc_type):
@@ -76,7 +78,7 @@ def _on_exec(bug, user_data):
     """switch_core_media_bug_exec_all's callback: the session's bug list is write-locked."""
     try:
         port = _captures.get(user_data) or _players.get(user_data)
-        if port is not None and bug == port.bug:
+        if port is not None:
             port.locked(bug)
     except BaseException:
         pass
@@ -87,37 +89,54 @@ EXEC = C.EXEC_CALLBACK(_on_exec)
 
 
 class CapturePort:
-    """The call's audio, read by the loop thread from a callback-less bug.
+    """The call's audio, read by the loop thread from callback-less bugs: one READ_STREAM bug
+    (mono), or for `mixed`/`stereo` also a WRITE_STREAM bug for what the caller hears (both named
+    CAPTURE_BUG, read in the same exec_all, paired by audio.Pairer: see there why not one
+    READ|WRITE bug).
 
-    `poll(uuid)` returns the bytes of every frame buffered since the last poll (L16 at the call's
-    rate, in the stream's layout: mono, mixed, or stereo interleaved), b"" when there is none, or
-    None when the bug is gone (the call's media ended).
+    `poll(uuid)` returns what every bug buffered since the last poll (L16 at the call's rate):
+    bytes (mono) or (read, write) (both sides), empty when there is none, or None when the bugs
+    are gone (the call's media ended).
     """
 
-    def __init__(self, core, flags):
+    def __init__(self, core, both_sides):
         self.core = core
-        self.flags = flags
+        self.both = both_sides
         self.key = next(_keys)
         self.bug = None
-        self.pair = PairPolicy() if flags & C.SMBF_WRITE_STREAM else None
+        self.wbug = None
         self.frames_read = 0
         self._frame = C.Frame()
         self._frame_ptr = ctypes.pointer(self._frame)
         self._visited = False
         self._used = 0
-        self.removing = False     # the loop thread is removing the bug: CLOSE must not read it
+        self._wused = 0
+        self.removing = False     # the loop thread is removing the bugs: CLOSE must not read them
 
     def attach(self, session):
-        bug, status = self.core.bug_add(session, CAPTURE_BUG, None, self.key, self.flags)
+        bug, status = self.core.bug_add(session, CAPTURE_BUG, None, self.key, C.SMBF_READ_STREAM)
         if bug is None:
             return False, "switch_core_media_bug_add failed (status %d)" % status
+        if self.both:
+            wbug, status = self.core.bug_add(session, CAPTURE_BUG, None, self.key, C.SMBF_WRITE_STREAM)
+            if wbug is None:
+                self.core.bug_remove(session, bug)
+                return False, "switch_core_media_bug_add failed (status %d)" % status
+            self.wbug = wbug
         self.bug = bug
         with _lock:
             _captures[self.key] = self
         return True, None
 
+    def remove(self, session):
+        """Remove the bugs (API thread, session read-locked by the caller)."""
+        for bug in (self.bug, self.wbug):
+            if bug is not None:
+                self.core.bug_remove(session, bug)
+        self.forget()
+
     def poll(self, uuid, remove=False):
-        """Loop thread. `remove=True`: read what is left, then remove the bug."""
+        """Loop thread. `remove=True`: read what is left, then remove the bugs."""
         if self.bug is None:
             return None
         if remove:
@@ -128,39 +147,39 @@ class CapturePort:
             self.forget()
             return None
         self._visited = False
-        self._used = 0
+        self._used = self._wused = 0
         try:
             core.switch_core_media_bug_exec_all(session, _CAPTURE_BUG_B, EXEC, self.key)
             if remove and self._visited:
-                core.bug_remove(session, self.bug)
+                for bug in (self.bug, self.wbug):
+                    if bug is not None:
+                        core.bug_remove(session, bug)
         finally:
             core.unlock(session)
         if not self._visited or remove:
             self.forget()
             if not self._visited:
                 return None
-        return ctypes.string_at(_scratch_addr, self._used) if self._used else b""
+        read = ctypes.string_at(_scratch_addr, self._used) if self._used else b""
+        if not self.both:
+            return read
+        return read, ctypes.string_at(_wscratch_addr, self._wused) if self._wused else b""
 
     def forget(self):
         with _lock:
             _captures.pop(self.key, None)
-        self.bug = None
+        self.bug = self.wbug = None
 
     def locked(self, bug):
-        """Inside exec_all (loop thread): read every buffered frame into the scratch buffer."""
-        self._visited = True
-        n = self._read_all(bug, 1)
-        if self.pair is not None and self.pair.pad(n):
-            self._read_all(bug, 0)
+        """Inside exec_all (loop thread): read every buffered frame of our bugs."""
+        if bug == self.bug:
+            self._visited = True
+            self._used = self._read_into(bug, self._frame, _scratch_addr, self._used, SCRATCH_BYTES)
+        elif bug == self.wbug:
+            self._wused = self._read_into(bug, self._frame, _wscratch_addr, self._wused, SCRATCH_BYTES)
 
-    def _read_all(self, bug, fill):
-        n, self._used = self._read_into(bug, fill, self._frame, _scratch_addr, self._used, SCRATCH_BYTES)
-        return n
-
-    def _read_into(self, bug, fill, frame, base, used, size):
-        # fill=1 returns a frame only when every direction of the bug has one; a READ-only bug
-        # drains its buffer. fill=0 pads a missing direction with silence and stops when both
-        # are empty (it must never be used on a READ-only bug: there it never stops).
+    def _read_into(self, bug, frame, base, used, size):
+        # a single-direction bug: fill=TRUE drains exactly the frames it holds
         read = self.core.switch_core_media_bug_read
         ptr = ctypes.pointer(frame) if frame is not self._frame else self._frame_ptr
         n = 0
@@ -168,27 +187,28 @@ class CapturePort:
             frame.data = base + used
             frame.buflen = READ_BUFLEN
             frame.datalen = 0
-            if read(bug, ptr, fill) != C.SUCCESS:
+            if read(bug, ptr, 1) != C.SUCCESS:
                 break
             used += frame.datalen
             n += 1
         self.frames_read += n
-        return n, used
+        return used
 
     def read_tail(self):
         """On the thread that closes the bugs at hangup, inside the core's bug-list write lock
-        (from the control bug's CLOSE): what no capture pass has read yet. The capture bug is
-        closed or about to be, not yet destroyed. Everything is drained, padded if both sides."""
-        bug = self.bug
+        (from the control bug's CLOSE): what no capture pass has read yet, as poll() returns it.
+        The capture bugs are closed or about to be, not yet destroyed."""
+        bug, wbug = self.bug, self.wbug
         if bug is None or self.removing:
             return b""
         buf = ctypes.create_string_buffer(TAIL_BYTES)
-        base = ctypes.addressof(buf)
         frame = C.Frame()
-        n, used = self._read_into(bug, 1, frame, base, 0, TAIL_BYTES)
-        if self.pair is not None:
-            n, used = self._read_into(bug, 0, frame, base, used, TAIL_BYTES)
-        return buf.raw[:used]
+        used = self._read_into(bug, frame, ctypes.addressof(buf), 0, TAIL_BYTES)
+        if not self.both:
+            return buf.raw[:used]
+        wbuf = ctypes.create_string_buffer(TAIL_BYTES)
+        wused = self._read_into(wbug, frame, ctypes.addressof(wbuf), 0, TAIL_BYTES) if wbug else 0
+        return buf.raw[:used], wbuf.raw[:wused]
 
 
 class ControlPort:
@@ -291,6 +311,8 @@ class ControlPort:
 
     def locked(self, bug):
         """Inside exec_all (loop thread): no callback of this bug is running."""
+        if bug != self.bug:
+            return
         self._replaced_seen = self._replaced
         self.policy.activate()
         self.core.switch_core_media_bug_set_flag(bug, PLAY_FLAGS)
@@ -395,15 +417,20 @@ class CaptureSource:
 
     batch = None
 
-    def __init__(self, core, uuid, flags, call_rate, rate, channels, chunk_ms):
+    def __init__(self, core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms):
         self.uuid = uuid
-        self.port = CapturePort(core, flags)
-        self.uplink = Uplink(call_rate, rate, channels, chunk_ms)
+        both = mix in ("mixed", "stereo")
+        self.port = CapturePort(core, both)
+        self.pairer = Pairer(call_rate * ptime_ms // 1000 * 2, mix == "stereo") if both else None
+        self.uplink = Uplink(call_rate, rate, 2 if mix == "stereo" else 1, chunk_ms)
         self.chunk_bytes = self.uplink.chunk_bytes
         self.paused = False
 
     def attach(self, session):
         return self.port.attach(session)
+
+    def remove(self, session):
+        self.port.remove(session)
 
     @property
     def bug(self):
@@ -420,9 +447,16 @@ class CaptureSource:
         data = self.port.poll(self.uuid, remove)
         if data is None:
             return None
-        return self.feed(data)
+        return self.feed(data, final=remove)
 
-    def feed(self, raw):
+    def feed(self, raw, final=False):
+        """What the bugs gave (poll()'s shape, or the control bug's CLOSE tail) → complete chunks.
+        `final`: the bugs are gone, pair what is left."""
+        if self.pairer is not None:
+            read, write = raw or (b"", b"")
+            raw = self.pairer.push(read, write, time.monotonic())
+            if final:
+                raw += self.pairer.drain()
         if not raw or self.paused:
             return b""
         return b"".join(self.uplink.feed(raw))
@@ -432,6 +466,19 @@ class CaptureSource:
 
     def forget(self):
         self.port.forget()
+
+    # no direct path here: every chunk goes through the stream's outbox
+    direct = False
+    sent = (0, 0)
+
+    def attach_socket(self, fd):
+        return False
+
+    def detach_socket(self):
+        pass
+
+    def stop_direct(self):
+        pass
 
 
 class PythonPath:
@@ -444,8 +491,8 @@ class PythonPath:
     def __init__(self, core):
         self.core = core
 
-    def capture(self, uuid, flags, call_rate, rate, channels, chunk_ms):
-        return CaptureSource(self.core, uuid, flags, call_rate, rate, channels, chunk_ms)
+    def capture(self, uuid, mix, call_rate, ptime_ms, rate, chunk_ms):
+        return CaptureSource(self.core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms)
 
     def queue(self, uuid, call_rate, ptime_ms, settings):
         return PlaybackQueue(call_rate, settings.playback_buffer_ms, jitter_ms=settings.playback_jitter_ms,

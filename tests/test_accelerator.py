@@ -1,0 +1,123 @@
+"""The compiled accelerator's pure pieces against their Python references: the polyphase resampler,
+the masked-frame scanner, the WebSocket frames it writes; and how the package chooses its path.
+(The media-bug parts run in every simulator test: the accelerated path is the default where it is
+built, and `AUDIO_STREAM_ACCEL=0 pytest` runs the same tests on the pure-Python path.)"""
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from audio_stream import accelerator, audio, connection
+from audio_stream.switch import accel
+
+from .support import tone
+
+native = accelerator.native
+needs_native = pytest.mark.skipif(native is None, reason="the compiled accelerator is not built here: %s"
+                                  % accelerator.why_not)
+
+
+@needs_native
+@pytest.mark.parametrize("rates", [(8000, 16000), (16000, 8000), (8000, 48000), (48000, 8000), (16000, 24000),
+                                   (24000, 16000), (8000, 12000)])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_c_resampler_matches_numpy(rates, channels):
+    a, b = rates
+    x = tone(440, a, 0.3)
+    if channels == 2:
+        x = np.stack([x, tone(1000, a, 0.3)], axis=1).reshape(-1)
+    pcm = x.astype("<i2").tobytes()
+    step = a // 50 * 2 * channels
+    ref = audio.resampler(a, b, channels)
+    fast = accel.Resampler(ref) if isinstance(ref, audio.PolyphaseResampler) else None
+    assert fast is not None
+    y1 = b"".join(ref.process(pcm[i:i + step]) for i in range(0, len(pcm), step)) + ref.flush()
+    y2 = b"".join(fast.process(pcm[i:i + step]) for i in range(0, len(pcm), step)) + fast.flush()
+    assert len(y1) == len(y2) == round(len(pcm) // (2 * channels) * b / a) * 2 * channels
+    d = np.abs(np.frombuffer(y1, "<i2").astype(int) - np.frombuffer(y2, "<i2").astype(int))
+    assert d.max() <= 1          # float sums in another order: at most one step of 16 bits
+
+
+def _frame(payload, masked=False, opcode=2):
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    return head + (b"\x01\x02\x03\x04" if masked else b"") + payload
+
+
+@pytest.mark.parametrize("impl", ["python", "c"])
+@pytest.mark.parametrize("split", [1, 3, 7, 1000])
+def test_mask_scanner_follows_frames_split_anywhere(impl, split):
+    if impl == "c" and native is None:
+        pytest.skip("the compiled accelerator is not built here")
+    stream = _frame(b"a" * 10) + _frame(b"b" * 300) + _frame(b"c" * 70000) + _frame(b"x" * 5, masked=True)
+    guard = connection.MaskGuard.__new__(connection.MaskGuard)
+    guard.hdr, guard.skip = bytearray(), 0
+    masked = native.MaskScanner().masked if impl == "c" else guard._masked
+    clean = len(stream) - len(_frame(b"x" * 5, masked=True))
+    seen = [masked(stream[i:min(i + split, clean)]) for i in range(0, clean, split)]
+    assert not any(seen)                           # three frames, none masked, across any split
+    assert masked(stream[clean:clean + 2]) is True  # the masked frame's header
+
+
+@needs_native
+@pytest.mark.parametrize("size,chunk", [(640, 640), (1280, 640), (1000, 640), (200, 200), (70000, 70000)])
+def test_ws_frames_are_masked_binary_frames(size, chunk):
+    data = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
+    out = native.ws_frames(data, chunk)
+    got, keys, i = [], set(), 0
+    while i < len(out):
+        b0, b1 = out[i], out[i + 1]
+        assert b0 == 0x82 and b1 & 0x80            # FIN, binary, masked
+        n, i = b1 & 0x7F, i + 2
+        if n == 126:
+            n, i = struct.unpack("!H", out[i:i + 2])[0], i + 2
+        elif n == 127:
+            n, i = struct.unpack("!Q", out[i:i + 8])[0], i + 8
+        key, i = out[i:i + 4], i + 4
+        keys.add(key)
+        got.append(bytes(c ^ key[j % 4] for j, c in enumerate(out[i:i + n])))
+        i += n
+    assert b"".join(got) == data
+    assert [len(g) for g in got] == [min(chunk, size - k) for k in range(0, size, chunk)]
+    assert len(keys) == len(got)                   # a fresh key per frame
+
+
+def _which_path(env):
+    code = ("from audio_stream import accelerator; print(accelerator.native is not None, "
+            "accelerator.why_not or '-')")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split(" ", 1)
+
+
+@needs_native
+def test_the_environment_turns_the_accelerator_off():
+    assert _which_path({"AUDIO_STREAM_ACCEL": "1"})[0] == "True"
+    on, why = _which_path({"AUDIO_STREAM_ACCEL": "0"})
+    assert on == "False" and "AUDIO_STREAM_ACCEL=0" in why
+
+
+def test_without_the_extension_the_pure_path_is_chosen(tmp_path):
+    """A copy of the package without the compiled file: it imports, says why, and streams go the
+    pure-Python way."""
+    import shutil
+    src = os.path.dirname(accelerator.__file__)
+    dst = tmp_path / "audio_stream"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("_accel*.so", "_accel*.pyd", "__pycache__"))
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+            "import audio_stream.accelerator as a, audio_stream.switch.accel as s; "
+            "print(a.native is None, 'not built' in a.why_not, s._accel is None)")
+    env = {k: v for k, v in os.environ.items() if k != accelerator.ENV}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(env, PYTHONPATH=str(tmp_path)))
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr
