@@ -34,6 +34,7 @@ PYTHON_IMPLS = ("ours", "base")
 ACCEL_VAR = "audio_stream_accel"      # global variable: false = the pure-Python path (ours reads it at start)
 ACCEL_ENV = "AUDIO_STREAM_ACCEL"      # the same in the environment (simulator mode: the bench is the switch)
 SPS_SHARE = 0.5                       # originate at this share of the switch's sessions per second
+PTIME_S = 0.020                       # calls start at random phases of their 20 ms frames (Pacer jitter)
 PROBE_NAME = "audio_stream_bench_probe"
 PROBE_SOURCE = '''"""Written by audio_stream's scripts/bench (safe to delete): what this switch's Python has loaded.
 
@@ -270,14 +271,19 @@ class Driver:
             return None
 
     def status(self, impl):
-        """The `totals` of `python <impl> status` (ours, base), or None (the C module, an error)."""
+        """The `totals` of `python <impl> status` (ours, base) and a digest of its streams (see
+        bench_tools.status_streams), or None (the C module, an error)."""
         if impl not in PYTHON_IMPLS:
             return None
         try:
             doc = json.loads(self._api(impl, "status"))
         except (ValueError, BenchError):
             return None
-        return doc.get("totals") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict) or not isinstance(doc.get("totals"), dict):
+            return None
+        out = dict(doc["totals"])
+        out["streams"] = bt.status_streams(doc.get("streams") or [])
+        return out
 
     def set_path(self, path):
         """Ask ours for the accelerated (`accel`) or the pure-Python (`python`) path for the streams
@@ -894,7 +900,7 @@ class EslDriver(Driver):
         if self.sps != limit:
             self.sps = limit
             with self._pace_lock:
-                self.pacer = bt.Pacer(bt.originate_rate(limit, SPS_SHARE))
+                self.pacer = bt.Pacer(bt.originate_rate(limit, SPS_SHARE), jitter_s=PTIME_S)
             self.facts["sps"] = limit
             self.facts["originate_sessions_per_s"] = self.pacer.rate
 

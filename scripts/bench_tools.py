@@ -5,6 +5,7 @@ Everything here is unit-tested (tests/test_bench_tools.py) and documented in doc
 clock is system-wide, so both processes share it).
 """
 import math
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,6 +143,15 @@ def gil_per_stream(st0, st1, wall_s, n):
     return {"loop_ms": loop, "callback_ms": cb, "ms": total,
             "capacity": (1000.0 / total) if total > 0 else None,
             "path": st1.get("path") or st0.get("path")}
+
+
+def status_streams(streams):
+    """A digest of the streams in a `status` document: how many, the audio the module itself
+    dropped (dropped_ms, summed), reconnections, and its playback queues (ms, median and max)."""
+    q = [s.get("playback_queued_ms") or 0 for s in streams]
+    return {"n": len(streams), "dropped_ms": sum(s.get("dropped_ms") or 0 for s in streams),
+            "reconnects": sum(s.get("reconnects") or 0 for s in streams),
+            "playback_queued_ms_p50": percentile(q, 50), "playback_queued_ms_max": max(q) if q else None}
 
 
 def machine_out(load1, cpus, switch_pct, stalled, max_load_per_cpu, max_busy_pct):
@@ -689,18 +699,22 @@ class Pacer:
     """Spaces events out so that at most `rate` units go per second, evenly: reserve(cost) says how
     long to wait before an event of `cost` units may go (and books it). FreeSWITCH refills its
     session budget (`sps`) once a second and refuses every session over it ("Throttle Error"); a
-    loopback call is 2 sessions. Not thread-safe by itself: call under a lock."""
+    loopback call is 2 sessions. `jitter_s`: each event goes up to that much later than its slot,
+    at random (calls made exactly 20 ms apart would all run their 20 ms media clocks in step; real
+    calls do not). Not thread-safe by itself: call under a lock."""
 
-    def __init__(self, rate):
+    def __init__(self, rate, jitter_s=0.0, rng=None):
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = float(rate)
+        self.jitter_s = jitter_s
+        self.rng = rng or random.Random()
         self.free_at = None
 
     def reserve(self, cost=1.0, now=None):
         start = now if self.free_at is None else max(now, self.free_at)
         self.free_at = start + cost / self.rate
-        return start - now
+        return start - now + (self.rng.uniform(0.0, self.jitter_s) if self.jitter_s else 0.0)
 
 
 def originate_rate(sps, share=0.5):
