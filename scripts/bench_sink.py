@@ -33,7 +33,8 @@ with the same duration of the probe signal (bench_tools.EchoProbe) at rate R: a 
 message, or a streamAudio JSON message (raw, base64). It notes when each reply carrying a marker
 went out, and listens for the probe with each ear asked for: "right", the right channel of the
 same (stereo) stream; "far", an observer stream of the call's far end (a second stream, on
-ws://host:port/obs/obs/<uuid of the echoed call>, mono at that rate). `POST /ctl/echo_stop
+ws://host:port/obs/obs/<uuid of the echoed call>, mono at that rate; only calls that have one
+open get that ear). `POST /ctl/echo_stop
 {"phase": …}` ends the echo and the analysis; the results are in each connection's record
 ("echo": bench_tools.EchoState.result()).
 """
@@ -113,6 +114,7 @@ class Sink:
         self.phase_opts = {}
         self._messages = {}
         self.echo_heard = {}        # uuid of an echoed call -> its EchoState (its far end's ear)
+        self.observers = {}         # uuid of an observed call -> its open observer connection
 
     def message(self, ms):
         m = self._messages.get(ms)
@@ -169,6 +171,7 @@ class Sink:
     async def observe(self, rec, ws):
         """An observer stream (the far end of an echoed call): its audio goes to that call's
         EchoState while one is running; nothing else is kept."""
+        self.observers[rec.uuid] = rec
         mono = time.monotonic
         try:
             while True:
@@ -188,6 +191,8 @@ class Sink:
             rec.t_close = mono()
             rec.code = ws.close_code
             rec.ws = None
+            if self.observers.get(rec.uuid) is rec:
+                del self.observers[rec.uuid]
         return ws
 
     # ---- echo ----------------------------------------------------------------------------------
@@ -196,6 +201,8 @@ class Sink:
         if rec.echo is not None or (impls and rec.impl not in impls):
             return False
         ears = {k: int(v) for k, v in (opts.get("ears") or {}).items() if k in ("right", "far") and v}
+        if rec.uuid not in self.observers:      # only the calls whose far end is observed have that ear
+            ears.pop("far", None)
         rec.echo_opts = dict(opts, ears=ears)
         rec.echo = bt.EchoState(int(opts["rate"]), int(opts.get("channels", 1)), ears,
                                 every_ms=float(opts.get("every_ms", 500)))

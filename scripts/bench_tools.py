@@ -442,48 +442,59 @@ MIN_MARKER_BLOCKS = 3            # blocks of one marker frequency in a row that 
 
 class EchoProbe:
     """What the sink plays back in echo mode: for every message it receives, the same duration of a
-    continuous tone (PROBE_CARRIER_HZ) at the stream's rate, in which every `every_ms` a
-    `marker_ms` stretch at one of PROBE_MARKER_HZ (in turn) marks an instant the sink knows.
-    Markers start at the first sample of a message, so their send time is that message's.
-    Phase-continuous: the call hears one pure tone, changing frequency at the markers."""
+    continuous tone (PROBE_CARRIER_HZ) at the stream's rate, in which every `every_ms` a 20 ms
+    stretch at one of PROBE_MARKER_HZ (in turn) marks an instant the sink knows. Markers start at
+    the first sample of a message, so their send time is that message's.
 
-    def __init__(self, rate, every_ms=500, marker_ms=20, amplitude=PROBE_AMPLITUDE):
+    Sample i is A·sin(ωc·i), and inside a marker that starts at s, A·sin(ωc·s + ωm·(i − s)): the
+    tone is continuous where a marker starts, and where it ends too, because every marker frequency
+    differs from the carrier's by a multiple of 50 Hz, whole cycles in 20 ms. So the carrier is a
+    table (one period, repeated) and only the marker's samples are computed."""
+
+    MARKER_MS = 20
+
+    def __init__(self, rate, every_ms=500, amplitude=PROBE_AMPLITUDE):
         self.rate = rate
         self.amplitude = amplitude
         self.every = max(1, int(rate * every_ms / 1000))
-        self.mlen = max(1, int(rate * marker_ms / 1000))
+        self.mlen = max(1, rate * self.MARKER_MS // 1000)
         self.pos = 0                 # samples produced so far
-        self.phase = 0.0
         self.next_marker = self.every
         self.seq = 0
-        self.marker_end = None       # end (sample index) of the marker being produced
-        self.code = None
-        self._w_carrier = 2 * math.pi * PROBE_CARRIER_HZ / rate
+        self.marker = None           # (start, code) of the marker being produced
+        self._wc = 2 * math.pi * PROBE_CARRIER_HZ / rate
+        self._period = rate // math.gcd(rate, int(PROBE_CARRIER_HZ))
+        self._table = np.zeros(0, dtype="<i2")
+
+    def _carrier(self, n):
+        p = self._period
+        if len(self._table) < p + n:
+            self._table = np.rint(self.amplitude * np.sin(self._wc * np.arange(p + max(n, 4 * p)))).astype("<i2")
+        a = self.pos % p
+        return self._table[a:a + n].copy()
 
     def take(self, n):
         """The next n samples (int16) and the marker that starts at the first of them, as
         (seq, code), or None."""
         started = None
-        if self.marker_end is None and self.pos >= self.next_marker:
-            self.code = self.seq % len(PROBE_MARKER_HZ)
-            started = (self.seq, self.code)
+        if self.marker is None and self.pos >= self.next_marker:
+            code = self.seq % len(PROBE_MARKER_HZ)
+            self.marker = (self.pos, code)
+            started = (self.seq, code)
             self.seq += 1
-            self.marker_end = self.pos + self.mlen
             self.next_marker = self.pos + self.every
-        w = np.full(n, self._w_carrier)
-        if self.marker_end is not None:
-            k = min(n, self.marker_end - self.pos)
-            w[:k] = 2 * math.pi * PROBE_MARKER_HZ[self.code] / self.rate
-            if self.pos + n >= self.marker_end:
-                self.marker_end = None
-        ph = np.empty(n)
-        if n:
-            ph[0] = 0.0
-            np.cumsum(w[:-1], out=ph[1:])
-        ph += self.phase
-        self.phase = float((self.phase + w.sum()) % (2 * math.pi))
+        out = self._carrier(n)
+        if self.marker is not None:
+            s, code = self.marker
+            k = min(n, s + self.mlen - self.pos)
+            if k > 0:
+                wm = 2 * math.pi * PROBE_MARKER_HZ[code] / self.rate
+                i = np.arange(self.pos - s, self.pos - s + k)
+                out[:k] = np.rint(self.amplitude * np.sin(self._wc * s + wm * i))
+            if self.pos + n >= s + self.mlen:
+                self.marker = None
         self.pos += n
-        return np.rint(self.amplitude * np.sin(ph)).astype("<i2"), started
+        return out, started
 
 
 class EchoDetector:
@@ -536,24 +547,26 @@ class EchoDetector:
         arrays = [self.pending] + [np.asarray(s, dtype=np.int16) for s, _ in chunks]
         data = np.concatenate(arrays)
         ends = len(self.pending) + np.cumsum([len(s) for s, _ in chunks])
-        times = [t for _, t in chunks]
+        times = np.asarray([t for _, t in chunks], dtype=np.float64)
         nb = len(data) // self.B
         self.pending = data[nb * self.B:].copy()
         if not nb:
             return []
         kinds = self.classify(data[:nb * self.B].reshape(nb, self.B).astype(np.float64))
-        last = (np.arange(nb) + 1) * self.B - 1
-        msg = np.searchsorted(ends, last, side="right")
+        # each block's arrival: that of the message that brought its last sample
+        msg = np.searchsorted(ends, (np.arange(nb) + 1) * self.B - 1, side="right")
+        tb = times[np.minimum(msg, len(times) - 1)]
+        self.blocks += nb
+        self.unclear += int(np.count_nonzero(kinds == -1))
+        starts = np.concatenate(([0], np.flatnonzero(kinds[1:] != kinds[:-1]) + 1))
+        lens = np.diff(np.concatenate((starts, [nb])))
         new = []
-        for k, m in zip(kinds.tolist(), msg.tolist()):
-            t = times[min(m, len(times) - 1)]
-            self.blocks += 1
-            if k == -1:
-                self.unclear += 1
+        for a, n in zip(starts.tolist(), lens.tolist()):      # a few runs per batch, not every block
+            k = int(kinds[a])
             if k != self._kind:
                 self._end_run(k)
-                self._kind, self._len, self._t, self._marked = k, 0, t, False
-            self._len += 1
+                self._kind, self._len, self._t, self._marked = k, 0, float(tb[a]), False
+            self._len += n
             if k >= 1 and not self._marked and self._len >= MIN_MARKER_BLOCKS:
                 self._marked = True
                 new.append((k - 1, self._t))
@@ -608,7 +621,7 @@ class EchoEar:
     """One place the call is heard from (the stream's own right channel, or the far end): a detector,
     the sent markers to pair with what it hears, and a batch of audio not yet analysed."""
 
-    def __init__(self, rate, batch_ms=100):
+    def __init__(self, rate, batch_ms=200):
         self.detector = EchoDetector(rate)
         self.matcher = MarkerMatcher()
         self._batch = []
@@ -643,7 +656,7 @@ class EchoState:
     is answered with its left channel's duration, in mono); `sent(marker, t)` records when a reply
     carrying a marker went out; `heard(ear, samples, t)` takes what that ear heard (batched)."""
 
-    def __init__(self, rate, channels, ears=None, every_ms=500, batch_ms=100):
+    def __init__(self, rate, channels, ears=None, every_ms=500, batch_ms=200):
         self.rate = rate
         self.channels = channels
         self.probe = EchoProbe(rate, every_ms)

@@ -907,3 +907,39 @@ def test_status_streams_digest():
     assert d == {"n": 3, "dropped_ms": 40, "reconnects": 1, "playback_queued_ms_p50": 60.0,
                  "playback_queued_ms_max": 100}
     assert bt.status_streams([])["playback_queued_ms_max"] is None
+
+
+def test_sink_hears_the_far_end_only_of_observed_calls():
+    """The far-end ear: an observer stream (as the C module on the b-leg) carries the replies the
+    sink sent to the echoed stream of the same call; a call without an observer has no far ear."""
+    aiohttp = pytest.importorskip("aiohttp")
+    p, port, ctl = start_sink()
+    try:
+        ctl("/ctl/phase", {"phase": "p3"})
+
+        async def calls():
+            async with aiohttp.ClientSession() as s:
+                async with s.ws_connect("ws://127.0.0.1:%d/obs/obs/u9" % port) as obs, \
+                        s.ws_connect("ws://127.0.0.1:%d/p3/ours/u9" % port) as ws, \
+                        s.ws_connect("ws://127.0.0.1:%d/p3/ours/u8" % port) as ws8:
+                    await asyncio.sleep(0.2)
+                    await asyncio.get_running_loop().run_in_executor(None, ctl, "/ctl/play", {
+                        "phase": "p3", "mode": "echo", "rate": 8000, "channels": 1, "format": "binary",
+                        "ears": {"far": 8000}, "every_ms": 100, "impls": ["ours"]})
+                    for i in range(40):
+                        await ws.send_bytes(b"\0\0" * 160)
+                        await ws8.send_bytes(b"\0\0" * 160)
+                        reply = await ws.receive(timeout=5)
+                        await ws8.receive(timeout=5)
+                        await obs.send_bytes(reply.data)           # the far end hears it at once
+                        await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.1)
+                    await asyncio.get_running_loop().run_in_executor(None, ctl, "/ctl/echo_stop", {"phase": "p3"})
+        asyncio.run(calls())
+        conns = {c["uuid"]: c for c in ctl("/ctl/results?phase=p3")["connections"]}
+        far = conns["u9"]["echo"]["ears"]["far"]
+        assert far["markers_heard"] == far["markers_sent"] == 7 and far["silences"] == []
+        assert all(0.0 < x < 100.0 for x in far["rtt_ms"])
+        assert conns["u8"]["echo"]["ears"] == {} and conns["u8"]["echo"]["replies"] == 40
+    finally:
+        stop_sink(p, ctl)
