@@ -5,12 +5,13 @@ Called on FreeSWITCH's API or session thread (fsapi/handler). It validates, loca
 for the network: `start` answers as soon as the bug is attached.
 """
 import concurrent.futures
+import time
 
 from . import commands, config, protocol, service, settings_xml
 from .commands import CommandError, err
 from .config import ConfigError
 from .stream import Stream
-from .switch import backend
+from .switch import backend, media
 from .version import VERSION
 
 LOOP_TIMEOUT = 5.0
@@ -70,16 +71,14 @@ def _live(cmd):
 
 
 def _status(streams):
-    """The JSON document of `status`: every stream asked for, and the process's figures."""
+    """Every stream's status, and the loop thread's CPU seconds so far (read on that thread)."""
     async def collect():
-        live = [s.status() for s in streams]
-        return live
+        return [s.status() for s in streams], time.thread_time()
     try:
-        live = service.call(collect(), LOOP_TIMEOUT)
+        return service.call(collect(), LOOP_TIMEOUT)
     except concurrent.futures.TimeoutError:
         raise err("audio_stream's loop thread did not answer within %g s: the process is overloaded"
                   % LOOP_TIMEOUT) from None
-    return live
 
 
 def _global(cmd):
@@ -87,10 +86,13 @@ def _global(cmd):
         import sys
         return "audio_stream %s (python %s)" % (VERSION, sys.version.split()[0])
     live, finishing = service.all_streams()
+    docs, loop_cpu_s = _status(live + finishing)
     doc = {
         "version": VERSION,
-        "streams": _status(live + finishing) if (live or finishing) else [],
-        "totals": {"live": len(live), "closing": len(finishing), "loop_lag_ms": service.loop_lag_ms()},
+        "streams": docs,
+        "totals": {"live": len(live), "closing": len(finishing), "loop_lag_ms": service.loop_lag_ms(),
+                   "loop_cpu_s": round(loop_cpu_s, 6), "callback_cpu_s": round(media.callback_cpu_s(), 6),
+                   "path": "python"},
     }
     return protocol.dumps(doc)
 
@@ -114,7 +116,7 @@ def _dispatch(cmd, be, session):
         streams = service.call_streams(cmd.uuid)
         if cmd.stream != commands.DEFAULT_NAME:
             streams = [s for s in streams if s.name == cmd.stream]
-        return protocol.dumps({"version": VERSION, "streams": _status(streams) if streams else []})
+        return protocol.dumps({"version": VERSION, "streams": _status(streams)[0] if streams else []})
     stream = _live(cmd)
     if name in ("stop", "graceful_shutdown"):
         if cmd.text is not None:

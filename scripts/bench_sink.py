@@ -25,6 +25,18 @@ play options: mode; chunk_ms (continuous: each message's audio, default 20); lea
 (continuous: how far ahead of real time to stay, default 200); burst_ms (bursts: audio per burst,
 default 200); period_ms (bursts: one burst per period at a random phase, default 1000);
 rounds (bursts, default 3).
+
+Echo (full duplex): `POST /ctl/play {"phase": …, "mode": "echo", "rate": R, "channels": 1|2,
+"format": "binary"|"json", "ears": {"right": R, "far": 8000}, "every_ms": 500, "impls": [...]}`
+answers every binary message of the phase's connections (of those implementations), at once,
+with the same duration of the probe signal (bench_tools.EchoProbe) at rate R: a binary L16
+message, or a streamAudio JSON message (raw, base64). It notes when each reply carrying a marker
+went out, and listens for the probe with each ear asked for: "right", the right channel of the
+same (stereo) stream; "far", an observer stream of the call's far end (a second stream, on
+ws://host:port/obs/obs/<uuid of the echoed call>, mono at that rate; only calls that have one
+open get that ear). `POST /ctl/echo_stop
+{"phase": …}` ends the echo and the analysis; the results are in each connection's record
+("echo": bench_tools.EchoState.result()).
 """
 import argparse
 import asyncio
@@ -38,9 +50,13 @@ import sys
 import time
 from array import array
 
+import numpy as np
 from aiohttp import WSMsgType, web
 
+import bench_tools as bt
+
 RATE = 8000
+OBSERVER_PHASE = "obs"
 
 
 def audio_message(ms, hz=440.0, amplitude=3000):
@@ -57,7 +73,8 @@ def audio_message(ms, hz=440.0, amplitude=3000):
 class Rec:
     """One connection as the sink saw it."""
     __slots__ = ("path", "phase", "impl", "uuid", "t_open", "t_close", "code", "compress",
-                 "times", "sizes", "audio", "texts", "sent", "player", "ws", "error")
+                 "times", "sizes", "audio", "texts", "sent", "player", "ws", "error",
+                 "echo", "echo_opts", "echo_result", "bytes_in")
 
     def __init__(self, path, record_audio):
         parts = [p for p in path.split("/") if p]
@@ -77,13 +94,18 @@ class Rec:
         self.player = None
         self.ws = None
         self.error = None
+        self.echo = None            # bench_tools.EchoState while echoing
+        self.echo_opts = None
+        self.echo_result = None
+        self.bytes_in = 0
 
     def as_dict(self):
         return {"path": self.path, "phase": self.phase, "impl": self.impl, "uuid": self.uuid,
                 "t_open": self.t_open, "t_close": self.t_close, "code": self.code,
                 "compress": self.compress, "n": len(self.sizes), "bytes": sum(self.sizes),
                 "texts": self.texts, "sent": self.sent, "error": self.error,
-                "times": self.times.tolist(), "sizes": self.sizes.tolist()}
+                "times": self.times.tolist(), "sizes": self.sizes.tolist(),
+                "bytes_in": self.bytes_in, "echo": self.echo_result}
 
 
 class Sink:
@@ -91,6 +113,8 @@ class Sink:
         self.recs = []
         self.phase_opts = {}
         self._messages = {}
+        self.echo_heard = {}        # uuid of an echoed call -> its EchoState (its far end's ear)
+        self.observers = {}         # uuid of an observed call -> its open observer connection
 
     def message(self, ms):
         m = self._messages.get(ms)
@@ -107,8 +131,12 @@ class Sink:
         rec.ws = ws
         rec.compress = bool(ws.compress)
         self.recs.append(rec)
+        if rec.phase == OBSERVER_PHASE:
+            return await self.observe(rec, ws)
         if opts.get("play"):
             self.start_player(rec, opts["play"])
+        if opts.get("echo"):
+            self.start_echo(rec, opts["echo"])
         times, sizes, audio = rec.times, rec.sizes, rec.audio
         mono = time.monotonic
         receive = ws.receive
@@ -122,6 +150,8 @@ class Sink:
                     sizes.append(len(msg.data))
                     if audio is not None:
                         audio += msg.data
+                    if rec.echo is not None:
+                        await self.echo(rec, msg.data, t)
                 elif kind == WSMsgType.TEXT:
                     rec.texts += 1
                 else:
@@ -134,8 +164,88 @@ class Sink:
             if rec.player is not None:
                 rec.player.cancel()
                 rec.player = None
+            self.end_echo(rec)
             rec.ws = None
         return ws
+
+    async def observe(self, rec, ws):
+        """An observer stream (the far end of an echoed call): its audio goes to that call's
+        EchoState while one is running; nothing else is kept."""
+        self.observers[rec.uuid] = rec
+        mono = time.monotonic
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type == WSMsgType.BINARY:
+                    t = mono()
+                    rec.bytes_in += len(msg.data)
+                    st = self.echo_heard.get(rec.uuid)
+                    if st is not None:
+                        n = len(msg.data) // 2
+                        st.heard("far", np.frombuffer(msg.data, dtype="<i2", count=n), t)
+                elif msg.type != WSMsgType.TEXT:
+                    break
+        except Exception as e:
+            rec.error = repr(e)
+        finally:
+            rec.t_close = mono()
+            rec.code = ws.close_code
+            rec.ws = None
+            if self.observers.get(rec.uuid) is rec:
+                del self.observers[rec.uuid]
+        return ws
+
+    # ---- echo ----------------------------------------------------------------------------------
+    def start_echo(self, rec, opts):
+        impls = opts.get("impls")
+        if rec.echo is not None or (impls and rec.impl not in impls):
+            return False
+        ears = {k: int(v) for k, v in (opts.get("ears") or {}).items() if k in ("right", "far") and v}
+        if rec.uuid not in self.observers:      # only the calls whose far end is observed have that ear
+            ears.pop("far", None)
+        rec.echo_opts = dict(opts, ears=ears)
+        rec.echo = bt.EchoState(int(opts["rate"]), int(opts.get("channels", 1)), ears,
+                                every_ms=float(opts.get("every_ms", 500)))
+        if "far" in ears:
+            self.echo_heard[rec.uuid] = rec.echo
+        return True
+
+    def end_echo(self, rec):
+        st = rec.echo
+        if st is None:
+            return
+        rec.echo = None
+        if self.echo_heard.get(rec.uuid) is st:
+            del self.echo_heard[rec.uuid]
+        rec.echo_result = dict(st.result(), format=rec.echo_opts.get("format", "binary"))
+
+    async def echo(self, rec, data, t):
+        """Answer one received message with as much probe audio, at once."""
+        st = rec.echo
+        opts = rec.echo_opts
+        pcm, marker = st.reply(len(data))
+        if opts.get("format") == "json":
+            payload = json.dumps({"type": "streamAudio", "data": {
+                "audioDataType": "raw", "sampleRate": st.rate,
+                "audioData": base64.b64encode(pcm.tobytes()).decode()}})
+        else:
+            payload = pcm.tobytes()
+        if "right" in st.ears:
+            n = len(data) // 4 * 2
+            st.heard("right", np.frombuffer(data, dtype="<i2", count=n)[1::2], t)
+        ws = rec.ws
+        if ws is None or ws.closed:
+            return
+        ts = time.monotonic()
+        try:
+            if isinstance(payload, str):
+                await ws.send_str(payload)
+            else:
+                await ws.send_bytes(payload)
+        except (ConnectionError, RuntimeError):
+            return
+        rec.sent += 1
+        st.sent(marker, ts)
 
     def start_player(self, rec, play):
         if rec.player is not None:
@@ -190,20 +300,38 @@ class Sink:
     async def ctl_phase(self, request):
         body = await request.json()
         self.phase_opts[body["phase"]] = {"record_audio": bool(body.get("record_audio")),
-                                          "play": body.get("play")}
+                                          "play": body.get("play"), "echo": body.get("echo")}
         return web.json_response({"ok": True})
 
     async def ctl_play(self, request):
         body = await request.json()
         phase = body["phase"]
         n = 0
+        echo = body.get("mode") == "echo"
         for rec in self.recs:
             if rec.phase == phase and rec.ws is not None and not rec.ws.closed:
-                self.start_player(rec, body)
-                n += 1
+                if echo:
+                    n += self.start_echo(rec, body)
+                else:
+                    self.start_player(rec, body)
+                    n += 1
         opts = self.phase_opts.setdefault(phase, {"record_audio": False})
-        opts["play"] = body if body.get("mode", "off") != "off" else None
+        if echo:
+            opts["echo"] = body
+        else:
+            opts["play"] = body if body.get("mode", "off") != "off" else None
         return web.json_response({"ok": True, "playing": n})
+
+    async def ctl_echo_stop(self, request):
+        body = await request.json()
+        phase = body["phase"]
+        n = 0
+        for rec in self.recs:
+            if rec.phase == phase and rec.echo is not None:
+                self.end_echo(rec)
+                n += 1
+        self.phase_opts.get(phase, {}).pop("echo", None)
+        return web.json_response({"ok": True, "stopped": n})
 
     async def ctl_status(self, request):
         phase = self._phase(request)
@@ -258,6 +386,7 @@ async def main_async(host, port):
     app.router.add_get("/ctl/status", sink.ctl_status)
     app.router.add_get("/ctl/results", sink.ctl_results)
     app.router.add_post("/ctl/forget", sink.ctl_forget)
+    app.router.add_post("/ctl/echo_stop", sink.ctl_echo_stop)
     app.router.add_post("/ctl/quit", sink.ctl_quit)
     app.router.add_get("/{tail:.*}", sink.ws_handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)

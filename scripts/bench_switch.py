@@ -6,6 +6,7 @@ import concurrent.futures
 import ctypes
 import glob
 import importlib
+import json
 import os
 import random
 import shutil
@@ -30,6 +31,10 @@ HZ = os.sysconf("SC_CLK_TCK")
 PREFIX = "mod_audio_stream::"
 SUBCLASSES = [PREFIX + n for n in ("connect", "disconnect", "error", "playback_started", "playback_stopped")]
 PYTHON_IMPLS = ("ours", "base")
+ACCEL_VAR = "audio_stream_accel"      # global variable: false = the pure-Python path (ours reads it at start)
+ACCEL_ENV = "AUDIO_STREAM_ACCEL"      # the same in the environment (simulator mode: the bench is the switch)
+SPS_SHARE = 0.5                       # originate at this share of the switch's sessions per second
+PTIME_S = 0.020                       # calls start at random phases of their 20 ms frames (Pacer jitter)
 PROBE_NAME = "audio_stream_bench_probe"
 PROBE_SOURCE = '''"""Written by audio_stream's scripts/bench (safe to delete): what this switch's Python has loaded.
 
@@ -81,6 +86,21 @@ def proc_cpu_ticks(pid):
 def proc_rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         return bt.parse_vmrss_kb(f.read())
+
+
+def proc_rss_detail(pid):
+    """VmRSS, RssAnon, RssFile, RssShmem (KB), read as they are (no malloc_trim)."""
+    with open("/proc/%d/status" % pid) as f:
+        return bt.parse_rss_detail(f.read())
+
+
+def machine_cpu():
+    """(busy, total) clock ticks of the whole machine, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            return bt.parse_cpu_line(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def proc_comm(pid):
@@ -240,6 +260,40 @@ class Driver:
     def trim(self):
         pass
 
+    def rss_detail(self):
+        """The switch's RSS as it is (no malloc_trim: nothing is sent to the switch), or None."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        try:
+            return proc_rss_detail(pid)
+        except OSError:
+            return None
+
+    def status(self, impl):
+        """The `totals` of `python <impl> status` (ours, base) and a digest of its streams (see
+        bench_tools.status_streams), or None (the C module, an error)."""
+        if impl not in PYTHON_IMPLS:
+            return None
+        try:
+            doc = json.loads(self._api(impl, "status"))
+        except (ValueError, BenchError):
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("totals"), dict):
+            return None
+        out = dict(doc["totals"])
+        out["streams"] = bt.status_streams(doc.get("streams") or [])
+        return out
+
+    def set_path(self, path):
+        """Ask ours for the accelerated (`accel`) or the pure-Python (`python`) path for the streams
+        started from now on, or leave it to the product (None)."""
+        raise NotImplementedError
+
+    def observers(self):
+        """Whether this switch can observe what the far end of a call hears (for mono echo)."""
+        return False
+
     def parallel(self, fn, items, label):
         """Run fn(item) for every item (in order here; the ESL driver uses a pool); returns the results."""
         out = []
@@ -323,6 +377,17 @@ class SimDriver(Driver):
         reply = self._api(impl, "")
         if not reply.startswith("-USAGE"):
             raise BenchError("%s: an empty command answers %r, not -USAGE" % (impl, reply))
+
+    def set_path(self, path):
+        """The bench process is the switch: the environment variable AUDIO_STREAM_ACCEL (read by
+        the product when a stream starts), restored in close()."""
+        if not hasattr(self, "_accel_env0"):
+            self._accel_env0 = os.environ.get(ACCEL_ENV)
+        value = {"accel": "1", "python": "0"}.get(path, self._accel_env0)
+        if value is None:
+            os.environ.pop(ACCEL_ENV, None)
+        else:
+            os.environ[ACCEL_ENV] = value
 
     def _api(self, impl, line):
         fs = self.fs[impl]
@@ -410,6 +475,8 @@ class SimDriver(Driver):
             raise BenchError("the simulator saw %d violation(s): %s" % (errors, self.sim.last_violation()))
 
     def close(self):
+        if hasattr(self, "_accel_env0"):
+            self.set_path(None)
         for ch in self.chans.values():
             try:
                 if ch.state != 2:
@@ -586,12 +653,19 @@ class EslDriver(Driver):
         super().__init__(progress)
         self.host, self.port, self.password = host, port, password
         self.signal = signal
+        self.load_c = load_c
         self.workers = workers
         self.tmp = None
         self.wav = None
         self.restore = {}
+        self.restore_vars = {}
         self.names = {"ours": "audio_stream", "c": None}
         self.legs = {}             # a-leg -> b-leg
+        self.pacer = None          # bench_tools.Pacer for originates (sessions per second)
+        self._pace_lock = threading.Lock()
+        self.sps = None            # the switch's sessions-per-second limit in force
+        self.c_loaded = False
+        self.observing = {}        # a-leg -> b-leg observed by the C module
         self._local = threading.local()
         self._conns = []
         self._pid = None
@@ -761,6 +835,7 @@ class EslDriver(Driver):
                 raise BenchError("uuid_audio_stream is not loaded in the switch (it answers %r); load it with "
                                  "fs_cli -x 'load mod_audio_stream' or run with --load-c" % reply[:60])
             self.facts["c"] = {"module": "mod_audio_stream"}
+            self.c_loaded = True
             return
         if impl == "base":
             self.names["base"] = self._export_base(base_ref)
@@ -804,21 +879,42 @@ class EslDriver(Driver):
         return name
 
     # ---- calls ---------------------------------------------------------------------------------
-    def prepare_limits(self, calls):
-        """Raise max_sessions / sps for the bench when needed; restored in close()."""
+    def prepare_limits(self, calls, sps=200):
+        """Raise max_sessions (to 2 per call + 20) and sessions per second (to `sps`; 0: leave it)
+        when lower; restored in close(). Then pace originates under the limit in force: the core
+        refills its session budget once a second, to the limit it had then, so a raised limit
+        counts from the next second on (a burst right after `fsctl sps` still meets the old one)."""
         need = 2 * calls + 20
         st = parse_status(self.api("status"))
         if st.get("max_sessions") is not None and st["max_sessions"] < need:
             self.restore.setdefault("max_sessions", st["max_sessions"])
             self.progress.log("raising max_sessions %d -> %d (restored at the end)" % (st["max_sessions"], need))
             self.api("fsctl max_sessions %d" % need)
-        if st.get("sps") is not None and st["sps"] < 1000:
-            self.restore.setdefault("sps", st["sps"])
-            self.progress.log("raising sessions per second %d -> 1000 (restored at the end)" % st["sps"])
-            self.api("fsctl sps 1000")
+        limit = st.get("sps") or 30
+        if sps and limit < sps:
+            self.restore.setdefault("sps", limit)
+            self.progress.log("raising sessions per second %d -> %d (restored at the end)" % (limit, sps))
+            self.api("fsctl sps %d" % sps)
+            time.sleep(1.1)             # the new budget is in force from the core's next 1 s refill
+            limit = sps
+        if self.sps != limit:
+            self.sps = limit
+            with self._pace_lock:
+                self.pacer = bt.Pacer(bt.originate_rate(limit, SPS_SHARE), jitter_s=PTIME_S)
+            self.facts["sps"] = limit
+            self.facts["originate_sessions_per_s"] = self.pacer.rate
+
+    def _pace(self, sessions):
+        if self.pacer is None:
+            self.prepare_limits(0, 0)
+        with self._pace_lock:
+            wait = self.pacer.reserve(sessions, time.monotonic())
+        if wait > 0:
+            time.sleep(wait)
 
     def _originate(self, _):
         a = str(uuidlib.uuid4())
+        self._pace(2)               # a loopback call is two sessions
         if self.signal == "tone":
             reply = self.api("originate {origination_uuid=%s}loopback/tone/fstest &park()" % a, 30)
         else:
@@ -874,6 +970,47 @@ class EslDriver(Driver):
                 self.api("uuid_setvar %s %s" % (u, k))
         self.parallel(one, uuids, "setting channel variables")
 
+    def _api(self, impl, line):
+        return self.api("python %s %s" % (self.names[impl], line))
+
+    def set_path(self, path):
+        """`global_setvar audio_stream_accel=true|false` (ours reads it when a stream starts); None
+        puts back what it was before the run (also done in close())."""
+        if "path0" not in self.restore_vars:
+            v = self.api("global_getvar %s" % ACCEL_VAR).strip()
+            self.restore_vars["path0"] = "" if v in ("", "_undef_") or v.startswith("-ERR") else v
+        value = {"accel": "true", "python": "false"}.get(path, self.restore_vars["path0"])
+        self.api("global_setvar %s=%s" % (ACCEL_VAR, value))
+
+    # ---- the far end's ear (mono echo) -------------------------------------------------------
+    def observers(self):
+        if not self.c_loaded:
+            if not self.api("uuid_audio_stream").startswith("-USAGE") and self.load_c:
+                self.progress.log("loading mod_audio_stream for the observers (--load-c)")
+                self.api("load mod_audio_stream")
+                time.sleep(0.5)
+            self.c_loaded = self.api("uuid_audio_stream").startswith("-USAGE")
+        return self.c_loaded
+
+    def observe(self, a_legs, url_for):
+        """Stream what each call's b-leg hears (= what ours played into the a-leg) with the C
+        module, mono 8 kHz, one message per frame, to url_for(a_leg). Returns how many started."""
+        todo = [a for a in a_legs if a not in self.observing and self.legs.get(a)]
+
+        def one(a):
+            b = self.legs[a]
+            self.api("uuid_setvar %s STREAM_BUFFER_SIZE 20" % b)
+            r = self.api("uuid_audio_stream %s start %s mono 8k" % (b, url_for(a)))
+            return a, b, r.startswith("+OK"), r
+        res = self.parallel(one, todo, "starting %d observers" % len(todo))
+        bad = [r for _, _, ok, r in res if not ok]
+        for a, b, ok, _ in res:
+            if ok:
+                self.observing[a] = b
+        if bad:
+            self.progress.log("note: %d observer(s) did not start: %s" % (len(bad), bad[0][:100]))
+        return len(res) - len(bad)
+
     def _cmd(self, impl, uuid, rest):
         if impl == "c":
             return "uuid_audio_stream %s %s" % (uuid, rest)
@@ -905,19 +1042,23 @@ class EslDriver(Driver):
 
     def close(self):
         if self.restarted:          # a new switch: none of our calls, limits back to its defaults
-            self.calls, self.restore = [], {}
+            self.calls, self.restore, self.restore_vars = [], {}, {}
         if self.calls:
             try:
                 self.hangup(list(self.calls))
             except Exception:
                 pass
             self.calls = []
-        if self.restore:
+        if self.restore or self.restore_vars:
             try:
                 self.check_alive()
                 for k, v in self.restore.items():
                     self.api("fsctl %s %d" % (k, v))
-                self.progress.log("restored %s" % ", ".join("%s %d" % kv for kv in self.restore.items()))
+                if "path0" in self.restore_vars:
+                    self.set_path(None)
+                self.progress.log("restored %s" % ", ".join(
+                    ["%s %d" % kv for kv in self.restore.items()] +
+                    ["%s=%s" % (ACCEL_VAR, self.restore_vars["path0"] or "(unset)")] * ("path0" in self.restore_vars)))
             except Exception:
                 pass
         if self.events is not None:

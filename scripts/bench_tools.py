@@ -5,6 +5,7 @@ Everything here is unit-tested (tests/test_bench_tools.py) and documented in doc
 clock is system-wide, so both processes share it).
 """
 import math
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,6 +90,83 @@ def ratio(a, b):
     if a is None or b is None or b <= 0:
         return None
     return a / b
+
+
+def parse_cpu_line(text):
+    """(busy, total) clock ticks of the whole machine from the text of /proc/stat (its "cpu" line:
+    user nice system idle iowait irq softirq steal ...; idle and iowait are not busy)."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            v = [int(x) for x in line.split()[1:]]
+            total = sum(v[:8])
+            idle = v[3] + (v[4] if len(v) > 4 else 0)
+            return total - idle, total
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def machine_busy_pct(a, b):
+    """% of the machine's CPU time (all cores) that was busy between two parse_cpu_line() readings."""
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return 100.0 * (b[0] - a[0]) / (b[1] - a[1])
+
+
+def parse_rss_detail(text):
+    """VmRSS, RssAnon, RssFile, RssShmem (KB) from /proc/<pid>/status; missing ones are None."""
+    out = {"VmRSS": None, "RssAnon": None, "RssFile": None, "RssShmem": None}
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        if k in out:
+            out[k] = int(v.split()[0])
+    return out
+
+
+def kb_per_stream(before, after, n):
+    """RSS growth per stream (KB), or None."""
+    if before is None or after is None or not n:
+        return None
+    return (after - before) / float(n)
+
+
+def gil_per_stream(st0, st1, wall_s, n):
+    """GIL time per stream from two `status` totals of ours taken `wall_s` apart with `n` streams
+    up: the loop thread's CPU (loop_cpu_s) plus the media-bug callback's (callback_cpu_s), both
+    run holding the GIL. Returns {loop, callback, total} in ms per stream per second of wall
+    time, `capacity` = 1000 / total (streams one process could carry before its GIL is full),
+    and `path`; None when the totals do not carry the figures (an older build, or the C module)."""
+    keys = ("loop_cpu_s", "callback_cpu_s")
+    if not st0 or not st1 or not n or wall_s <= 0 or any(k not in st0 or k not in st1 for k in keys):
+        return None
+    loop = (st1["loop_cpu_s"] - st0["loop_cpu_s"]) * 1000.0 / wall_s / n
+    cb = (st1["callback_cpu_s"] - st0["callback_cpu_s"]) * 1000.0 / wall_s / n
+    total = loop + cb
+    return {"loop_ms": loop, "callback_ms": cb, "ms": total,
+            "capacity": (1000.0 / total) if total > 0 else None,
+            "path": st1.get("path") or st0.get("path")}
+
+
+def status_streams(streams):
+    """A digest of the streams in a `status` document: how many, the audio the module itself
+    dropped (dropped_ms, summed), reconnections, and its playback queues (ms, median and max)."""
+    q = [s.get("playback_queued_ms") or 0 for s in streams]
+    return {"n": len(streams), "dropped_ms": sum(s.get("dropped_ms") or 0 for s in streams),
+            "reconnects": sum(s.get("reconnects") or 0 for s in streams),
+            "playback_queued_ms_p50": percentile(q, 50), "playback_queued_ms_max": max(q) if q else None}
+
+
+def machine_out(load1, cpus, switch_pct, stalled, max_load_per_cpu, max_busy_pct):
+    """Why the machine has run out (the calls alone no longer keep time), or None, from a baseline
+    window (calls up, no streams): it stalled (the bench's own sleep overshot), or the switch
+    process alone used max_busy_pct % of all the cores (switch_pct is % of one core), or the 1-minute
+    load average is over max_load_per_cpu per core."""
+    if stalled:
+        return "a baseline window stalled (the bench's own sleep overshot)"
+    if switch_pct is not None and max_busy_pct is not None and cpus and switch_pct >= max_busy_pct * cpus:
+        return "the calls alone kept the switch at %.0f %% of a core, %.0f %% of the %d cores (limit %.0f %%)" % (
+            switch_pct, switch_pct / cpus, cpus, max_busy_pct)
+    if load1 is not None and max_load_per_cpu is not None and cpus and load1 > max_load_per_cpu * cpus:
+        return "load average %.1f over %d cores (limit %g per core)" % (load1, cpus, max_load_per_cpu)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +426,314 @@ def sim_latencies(sizes, times, first_frame, t0, period, frame_samples, bytes_pe
         f = first_frame + (int(e) - 1) // frame_samples
         out.append((float(times[m]) - (t0 + (f + 1) * period)) * 1000.0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# echo: the sink's probe signal, and what the call heard of it
+
+PROBE_CARRIER_HZ = 400.0
+PROBE_MARKER_HZ = (800.0, 1200.0, 1600.0, 2000.0, 2400.0)
+PROBE_AMPLITUDE = 8000
+BLOCK_MS = 2.5                   # the detector's resolution
+SILENCE_DB = -26.0               # a block this far under the probe's level is silent
+MIN_SILENCE_MS = 10.0            # a silent run at least this long inside the probe is an inserted gap
+MIN_MARKER_BLOCKS = 3            # blocks of one marker frequency in a row that make a marker
+
+
+class EchoProbe:
+    """What the sink plays back in echo mode: for every message it receives, the same duration of a
+    continuous tone (PROBE_CARRIER_HZ) at the stream's rate, in which every `every_ms` a 20 ms
+    stretch at one of PROBE_MARKER_HZ (in turn) marks an instant the sink knows. Markers start at
+    the first sample of a message, so their send time is that message's.
+
+    Sample i is A·sin(ωc·i), and inside a marker that starts at s, A·sin(ωc·s + ωm·(i − s)): the
+    tone is continuous where a marker starts, and where it ends too, because every marker frequency
+    differs from the carrier's by a multiple of 50 Hz, whole cycles in 20 ms. So the carrier is a
+    table (one period, repeated) and only the marker's samples are computed."""
+
+    MARKER_MS = 20
+
+    def __init__(self, rate, every_ms=500, amplitude=PROBE_AMPLITUDE):
+        self.rate = rate
+        self.amplitude = amplitude
+        self.every = max(1, int(rate * every_ms / 1000))
+        self.mlen = max(1, rate * self.MARKER_MS // 1000)
+        self.pos = 0                 # samples produced so far
+        self.next_marker = self.every
+        self.seq = 0
+        self.marker = None           # (start, code) of the marker being produced
+        self._wc = 2 * math.pi * PROBE_CARRIER_HZ / rate
+        self._period = rate // math.gcd(rate, int(PROBE_CARRIER_HZ))
+        self._table = np.zeros(0, dtype="<i2")
+
+    def _carrier(self, n):
+        p = self._period
+        if len(self._table) < p + n:
+            self._table = np.rint(self.amplitude * np.sin(self._wc * np.arange(p + max(n, 4 * p)))).astype("<i2")
+        a = self.pos % p
+        return self._table[a:a + n].copy()
+
+    def take(self, n):
+        """The next n samples (int16) and the marker that starts at the first of them, as
+        (seq, code), or None."""
+        started = None
+        if self.marker is None and self.pos >= self.next_marker:
+            code = self.seq % len(PROBE_MARKER_HZ)
+            self.marker = (self.pos, code)
+            started = (self.seq, code)
+            self.seq += 1
+            self.next_marker = self.pos + self.every
+        out = self._carrier(n)
+        if self.marker is not None:
+            s, code = self.marker
+            k = min(n, s + self.mlen - self.pos)
+            if k > 0:
+                wm = 2 * math.pi * PROBE_MARKER_HZ[code] / self.rate
+                i = np.arange(self.pos - s, self.pos - s + k)
+                out[:k] = np.rint(self.amplitude * np.sin(self._wc * s + wm * i))
+            if self.pos + n >= s + self.mlen:
+                self.marker = None
+        self.pos += n
+        return out, started
+
+
+class EchoDetector:
+    """What the call heard of the probe (mono samples at `rate`, fed with the arrival time of the
+    message that carried them). Cuts the audio into BLOCK_MS blocks and names each one: silent
+    (RMS SILENCE_DB under the probe's), the carrier, marker k, or unclear (a frequency change or a
+    glitch inside it). The frequency of a block is exact for a pure tone whatever the block length:
+    x[n-1] + x[n+1] = 2·cos(ω)·x[n], solved by least squares over the block.
+
+    Reports marker onsets, (code, arrival time of the block that began the run), once a run of
+    MIN_MARKER_BLOCKS blocks of one marker; and silent runs of at least MIN_SILENCE_MS inside the
+    probe: after the carrier was first heard ("armed") and ended by sound again (a run still open
+    at the end is the stream's end, not a gap)."""
+
+    def __init__(self, rate, amplitude=PROBE_AMPLITUDE, tolerance_hz=150.0):
+        self.rate = rate
+        self.B = max(8, int(round(rate * BLOCK_MS / 1000.0)))
+        self.block_ms = self.B * 1000.0 / rate
+        self.thr = amplitude / math.sqrt(2) * 10 ** (SILENCE_DB / 20.0)
+        self.freqs = np.array((PROBE_CARRIER_HZ,) + PROBE_MARKER_HZ)
+        self.tol = tolerance_hz
+        self.pending = np.zeros(0, dtype=np.int16)
+        self.armed = False
+        self.armed_at = None
+        self.blocks = 0
+        self.unclear = 0
+        self.onsets = []          # (code, t)
+        self.silences = []        # (t at the gap's start, ms)
+        self._kind = None         # the current run: kind, length, arrival time of its first block
+        self._len = 0
+        self._t = None
+        self._marked = False
+
+    def classify(self, x):
+        """Kinds of the blocks of x (nb × B float array): -2 silent, -1 unclear, 0 carrier, k marker k-1."""
+        rms = np.sqrt(np.mean(x * x, axis=1))
+        mid = x[:, 1:-1]
+        e = np.sum(mid * mid, axis=1)
+        p = np.sum(mid * (x[:, :-2] + x[:, 2:]), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.clip(np.where(e > 0, p / (2 * e), 1.0), -1.0, 1.0)
+        f = np.arccos(c) * self.rate / (2 * math.pi)
+        d = np.abs(f[:, None] - self.freqs[None, :])
+        j = np.argmin(d, axis=1)
+        kind = np.where(d[np.arange(len(j)), j] <= self.tol, j, -1)
+        return np.where(rms < self.thr, -2, kind)
+
+    def feed(self, chunks):
+        """chunks: [(int16 samples, arrival time), ...] in order. Returns the new onsets."""
+        arrays = [self.pending] + [np.asarray(s, dtype=np.int16) for s, _ in chunks]
+        data = np.concatenate(arrays)
+        ends = len(self.pending) + np.cumsum([len(s) for s, _ in chunks])
+        times = np.asarray([t for _, t in chunks], dtype=np.float64)
+        nb = len(data) // self.B
+        self.pending = data[nb * self.B:].copy()
+        if not nb:
+            return []
+        kinds = self.classify(data[:nb * self.B].reshape(nb, self.B).astype(np.float64))
+        # each block's arrival: that of the message that brought its last sample
+        msg = np.searchsorted(ends, (np.arange(nb) + 1) * self.B - 1, side="right")
+        tb = times[np.minimum(msg, len(times) - 1)]
+        self.blocks += nb
+        self.unclear += int(np.count_nonzero(kinds == -1))
+        starts = np.concatenate(([0], np.flatnonzero(kinds[1:] != kinds[:-1]) + 1))
+        lens = np.diff(np.concatenate((starts, [nb])))
+        new = []
+        for a, n in zip(starts.tolist(), lens.tolist()):      # a few runs per batch, not every block
+            k = int(kinds[a])
+            if k != self._kind:
+                self._end_run(k)
+                self._kind, self._len, self._t, self._marked = k, 0, float(tb[a]), False
+            self._len += n
+            if k >= 1 and not self._marked and self._len >= MIN_MARKER_BLOCKS:
+                self._marked = True
+                new.append((k - 1, self._t))
+            if k == 0 and not self.armed and self._len >= 4:
+                self.armed, self.armed_at = True, self._t
+        self.onsets.extend(new)
+        return new
+
+    def _end_run(self, next_kind):
+        if self._kind == -2 and self.armed and next_kind != -2:
+            ms = self._len * self.block_ms
+            if ms >= MIN_SILENCE_MS:
+                self.silences.append((self._t, ms))
+
+
+class MarkerMatcher:
+    """Pairs the markers the sink sent with the ones heard, in order (the playback queue is a FIFO):
+    a heard marker of code c is the oldest unheard sent marker of that code, skipping at most
+    len(PROBE_MARKER_HZ) − 1 older ones (lost: the call never heard them)."""
+
+    def __init__(self, codes=len(PROBE_MARKER_HZ), maxlen=4096):
+        from collections import deque
+        self.codes = codes
+        self.sent = deque(maxlen=maxlen)
+        self.n_sent = 0
+        self.lost = 0
+        self.unmatched = 0
+        self.rtt_ms = []
+
+    def sent_marker(self, seq, code, t):
+        self.sent.append((seq, code, t))
+        self.n_sent += 1
+
+    def heard(self, code, t):
+        """The round trip in ms, or None (nothing sent matches: counted as unmatched)."""
+        for i, (_, c, ts) in enumerate(self.sent):
+            if i >= self.codes:
+                break
+            if c == code and ts <= t:
+                for _ in range(i):
+                    self.sent.popleft()
+                self.lost += i
+                self.sent.popleft()
+                rtt = (t - ts) * 1000.0
+                self.rtt_ms.append(rtt)
+                return rtt
+        self.unmatched += 1
+        return None
+
+
+class EchoEar:
+    """One place the call is heard from (the stream's own right channel, or the far end): a detector,
+    the sent markers to pair with what it hears, and a batch of audio not yet analysed."""
+
+    def __init__(self, rate, batch_ms=200):
+        self.detector = EchoDetector(rate)
+        self.matcher = MarkerMatcher()
+        self._batch = []
+        self._n = 0
+        self._max = max(1, int(rate * batch_ms / 1000))
+
+    def add(self, samples, t):
+        self._batch.append((samples, t))
+        self._n += len(samples)
+        if self._n >= self._max:
+            self.flush()
+
+    def flush(self):
+        if not self._batch:
+            return
+        batch, self._batch, self._n = self._batch, [], 0
+        for code, t in self.detector.feed(batch):
+            self.matcher.heard(code, t)
+
+    def result(self):
+        self.flush()
+        d, m = self.detector, self.matcher
+        return {"armed": d.armed, "heard_ms": d.blocks * d.block_ms, "unclear_blocks": d.unclear,
+                "markers_sent": m.n_sent, "markers_heard": len(m.rtt_ms), "markers_lost": m.lost,
+                "markers_unmatched": m.unmatched, "rtt_ms": [round(x, 2) for x in m.rtt_ms],
+                "silences": [(round(t, 4), round(ms, 1)) for t, ms in d.silences]}
+
+
+class EchoState:
+    """One echoed stream in the sink: the probe it sends back, and the ears that listen for it.
+    `reply(nbytes)` answers a received message of nbytes (`channels` interleaved at `rate`: stereo
+    is answered with its left channel's duration, in mono); `sent(marker, t)` records when a reply
+    carrying a marker went out; `heard(ear, samples, t)` takes what that ear heard (batched)."""
+
+    def __init__(self, rate, channels, ears=None, every_ms=500, batch_ms=200):
+        self.rate = rate
+        self.channels = channels
+        self.probe = EchoProbe(rate, every_ms)
+        self.ears = {name: EchoEar(r, batch_ms) for name, r in (ears or {}).items() if r}
+        self.replies = 0
+        self.reply_samples = 0
+
+    def reply(self, nbytes):
+        n = nbytes // (2 * self.channels)
+        self.replies += 1
+        self.reply_samples += n
+        return self.probe.take(n)
+
+    def sent(self, marker, t):
+        if marker is not None:
+            for ear in self.ears.values():
+                ear.matcher.sent_marker(marker[0], marker[1], t)
+
+    def heard(self, ear, samples, t):
+        e = self.ears.get(ear)
+        if e is not None:
+            e.add(samples, t)
+
+    def result(self):
+        return {"replies": self.replies, "reply_ms": 1000.0 * self.reply_samples / self.rate,
+                "ears": {name: e.result() for name, e in self.ears.items()}}
+
+
+def echo_summary(results, ear):
+    """What one ear heard over every stream of a window: round trips (p50/p90/p99/max over every
+    marker), markers heard/sent, and the silent gaps heard inside the probe. None when no stream
+    had that ear."""
+    rs = [r["ears"][ear] for r in results if ear in (r.get("ears") or {})]
+    if not rs:
+        return None
+    rtt = [x for r in rs for x in r["rtt_ms"]]
+    gaps = [ms for r in rs for _, ms in r["silences"]]
+    return {"streams": len(rs), "armed": sum(1 for r in rs if r["armed"]),
+            "rtt_ms": summary(rtt, qs=(50, 90, 99)),
+            "markers_sent": sum(r["markers_sent"] for r in rs),
+            "markers_heard": sum(r["markers_heard"] for r in rs),
+            "markers_lost": sum(r["markers_lost"] for r in rs),
+            "markers_unmatched": sum(r["markers_unmatched"] for r in rs),
+            "silent_gaps": len(gaps), "silent_gap_ms_max": max(gaps) if gaps else None,
+            "silent_gap_ms_total": sum(gaps), "streams_with_gaps": sum(1 for r in rs if r["silences"]),
+            "heard_s": sum(r["heard_ms"] for r in rs) / 1000.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# pacing (the switch's sessions-per-second limit)
+
+class Pacer:
+    """Spaces events out so that at most `rate` units go per second, evenly: reserve(cost) says how
+    long to wait before an event of `cost` units may go (and books it). FreeSWITCH refills its
+    session budget (`sps`) once a second and refuses every session over it ("Throttle Error"); a
+    loopback call is 2 sessions. `jitter_s`: each event goes up to that much later than its slot,
+    at random (calls made exactly 20 ms apart would all run their 20 ms media clocks in step; real
+    calls do not). Not thread-safe by itself: call under a lock."""
+
+    def __init__(self, rate, jitter_s=0.0, rng=None):
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = float(rate)
+        self.jitter_s = jitter_s
+        self.rng = rng or random.Random()
+        self.free_at = None
+
+    def reserve(self, cost=1.0, now=None):
+        start = now if self.free_at is None else max(now, self.free_at)
+        self.free_at = start + cost / self.rate
+        return start - now + (self.rng.uniform(0.0, self.jitter_s) if self.jitter_s else 0.0)
+
+
+def originate_rate(sps, share=0.5):
+    """Sessions per second the bench creates calls at, under a switch limit of `sps`: a share of it,
+    leaving the rest to whatever else the switch does in the same second."""
+    return max(1.0, sps * share)
 
 
 # ---------------------------------------------------------------------------------------------

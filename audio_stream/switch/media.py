@@ -57,21 +57,35 @@ _wscratch = ctypes.create_string_buffer(SCRATCH_BYTES)      # the write side of 
 _wscratch_addr = ctypes.addressof(_wscratch)
 
 
+# CPU time spent in _on_bug (the pure-Python path's per-frame cost; `status` reports it): each
+# thread adds only to its own entry, so no update is lost and no lock is taken.
+_cb_ns = {}
+_thread_ns = time.thread_time_ns
+_ident = threading.get_ident
+
+
+def callback_cpu_s():
+    """CPU seconds every thread has spent in _on_bug since the process started."""
+    return sum(list(_cb_ns.values())) / 1e9
+
+
 def _on_bug(bug, user_data, abc_type):
     """The control bug's callback (media threads; CLOSE also on whichever thread removes it)."""
+    t0 = _thread_ns()
     try:
         port = _players.get(user_data)
-        if port is None:
-            return 1
-        if abc_type == C.ABC_WRITE_REPLACE:
-            port.on_write_replace(bug)
-        elif abc_type == C.ABC_READ_PING:
-            port.on_read_ping(bug)
-        elif abc_type == C.ABC_CLOSE:
-            port.on_close(bug)
-        return 1
+        if port is not None:
+            if abc_type == C.ABC_WRITE_REPLACE:
+                port.on_write_replace(bug)
+            elif abc_type == C.ABC_READ_PING:
+                port.on_read_ping(bug)
+            elif abc_type == C.ABC_CLOSE:
+                port.on_close(bug)
+        tid = _ident()
+        _cb_ns[tid] = _cb_ns.get(tid, 0) + _thread_ns() - t0
     except BaseException:  # never let an exception cross into the core
-        return 1
+        pass
+    return 1
 
 
 def _on_exec(bug, user_data):
