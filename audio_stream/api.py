@@ -92,7 +92,7 @@ def _global(cmd):
         "streams": docs,
         "totals": {"live": len(live), "closing": len(finishing), "loop_lag_ms": service.loop_lag_ms(),
                    "loop_cpu_s": round(loop_cpu_s, 6), "callback_cpu_s": round(media.callback_cpu_s(), 6),
-                   "path": "python"},
+                   "path": backend().media_path().name},
     }
     return protocol.dumps(doc)
 
