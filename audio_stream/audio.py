@@ -389,6 +389,14 @@ class Downlink:
         self._carry = b""
 
 
+AHEAD_MS = 80      # queued beyond the jitter allowance: audio sent ahead, it plays at once
+
+
+def jitter_bytes(rate, jitter_ms):
+    """How much audio a burst needs to play without waiting out the jitter allowance."""
+    return rate * (jitter_ms + AHEAD_MS) // 1000 * 2 if jitter_ms else 0
+
+
 class PlaybackQueue:
     """Audio waiting to be played into the call, with marks. Loop thread pushes, media thread pulls.
 
@@ -399,9 +407,10 @@ class PlaybackQueue:
     returns and ends it when it finds the queue dry; clear(), the pause and stop_playing() end it and
     say whether it was on, so exactly one side fires playback_stopped.
 
-    Real-time servers: a burst that starts from an empty queue waits up to `jitter_s` (unless
-    `jitter_bytes` are already queued) so that the next message arriving a little late still finds
-    audio (no silent frame inside continuous audio). When the queue runs dry while playing and audio
+    Real-time servers: a burst that starts from an empty queue waits `jitter_s` before it plays, so
+    that a message arriving up to that much late still finds audio (no silent frame inside
+    continuous audio), unless `jitter_bytes` (the allowance + 80 ms) are queued already: audio sent
+    ahead (a TTS sentence) plays at once. When the queue runs dry while playing and audio
     comes back within `session_gap_s`, the time it was dry is *debt*: latency a real-time stream
     gained that the server did not ask for; latency recovery (policy.LatencyPolicy) may drop up to
     that much (silence first). Audio a server sends ahead of time never creates debt.
@@ -428,7 +437,7 @@ class PlaybackQueue:
         self._first_push = -1e9
         self.hold_s = hold_ms / 1000.0   # a short tail waits this long for more audio before it plays
         self.jitter_s = jitter_ms / 1000.0
-        self.jitter_bytes = rate * (jitter_ms + ptime_ms) // 1000 * 2 if jitter_ms else 0
+        self.jitter_bytes = jitter_bytes(rate, jitter_ms)
         self.session_gap_s = session_gap_ms / 1000.0
         self._starting = True
         self._dry_since = None

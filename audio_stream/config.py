@@ -15,7 +15,7 @@ DEFAULTS = {
     "STREAM_CONNECT_TIMEOUT": "5",       # s for TCP + TLS + WebSocket handshake
     "STREAM_PLAYBACK": "true",           # inject the server's audio into the call
     "STREAM_PLAYBACK_BUFFER": "60000",   # ms of server audio the playback queue may hold
-    "STREAM_PLAYBACK_JITTER": "40",      # ms a burst from an empty queue waits for a cushion
+    "STREAM_PLAYBACK_JITTER": "20",      # ms a burst from an empty queue waits for a cushion
     "STREAM_MAX_MESSAGE": "4194304",     # bytes: largest message accepted from the server
     "STREAM_RECONNECT_BUFFER": "5000",   # ms of the caller's audio kept while the server cannot take it
     "STREAM_RECONNECT_ATTEMPTS": "10",   # reconnection attempts in a row before giving up
@@ -71,7 +71,7 @@ class Settings:
     extra_headers: Tuple[Tuple[str, str], ...] = ()
     playback: bool = True
     playback_buffer_ms: int = 60000
-    playback_jitter_ms: int = 40          # STREAM_PLAYBACK_JITTER
+    playback_jitter_ms: int = 20          # STREAM_PLAYBACK_JITTER
     max_message: int = 4 * 1024 * 1024
     backlog_ms: int = 5000                # STREAM_RECONNECT_BUFFER
     reconnect: bool = True                # not STREAM_NO_RECONNECT

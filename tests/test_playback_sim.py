@@ -398,3 +398,53 @@ def test_playback_mixed_into_stereo_right_channel_when_we_write(h):
     x = conn.audio()
     assert abs(dominant_hz(x[1::2], 8000) - 700) < 10
     assert abs(dominant_hz(x[0::2], 8000) - 440) < 10
+
+
+def _silent_runs(x, min_len):
+    """Lengths of the runs of exact zeros of at least min_len samples."""
+    z = np.concatenate(([0], (x == 0).astype(np.int8), [0]))
+    d = np.diff(z)
+    starts, ends = np.where(d == 1)[0], np.where(d == -1)[0]
+    return [int(e - s) for s, e in zip(starts, ends) if e - s >= min_len]
+
+
+@pytest.mark.parametrize("chunk_ms,jitter_ms", [(20, 15), (40, 15)])
+@pytest.mark.parametrize("core_writing", [0, 2], ids=["parked", "bridged"])
+def test_a_real_time_server_never_hears_a_silent_frame_inside_its_audio(h, chunk_ms, jitter_ms, core_writing):
+    """A bot streaming its audio in real time (pipecat sends 40 ms every 40 ms), each message up to
+    15 ms early or late: with STREAM_PLAYBACK_JITTER=40, which covers the 30 ms between the first
+    message (early) and a late one, the call hears it without a gap."""
+    allowance_ms = 40
+    rng = np.random.default_rng(chunk_ms)
+    x = tone(500, 8000, 3.0, 6000)
+    x[x == 0] = 1                                  # a gap shows as exact zeros; the tone has none
+    step = 8000 * chunk_ms // 1000
+    sent_at = []
+
+    async def stream_real_time(conn, server):
+        import asyncio
+        t0 = time.monotonic()
+        for i, at in enumerate(range(0, len(x), step)):
+            late = -jitter_ms if i == 0 else jitter_ms if i % 5 == 0 else rng.uniform(-jitter_ms, jitter_ms)
+            due = t0 + i * chunk_ms / 1000 + late / 1000    # the first early, every fifth late
+            await asyncio.sleep(max(0, due - time.monotonic()))
+            sent_at.append(time.monotonic() - t0 - i * chunk_ms / 1000)
+            await conn.ws.send_bytes(x[at:at + step].tobytes())
+
+    server = h.server(on_connect=stream_real_time)
+    ch = h.call(rate=8000, core_writing=core_writing, write_hz=0, read_hz=300, STREAM_SAMPLE_RATE=8000,
+                STREAM_PLAYBACK_JITTER=allowance_ms)
+    start(h, ch, server)
+    assert wait_until(lambda: len(sent_at) == -(-len(x) // step), 10)
+    h.event("playback_stopped", timeout=5, predicate=lambda e: json.loads(e["_body"])["reason"] == "done")
+    t = ch.ticks
+    assert wait_until(lambda: ch.ticks >= t + 3)     # the last frame is heard
+    spread_ms = (max(sent_at) - sent_at[0]) * 1000
+    if spread_ms > allowance_ms - 5:
+        pytest.skip("the test server itself sent %d ms late (machine too loaded to tell)" % spread_ms)
+    heard = ch.heard()
+    nz = np.nonzero(heard)[0]
+    played = heard[nz[0]:nz[-1] + 1]
+    assert len(played) >= len(x) - 160
+    assert _silent_runs(played, 40) == []            # no 5 ms of silence anywhere inside
+    assert len(h.events("playback_started")) == 1     # one burst, never dry

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from . import core as C
-from ..audio import PolyphaseResampler, Passthrough, Uplink, resampler as audio_resampler
+from ..audio import PolyphaseResampler, Passthrough, Uplink, jitter_bytes, resampler as audio_resampler
 from .media import CAPTURE_BUG, CONTROL_BUG, CONTROL_FLAGS, PLAY_FLAGS
 
 from .. import accelerator
@@ -276,7 +276,7 @@ class AccelQueue:
         self.rate = rate
         self.max_bytes = rate * max_ms // 1000 * 2
         self.frame_bytes = rate * ptime_ms // 1000 * 2
-        self.jitter_bytes = rate * (jitter_ms + ptime_ms) // 1000 * 2 if jitter_ms else 0
+        self.jitter_bytes = jitter_bytes(rate, jitter_ms)
         self.p = _accel.Player(uuid.encode("utf-8", "surrogateescape"), rate, ptime_ms, self.max_bytes,
                                hold_ms=float(hold_ms), jitter_ms=float(jitter_ms), jitter_bytes=self.jitter_bytes)
         self._marks = collections.deque()     # (position, name)
