@@ -93,9 +93,6 @@ class Outbox:
                 return
         raise AssertionError("audio_bytes counts audio that is not queued")
 
-    def peek(self):
-        return self._q[0]
-
     def pop(self):
         item = self._q.popleft()
         if isinstance(item, bytes):
