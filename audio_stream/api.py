@@ -6,10 +6,9 @@ for the network: `start` answers as soon as the bug is attached.
 """
 import concurrent.futures
 
-from . import commands, config, protocol, service, settings_xml
+from . import commands, config, connection, dialects, protocol, service, settings_xml, wiring
 from .commands import CommandError, err
 from .config import ConfigError
-from .stream import Stream
 from .switch import backend
 from .version import VERSION
 
@@ -119,19 +118,20 @@ def _dispatch(cmd, be, session):
     if name in ("stop", "graceful_shutdown"):
         if cmd.text is not None:
             commands.check_utf8(cmd.text, "the stop text")
-        _on_loop(stream.stop if name == "stop" else stream.graceful_shutdown, cmd.text)
+        why = _on_loop(stream.stop if name == "stop" else stream.graceful_shutdown, cmd.text)
     elif name == "send_text":
-        if not _on_loop(stream.send_text, commands.check_utf8(cmd.text, "the text")):
-            raise err("the server is not reading: too much text already waits to be sent")
+        why = _on_loop(stream.send_text, commands.check_utf8(cmd.text, "the text"))
     elif name in ("pause", "resume"):
-        _on_loop(stream.set_paused, name == "pause")
-    elif name in ("playback_pause", "playback_resume", "playback_clear"):
+        why = _on_loop(stream.set_paused, name == "pause")
+    else:           # playback_pause, playback_resume, playback_clear
         if stream.player.queue is None:
             raise err("playback is off for this stream (STREAM_PLAYBACK=false)")
         if name == "playback_clear":
-            _on_loop(stream.player.clear)
+            why = _on_loop(stream.playback_clear)
         else:
-            _on_loop(stream.player.pause, name == "playback_pause")
+            why = _on_loop(stream.playback_pause, name == "playback_pause")
+    if why:
+        raise err(why)
     return commands.OK
 
 
@@ -155,16 +155,13 @@ def _start(cmd, be, session):
     except ConfigError as e:
         raise err(str(e)) from None
     settings = conf.limit(settings, lambda level, message: be.log(level, message, cmd.uuid))
-    if settings.protocol == "twilio":
-        if cmd.mix == "mixed":
-            raise err("STREAM_PROTOCOL=twilio has no mixed track: use mono (inbound) or stereo (both tracks)")
-        if cmd.rate != 8000:
-            raise err("STREAM_PROTOCOL=twilio streams 8 kHz mu-law: use 8k, not %d" % cmd.rate)
-        if not settings.playback:
-            raise err("STREAM_PLAYBACK=false (file mode) does not apply to STREAM_PROTOCOL=twilio")
+    why = dialects.dialect_class(settings.protocol).refuse(cmd.mix, cmd.rate, settings)
+    if why:
+        raise err(why)
     # one stream per call plays the server's audio into it: two would fight over every frame
     plays = not any(s.player.queue is not None for s in service.call_streams(cmd.uuid))
-    stream = Stream(be, cmd.uuid, cmd, settings, call_rate, ptime_ms, plays)
+    stream = wiring.make_stream(be, service, cmd.uuid, cmd, settings, call_rate, ptime_ms, plays)
+    # registered while attaching: a command that finds it now waits for the attach (lifecycle.py)
     why = service.register(stream, MAX_STREAMS_PER_CALL)
     if why:
         raise err(why)
@@ -174,8 +171,9 @@ def _start(cmd, be, session):
     ok, reason = stream.attach(session)
     if not ok:
         service.unregister(stream)
+        stream.attach_failed()
         raise err(reason)
     service.submit(stream.run())
     if not settings.suppress_log:
-        be.log("INFO", "streaming %s %d Hz to %s" % (cmd.mix, cmd.rate, cmd.url), cmd.uuid)
+        be.log("INFO", "streaming %s %d Hz to %s" % (cmd.mix, cmd.rate, connection.redact(cmd.url)), cmd.uuid)
     return commands.OK

@@ -83,6 +83,17 @@ class GuardedWebSocket(aiohttp.ClientWebSocketResponse):
         self.__dict__["_guarded_parser"] = MaskGuard(parser, self._reader) if parser is not None else None
 
 
+def client():
+    """A new aiohttp ClientSession for every stream's connections (loop thread): no connection
+    pool, our GuardedWebSocket, and one TCP connection per attempt."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                                    ws_response_class=GuardedWebSocket)
+    # aiohttp retries a GET once when the server drops the connection ("Server disconnected"):
+    # one attempt must be one connection (the reconnection policy decides about retries)
+    session._retry_connection = False
+    return session
+
+
 class ConnectError(Exception):
     def __init__(self, code, message):
         super().__init__(message)

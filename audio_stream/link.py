@@ -1,21 +1,19 @@
 """One stream's connection to its server, across reconnections (loop thread).
 
-The Link sends the stream's outbox in order, hands what the server sends to the host, and when a
+The Link sends the stream's outbox in order, hands what the server sends to its host, and when a
 live connection is lost abnormally it tries again (policy.ReconnectPolicy): the audio captured
 meanwhile waits in the outbox (bounded), and every new connection starts with the host's opening
 texts (the metadata) before it.
 
-The host (the stream) provides: `opening_texts()` (called once per new connection),
-`render_audio(chunk)` (the frames to send for one audio chunk), `on_text(str)`, `on_binary(bytes)`,
-`link_connected()`, `link_reconnecting(attempt, delay_s, reason)`, `link_reconnected(attempt,
-dropped_ms)`, `link_lost(closed, code, reason, error_code)` (the connection is gone for good, not
-by our own doing), `log(level, msg)`, and the attribute `media_ended`.
+What the link does next is decided by `lifecycle.LinkMachine` alone: the host's controls
+(`finish`, `fail`, `abandon`), the receiver and the steps of `run()` are its inputs; `run()`
+carries out the state's work until the state changes. The host is a `contracts.LinkHost`.
 """
 import asyncio
 import time
 import uuid as uuidlib
 
-from . import connection, protocol
+from . import connection, lifecycle as L, protocol
 from .policy import GiveUp, ReconnectPolicy
 
 CLOSE_TIMEOUT = 5.0        # s to send what is left and close, once the stream ends
@@ -24,9 +22,6 @@ RECEIVE_BATCH = 64         # messages handled before the receiver lets other str
 STREAM_ID_HEADER = "X-Audio-Stream-Id"
 RECONNECT_HEADER = "X-Audio-Stream-Reconnect"
 
-# states, for status and logs
-CONNECTING, STREAMING, RECONNECTING, CLOSING, CLOSED = "connecting", "streaming", "reconnecting", "closing", "closed"
-
 
 class Link:
     def __init__(self, host, url, settings, outbox, http):
@@ -34,19 +29,39 @@ class Link:
         self.url = url
         self.settings = settings
         self.outbox = outbox
-        self.http = http                  # () -> the aiohttp ClientSession
+        self.http = http                  # () -> the WebSocket client (connection.client())
         self.id = str(uuidlib.uuid4())    # the same on every connection of this stream
         self.policy = ReconnectPolicy(settings.reconnect, settings.reconnect_attempts, settings.reconnect_max_s)
-        self.state = CONNECTING
+        self.machine = L.LinkMachine()
         self.ws = None
         self._wake = asyncio.Event()
-        self._loss = None
-        self._finish = None               # (code, message, drain_s, linger_s) once the host ends it
-        self._abandoned = False
-        self._receiver = None
+        self._finish = (1000, b"", CLOSE_TIMEOUT, 0.0)   # how it ends: (code, message, drain_s, linger_s)
+        self._loss = None                 # (closed, code, reason, error_code) of the last connection
         self._fail_code = None
+        self._decision = None
+        self._last_reason = None
+        self._dropped_before = 0
+        self._receiver = None
+        self._action = None               # the last action the machine asked for
+        self._deadline = None
+        self._linger_until = None
         self.messages_sent = 0
         self.bytes_sent = 0
+
+    @property
+    def state(self):
+        return self.machine.state
+
+    def _input(self, inp, *args):
+        action = self.machine.on(inp, *args)
+        if action != L.IGNORE and action != L.DEFER:
+            self._action = action
+        if action == L.L_REFINISH:
+            self._refinish(*args)
+        elif action == L.L_DRAIN:
+            self._set_finish(*args)
+        self._wake.set()
+        return action
 
     # ---- the host's controls (loop thread) ------------------------------------------------------
     def wake(self):
@@ -56,34 +71,54 @@ class Link:
         """Send what is queued (at most `drain_s`), wait up to `linger_s` for the server to close
         (graceful-shutdown), then close with `code`. A later call only shortens the linger,
         unless `force`."""
-        if force or self._finish is None or linger_s < self._finish[3]:
-            self._finish = (code, message, drain_s, linger_s)
-        self._wake.set()
+        self._input(L.FINISH, code, message, drain_s, linger_s, force)
 
     def fail(self, code, reason, error_code):
         """Close the connection with `code` because of what the server did; no reconnection."""
-        if self._loss is None:
+        if self.machine.state == L.L_OPEN:
             self._fail_code = code
             self._loss = (False, None, reason, error_code)
-        self._wake.set()
+        self._input(L.FAIL)
 
     def abandon(self):
         """Stop now without sending anything more (the host gave up)."""
-        self._abandoned = True
-        self._wake.set()
+        self._input(L.ABANDON_LINK)
+
+    def _set_finish(self, code, message, drain_s, linger_s, force=False):
+        self._finish = (code, message, drain_s, linger_s)
+        self._deadline = time.monotonic() + drain_s
+        self._linger_until = None
+
+    def _refinish(self, code, message, drain_s, linger_s, force=False):
+        if force or linger_s < self._finish[3]:
+            self._finish = (code, message, drain_s, linger_s)
+            self._deadline = min(self._deadline, time.monotonic() + drain_s) if self._deadline else \
+                time.monotonic() + drain_s
+            if self._linger_until is not None:
+                self._linger_until = min(self._linger_until, time.monotonic() + linger_s)
 
     # ---- running ----------------------------------------------------------------------------------
     async def run(self):
         """Connect, serve, reconnect while it makes sense. Raises connection.ConnectError when
         the first connection cannot be made."""
-        ws = await self._open(0)
-        self.host.link_connected()
+        m = self.machine
         try:
-            while ws is not None:
-                loss = await self._serve(ws)
-                ws = await self._recover(loss) if loss is not None else None
+            try:
+                ws = await self._open(0)
+            except connection.ConnectError:
+                self._input(L.OPEN_FAILED)
+                raise
+            if self._input(L.OPENED) == L.L_CONNECTED:
+                self.host.link_connected()
+                for inp, args in m.take_deferred():
+                    self._input(inp, *args)
+            else:                                  # abandoned meanwhile
+                connection.abort(ws)
+            steps = {L.L_OPEN: self._serve, L.L_LOST: self._decide, L.L_RECONNECTING: self._reconnect,
+                     L.L_CLOSING: self._drain_to_close, L.L_LINGERING: self._linger}
+            while m.state != L.L_CLOSED:
+                await steps[m.state]()
         finally:
-            self.state = CLOSED
             await self._stop_receiver()
             if self.ws is not None and not self.ws.closed:
                 connection.abort(self.ws)
@@ -96,56 +131,139 @@ class Link:
         connection.bound_send_buffer(ws, max(16384, self.outbox.bytes_per_ms * SEND_BUFFER_MS))
         for text in reversed(self.host.opening_texts()):
             self.outbox.put_text_front(text)
+        self.ws = ws
+        self._loss = None
+        self._fail_code = None
+        self._receiver = asyncio.ensure_future(self._receive(ws))
         self._wake.set()
         return ws
 
-    async def _serve(self, ws):
-        """One connection. Returns None when it ended by our doing, else the loss
-        (closed, code, reason, error_code)."""
-        self.ws = ws
-        self._loss = None
-        self.state = STREAMING
-        self._receiver = asyncio.ensure_future(self._receive(ws))
-        outbox = self.outbox
-        while True:
+    async def _serve(self):
+        """OPEN: send the outbox as the socket takes it, until the state changes."""
+        m, ws, outbox = self.machine, self.ws, self.outbox
+        while m.state == L.L_OPEN:
             await self._wake.wait()
             self._wake.clear()
-            if self._abandoned:
-                return None
-            if self._loss is not None:
-                # lost while we were closing anyway: nothing to recover
-                return None if self._finish is not None else self._loss
-            if self._finish is None:
-                try:
-                    if not await self._drain(ws, outbox):
-                        await self._writable(ws, None)
-                        self._wake.set()          # go round again: send what is left
-                except connection.SEND_ERRORS as e:
-                    await asyncio.sleep(0)        # the receiver may know why (a close frame)
-                    return self._loss or (False, 1006, connection.lost_reason(e), protocol.ERR_IO)
-                continue
-            drain_s, linger_s = self._finish[2:]
-            self.state = CLOSING
-            deadline = time.monotonic() + drain_s
+            if m.state != L.L_OPEN:
+                return
             try:
-                while not await self._drain(ws, outbox):
-                    if not await self._writable(ws, deadline):
+                if not await self._drain(ws, outbox):
+                    await self._writable(ws, None)
+                    self._wake.set()          # go round again: send what is left
+            except connection.SEND_ERRORS as e:
+                await asyncio.sleep(0)        # the receiver may know why (a close frame)
+                if m.state == L.L_OPEN:
+                    self._loss = (False, 1006, connection.lost_reason(e), protocol.ERR_IO)
+                    self._input(L.LOST)
+
+    async def _decide(self):
+        """LOST: the connection ended. Ask the policy whether to try again."""
+        await self._stop_receiver()
+        if self._fail_code is not None and self.ws is not None and not self.ws.closed:
+            await self._close(self.ws, self._fail_code, b"policy violation")
+        closed, code, reason, err = self._loss
+        if self.machine.state != L.L_LOST:
+            if self._action == L.L_ENDED:         # the stream was ending anyway: say what happened
+                self.host.link_lost(closed, code, reason, err)
+            return
+        if code is None:
+            decision = GiveUp(reason)
+        else:
+            decision = self.policy.lost(closed, code, time.monotonic())
+        if isinstance(decision, GiveUp):
+            self._input(L.GIVE_UP)
+            self.host.link_lost(closed, code, reason, err)
+            return
+        self._decision = decision
+        self._last_reason = reason
+        self._dropped_before = self.outbox.dropped_bytes
+        self._input(L.RETRY)
+
+    async def _reconnect(self):
+        """RECONNECTING: wait out the backoff, connect again; the policy decides after a failure."""
+        m, decision = self.machine, self._decision
+        self.host.link_reconnecting(decision.attempt, decision.delay, self._last_reason)
+        await self._sleep(decision.delay)
+        if m.state != L.L_RECONNECTING:
+            self._not_reconnecting()
+            return
+        try:
+            ws = await self._open(decision.attempt)
+        except connection.ConnectError as e:
+            self._last_reason = "%s (code %d)" % (e.message, e.code)
+            if self._input(L.OPEN_FAILED) != L.L_ATTEMPT_FAILED:
+                self._not_reconnecting()
+                return
+            decision = self.policy.failed(time.monotonic())
+            if isinstance(decision, GiveUp):
+                self._input(L.GIVE_UP)
+                self.host.link_lost(False, 1006, "%s; last: %s" % (decision.reason, self._last_reason),
+                                    protocol.ERR_CONNECT_FAILED)
+            else:
+                self._decision = decision
+                self._input(L.RETRY)
+            return
+        if self._input(L.OPENED) != L.L_RECONNECTED:
+            connection.abort(ws)
+            self._not_reconnecting()
+            return
+        self.policy.connected()
+        self.host.link_reconnected(decision.attempt, self.outbox.ms(self.outbox.dropped_bytes - self._dropped_before))
+
+    def _not_reconnecting(self):
+        if self.machine.state == L.L_CLOSED:
+            self.host.log("INFO", "not reconnecting: the stream ended while the server was away")
+
+    async def _drain_to_close(self):
+        """CLOSING: send what is left by the deadline, else drop the connection."""
+        m, ws, outbox = self.machine, self.ws, self.outbox
+        try:
+            while m.state == L.L_CLOSING:
+                if await self._drain(ws, outbox):
+                    self._input(L.DRAINED)
+                    return
+                if not await self._writable(ws, self._deadline):
+                    if self._input(L.DEADLINE) == L.L_ABORT:
                         self.host.log("WARNING", "the server did not take the last %d ms of audio within %g s: "
-                                      "dropping the connection" % (outbox.queued_ms, drain_s))
+                                      "dropping the connection" % (outbox.queued_ms, self._finish[2]))
                         connection.abort(ws)
-                        return None
-            except connection.SEND_ERRORS:
-                return None
-            await self._linger(linger_s)
+                    return
+        except connection.SEND_ERRORS:
+            self._input(L.LOST)
+
+    async def _linger(self):
+        """LINGERING: graceful-shutdown keeps receiving until the server closes, the time is up, or
+        the host shortens the wait (a `stop`, the switch going away). Then the close frame."""
+        m = self.machine
+        if self._linger_until is None:
+            self._linger_until = time.monotonic() + self._finish[3]
+        while m.state == L.L_LINGERING:
+            left = self._linger_until - time.monotonic()
+            if left <= 0 or self._receiver is None or self._receiver.done():
+                self._input(L.DEADLINE if left <= 0 or self._receiver is None else L.LOST)
+                break
+            self._wake.clear()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait([waiter, self._receiver], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if m.state == L.L_LINGERING and self.outbox:   # e.g. the stop text of a `stop` that ended it
+                try:
+                    await self._drain(self.ws, self.outbox)
+                except connection.SEND_ERRORS:
+                    self._input(L.LOST)
+        if self._action == L.L_CLOSE and self.ws is not None and not self.ws.closed:
             code, message = self._finish[:2]
-            await self._close(ws, code, message)
-            return None
+            await self._close(self.ws, code, message)
 
     async def _writable(self, ws, deadline):
         """Wait until the socket takes data again. Returns False at the deadline; returns early
-        (True) when the host wakes the link (it may be ending, or a loss came in)."""
+        (True) when the state changes or the host wakes the link."""
+        m = self.machine
+        state = m.state
         while connection.backlogged(ws):
-            if self._loss is not None or self._abandoned or ws.closed:
+            if m.state != state or ws.closed:
                 return True
             step = 0.02
             if deadline is not None:
@@ -157,28 +275,6 @@ class Link:
                 return True
             await asyncio.sleep(step)
         return True
-
-    async def _linger(self, linger_s):
-        """graceful-shutdown: keep receiving until the server closes, the time is up, or the host
-        shortens the wait (a `stop`, the switch going away)."""
-        deadline = time.monotonic() + linger_s
-        while self._loss is None and not self._abandoned and self._receiver is not None:
-            left = min(deadline, time.monotonic() + self._finish[3]) - time.monotonic()
-            if left <= 0:
-                return
-            self._wake.clear()
-            waiter = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait([waiter, self._receiver], timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-            if self._receiver.done():
-                return
-            if self.outbox:                     # e.g. the stop text of a `stop` that ended it
-                try:
-                    await self._drain(self.ws, self.outbox)
-                except connection.SEND_ERRORS:
-                    return
 
     async def _drain(self, ws, outbox):
         """Send the outbox until it is empty (True) or the socket stops taking data (False):
@@ -207,47 +303,11 @@ class Link:
         self.host.outbox_drained()
         return True
 
-    async def _recover(self, loss):
-        """The connection was lost. Returns a new connection, or None (then the host has been
-        told, through link_lost)."""
-        closed, code, reason, err = loss
-        await self._stop_receiver()
-        if self._fail_code is not None and self.ws is not None and not self.ws.closed:
-            await self._close(self.ws, self._fail_code, b"policy violation")
-        if self.host.media_ended or self._finish is not None:
-            decision = GiveUp("the stream was ending")
-        elif code is None:
-            decision = GiveUp(reason)
-        else:
-            decision = self.policy.lost(closed, code, time.monotonic())
-        if isinstance(decision, GiveUp):
-            self.host.link_lost(closed, code, reason, err)
-            return None
-        dropped_before = self.outbox.dropped_bytes
-        last = reason
-        while not isinstance(decision, GiveUp):
-            self.state = RECONNECTING
-            self.host.link_reconnecting(decision.attempt, decision.delay, last)
-            await self._sleep(decision.delay)
-            if self._abandoned or self._finish is not None or self.host.media_ended:
-                self.host.log("INFO", "not reconnecting: the stream ended while the server was away")
-                return None
-            try:
-                ws = await self._open(decision.attempt)
-            except connection.ConnectError as e:
-                last = "%s (code %d)" % (e.message, e.code)
-                decision = self.policy.failed(time.monotonic())
-                continue
-            self.policy.connected()
-            self.host.link_reconnected(decision.attempt, self.outbox.ms(self.outbox.dropped_bytes - dropped_before))
-            return ws
-        self.host.link_lost(False, 1006, "%s; last: %s" % (decision.reason, last), protocol.ERR_CONNECT_FAILED)
-        return None
-
     async def _sleep(self, delay):
-        """Wait `delay` seconds, or less if the host ends the stream meanwhile."""
+        """Wait `delay` seconds, or less if the state changes meanwhile."""
+        m = self.machine
         deadline = time.monotonic() + delay
-        while not (self._abandoned or self._finish is not None or self.host.media_ended):
+        while m.state == L.L_RECONNECTING:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -282,14 +342,17 @@ class Link:
         except Exception as e:
             host.log("ERR", "receive failed: %r" % (e,))
             event = (connection.LOST, protocol.ERR_IO, "receive failed: %r" % (e,))
+        if ws is not self.ws:
+            return
         kind, code, text = event
-        if kind == connection.CLOSED:
-            self._loss = (True, code, text, protocol.ERR_IO)
-        elif kind == connection.FAILED:
-            self._loss = (False, None, text, code)       # not worth another attempt
-        else:
-            self._loss = (False, 1006, text, code)
-        self._wake.set()
+        if self._loss is None:
+            if kind == connection.CLOSED:
+                self._loss = (True, code, text, protocol.ERR_IO)
+            elif kind == connection.FAILED:
+                self._loss = (False, None, text, code)       # not worth another attempt
+            else:
+                self._loss = (False, 1006, text, code)
+        self._input(L.LOST)
 
     async def _stop_receiver(self):
         r, self._receiver = self._receiver, None

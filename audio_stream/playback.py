@@ -1,10 +1,11 @@
 """The server's audio into one call: decoding, the queue, marks, clear/pause, mod_audio_stream's
 file mode. Runs on the loop thread; the frames themselves go into the call through the stream's
-PlaybackPort (switch/media.py) on the media threads.
+ControlPort (switch/media.py, a contracts.ControlMedia) on the media threads.
 
-`host` is the stream: `fire(name, body)`, `send_mark(name, event)`, `bad(reason, kind)`,
-`log(level, msg)`, `wake_playback()` and attributes `uuid`, `settings`, `rate` (the stream's
-rate), `be`.
+`host` is the stream (contracts.PlayerHost). Who owns what: the port's `playing` is the media
+threads' (they start and end an episode as frames play); `_episode` is this object's, on the loop
+thread (an episode whose playback_started was fired and whose end was not yet). A clear or a pause
+ends the episode here and tells the port through `port.cut()`.
 """
 import os
 import time
@@ -25,7 +26,8 @@ class Player:
         self.queue = audio.PlaybackQueue(call_rate, settings.playback_buffer_ms) \
             if settings.playback and plays else None
         self.downlink = audio.Downlink(call_rate)
-        self.port = None          # the PlaybackPort, set by the stream when attached
+        self.port = None          # the ControlPort (contracts.ControlMedia), set by the stream
+        self._episode = False     # playback_started fired, its end not yet (loop thread only)
         self.stop_requested = False
         self._files = []
         self._file_n = 0
@@ -36,17 +38,21 @@ class Player:
         return self.port is not None and self.port.playing
 
     def _stop_playing(self, reason):
-        if self.port is not None and self.port.playing:
-            self.port.playing = False
+        if self.port is not None:
+            self.port.cut()
+        if self._episode:
+            self._episode = False
             self.host.fire("playback_stopped", protocol.dumps({"reason": reason}))
 
     # ---- messages from the server ---------------------------------------------------------------
     def handle(self, msg):
-        """One parsed message (protocol.StreamAudio, KillAudio, Mark, ClearMarks, PausePlayback,
-        ResumePlayback)."""
+        """One parsed message (protocol.StreamAudio, BinaryAudio, KillAudio, Mark, ClearMarks,
+        PausePlayback, ResumePlayback)."""
         kind = type(msg)
         if kind is protocol.StreamAudio:
             self._stream_audio(msg)
+        elif kind is protocol.BinaryAudio:
+            self.binary(msg.payload)
         elif kind is protocol.KillAudio:
             self.clear()
         elif kind is protocol.Mark:
@@ -151,8 +157,9 @@ class Player:
         elif self.queue.take_wake():
             self.host.wake_playback()
 
-    # ---- PlaybackPort listener (on the loop thread, through call_soon_threadsafe) ---------------
+    # ---- ControlPort listener (contracts.PlaybackListener; loop thread, call_soon_threadsafe) ----
     def playback_started(self, t):
+        self._episode = True
         body = {"queued_ms": self.queue.queued_ms}
         arrived, self._arrived = self._arrived, None
         if arrived is not None and t >= arrived:
@@ -161,7 +168,9 @@ class Player:
         self.host.fire("playback_started", protocol.dumps(body))
 
     def playback_done(self):
-        self.host.fire("playback_stopped", protocol.dumps({"reason": "done"}))
+        if self._episode:
+            self._episode = False
+            self.host.fire("playback_stopped", protocol.dumps({"reason": "done"}))
 
     def marks_played(self, names):
         self._ack_marks(names, "playout")

@@ -8,8 +8,7 @@ import concurrent.futures
 import threading
 import time
 
-import aiohttp
-
+from . import connection
 from .switch import backend
 
 TICK_S = 0.020                # the capture clock: every stream is read once per tick
@@ -70,15 +69,10 @@ def submit(coro):
 
 
 def http():
-    """The shared aiohttp ClientSession (loop thread only)."""
+    """The shared WebSocket client (loop thread only): see connection.client()."""
     global _http
     if _http is None or _http.closed:
-        from .connection import GuardedWebSocket
-        _http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
-                                      ws_response_class=GuardedWebSocket)
-        # aiohttp retries a GET once when the server drops the connection ("Server disconnected"):
-        # one attempt must be one connection (the reconnection policy decides about retries)
-        _http._retry_connection = False
+        _http = connection.client()
     return _http
 
 
@@ -175,14 +169,13 @@ def retire(stream):
     """The stream's media ended: off the registry; tracked until finished() if still closing."""
     with _lock:
         unregister(stream)
-        if not stream.finished:
+        if stream.state != "closed":
             finishing_streams.add(stream)
 
 
 def finished(stream):
-    """The stream's WebSocket side is done (any thread; idempotent)."""
+    """The stream's WebSocket side is done (loop thread; idempotent)."""
     with _lock:
-        stream.finished = True
         finishing_streams.discard(stream)
 
 

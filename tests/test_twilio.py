@@ -23,7 +23,7 @@ UUID = "5f2c1e0a-3b7d-4c55-9e0f-0123456789ab"
 
 
 def dialect(metadata=None, **kw):
-    return T.TwilioDialect(UUID, "default", metadata, **kw)
+    return T.TwilioDialect(UUID, metadata, **kw)
 
 
 def opened(metadata=None, **kw):
@@ -135,9 +135,9 @@ def test_defaults_account_sid_and_a_new_stream_sid_per_connection():
 
 def test_uplink_format():
     f = dialect().uplink_format()
-    assert (f.rate, f.channels, f.chunk_ms, f.chunk_bytes) == (8000, 1, 20, 320)
+    assert (f.rate, f.channels, f.chunk_ms) == (8000, 1, 20)
     f2 = dialect(tracks=("inbound", "outbound")).uplink_format()
-    assert (f2.rate, f2.channels, f2.chunk_ms, f2.chunk_bytes) == (8000, 2, 20, 640)
+    assert (f2.rate, f2.channels, f2.chunk_ms) == (8000, 2, 20)
 
 
 def test_media_message_as_documented():
@@ -163,7 +163,7 @@ def test_dtmf_mark_stop_as_documented():
     dt = documented(d.dtmf("5", 120)[0])
     assert dt == {"event": "dtmf", "streamSid": d.stream_sid, "sequenceNumber": "2",
                   "dtmf": {"track": "inbound_track", "digit": "5"}}
-    mk = documented(d.mark_played("my label")[0])
+    mk = documented(d.mark_ack("my label")[0])
     assert mk == {"event": "mark", "sequenceNumber": "3", "streamSid": d.stream_sid, "mark": {"name": "my label"}}
     # a cleared mark comes back the same way (Twilio: "sends back mark messages matching any
     # remaining mark messages" on clear)
@@ -212,7 +212,7 @@ def test_sequence_chunk_timestamp_over_many_chunks():
     assert [int(m["media"]["chunk"]) for m in msgs] == list(range(1, 501))
     assert [int(m["media"]["timestamp"]) for m in msgs] == list(range(0, 10000, 20))
     # the other messages continue the one sequence; the next media continues chunk and clock
-    tail = [documented(f) for f in d.dtmf("1") + d.mark_played("x") + d.media(pcm[:320]) + d.closing()]
+    tail = [documented(f) for f in d.dtmf("1") + d.mark_ack("x") + d.media(pcm[:320]) + d.closing()]
     assert [int(m["sequenceNumber"]) for m in tail] == [502, 503, 504, 505]
     assert tail[2]["media"]["chunk"] == "501" and tail[2]["media"]["timestamp"] == "10000"
     # the payloads decode to the audio sent (within μ-law's precision)
@@ -286,7 +286,7 @@ def test_any_piece_sizes_keep_the_counters_right(sizes):
 
 def test_lifecycle():
     d = dialect()
-    for call in (lambda: d.media(b"\x00\x00"), lambda: d.dtmf("1"), lambda: d.mark_played("m"),
+    for call in (lambda: d.media(b"\x00\x00"), lambda: d.dtmf("1"), lambda: d.mark_ack("m"),
                  lambda: d.text("x")):
         with pytest.raises(RuntimeError):
             call()
@@ -295,15 +295,15 @@ def test_lifecycle():
         d.opening()
     assert len(d.closing()) == 1
     assert d.closing() == []
-    assert d.media(b"\x00\x00") == [] and d.dtmf("1") == [] and d.mark_played("m") == [] and d.text("x") == []
+    assert d.media(b"\x00\x00") == [] and d.dtmf("1") == [] and d.mark_ack("m") == [] and d.text("x") == []
     assert dialect().closing() == []                         # never opened: nothing to stop
 
 
 def test_constructor_validation():
     with pytest.raises(ValueError):
-        T.TwilioDialect("", "n", None)
+        T.TwilioDialect("", None)
     with pytest.raises(ValueError):
-        T.TwilioDialect(UUID, "n", None, account_sid="")
+        T.TwilioDialect(UUID, None, account_sid="")
 
 
 # ---- customParameters --------------------------------------------------------------------------
@@ -559,7 +559,7 @@ def test_pipecat_serializer_reads_our_media_and_dtmf_and_we_read_its_output():
             assert isinstance(k, pc["InputDTMFFrame"]) and k.button.value == digit
         # A-D have no KeypadEntry: Pipecat drops them (docs/twilio.md)
         assert await s.deserialize(d.dtmf("A")[0]) is None
-        for other in d.mark_played("m") + d.closing():
+        for other in d.mark_ack("m") + d.closing():
             assert await s.deserialize(other) is None
         # and the other way: what Pipecat sends to Twilio, our parse understands
         out = await s.serialize(pc["OutputAudioRawFrame"](audio=pcm, sample_rate=8000, num_channels=1))
@@ -575,7 +575,7 @@ def test_twilio_openai_sample_expectations():
     data['start']['streamSid'], int(data['media']['timestamp']) and data['media']['payload'] (sent
     on to OpenAI as audio/pcmu), and pops a mark per mark event: mirrored here."""
     d = dialect()
-    frames = d.opening() + d.media(tone(seconds=0.1).tobytes()) + d.mark_played("responsePart")
+    frames = d.opening() + d.media(tone(seconds=0.1).tobytes()) + d.mark_ack("responsePart")
     stream_sid, latest = None, 0
     marks = ["responsePart"]
     for text in frames:
@@ -661,7 +661,7 @@ def test_bot_echoes_marks_and_clears(bot_factory):
         assert raw["streamSid"] == d.stream_sid and len(m.payload) == 4800
         assert await recv() == (P.Mark("greeting"), {"event": "mark", "streamSid": d.stream_sid,
                                                       "mark": {"name": "greeting"}})
-        await send(d.mark_played("greeting"))
+        await send(d.mark_ack("greeting"))
         # one second of the caller in 20 ms media messages → two 500 ms echoes, each with a mark
         pcm = caller.tobytes()
         for at in range(0, len(pcm), 320):
@@ -674,7 +674,7 @@ def test_bot_echoes_marks_and_clears(bot_factory):
             assert (await recv())[0] == P.Mark("echo-%d" % n)
         seen["echoed"] = echoed
         # the audio before echo-1 "played", echo-2 was cleared: both come back as Twilio marks
-        await send(d.mark_played("echo-1"))
+        await send(d.mark_ack("echo-1"))
         # a digit: the bot interrupts with clear
         await send(d.dtmf("5", 100))
         m, raw = await recv()

@@ -140,6 +140,10 @@ class CapturePort:
                 return None
         return ctypes.string_at(_scratch_addr, self._used) if self._used else b""
 
+    def take_last(self, uuid):
+        """Loop thread: what is left, then remove the bug (stop, graceful-shutdown)."""
+        return self.poll(uuid, remove=True)
+
     def forget(self):
         with _lock:
             _captures.pop(self.key, None)
@@ -213,7 +217,9 @@ class ControlPort:
         self.key = next(_keys)
         self.bug = None
         self.closed = False
-        self.playing = False
+        self.playing = False       # written by the media threads only (see cut())
+        self._cuts = 0             # written by the loop thread only
+        self._cuts_seen = 0        # written by the media threads only
         self.policy = PlaybackPolicy()
         self.frames_replaced = 0
         self.frames_written = 0
@@ -291,8 +297,16 @@ class ControlPort:
         self.core.switch_core_media_bug_set_flag(bug, PLAY_FLAGS)
         self._wake_ok = True
 
+    def cut(self):
+        """Loop thread: the current playback episode is over (clear, pause); the next frame that
+        plays starts a new one. A handoff through two counters, each written by one thread."""
+        self._cuts += 1
+
     # -- media threads -------------------------------------------------------------------------
     def _pull(self, nbytes):
+        if self._cuts != self._cuts_seen:
+            self._cuts_seen = self._cuts
+            self.playing = False
         data, marks = self.queue.pull(nbytes)
         if marks:
             self.notify(self.player.marks_played, marks)
