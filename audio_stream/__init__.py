@@ -13,7 +13,10 @@ def fsapi(session=None, stream=None, env=None, args=None):
     """`python audio_stream <args>` from fs_cli / ESL."""
     if stream is None:
         # mod_python3 calls us with no arguments, and a UnicodeDecodeError pending, when the line
-        # is not valid UTF-8: nothing can be done or answered (FreeSWITCH says "-ERR no reply").
+        # is not valid UTF-8: nothing can be answered (FreeSWITCH says "-ERR no reply"), but the
+        # pending error must not outlive the call (Python would report a SystemError).
+        import ctypes
+        ctypes.pythonapi.PyErr_Clear()
         return
     from . import api
     stream.write(api.execute(args) + "\n")

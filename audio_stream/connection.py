@@ -3,8 +3,10 @@
 The only module that knows aiohttp. Runs on the loop thread.
 """
 import asyncio
+import errno
 import http
 import os
+import re
 import socket
 import ssl
 from urllib.parse import urlsplit, urlunsplit
@@ -103,6 +105,7 @@ class ConnectError(Exception):
 
 def tls_context(settings):
     """An SSLContext for wss:// from STREAM_TLS_*; raises ConnectError(7) when it cannot be built."""
+    what = "the system's CA certificates"
     try:
         ca = (settings.tls_ca_file or "SYSTEM").strip()
         if ca.upper() == "NONE":
@@ -112,14 +115,18 @@ def tls_context(settings):
         elif ca.upper() == "SYSTEM":
             ctx = ssl.create_default_context()
         else:
+            what = "STREAM_TLS_CA_FILE %s" % ca
             ctx = ssl.create_default_context(cafile=ca)
         if settings.tls_no_hostname_check:
             ctx.check_hostname = False
         if settings.tls_cert_file:
+            what = "STREAM_TLS_CERT_FILE %s / STREAM_TLS_KEY_FILE %s" % (settings.tls_cert_file,
+                                                                       settings.tls_key_file or "(none)")
             ctx.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
         return ctx
     except (OSError, ssl.SSLError, ValueError) as e:
-        raise ConnectError(protocol.ERR_TLS_INIT_FAILED, "TLS setup failed: %s" % e) from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror and not isinstance(e, ssl.SSLError) else e
+        raise ConnectError(protocol.ERR_TLS_INIT_FAILED, "TLS setup failed: %s: %s" % (what, reason)) from None
 
 
 def _describe(exc):
@@ -150,8 +157,10 @@ SEND_ERRORS = (aiohttp.ClientError, ConnectionError, OSError, RuntimeError)
 
 def lost_reason(exc):
     """A reason a person can act on for a connection that went away under a send or a receive."""
-    if isinstance(exc, ConnectionResetError):     # aiohttp's ClientConnectionResetError is one too
+    if isinstance(exc, ConnectionResetError) and exc.errno == errno.ECONNRESET:
         return "connection lost: the server went away (connection reset)"
+    if isinstance(exc, ConnectionResetError):     # aiohttp's: the transport is closing (a FIN)
+        return "connection lost: the server closed the connection without a close frame"
     if isinstance(exc, BrokenPipeError):
         return "connection lost: the server went away (broken pipe)"
     return "connection lost while sending: %s" % _describe(exc)
@@ -178,6 +187,9 @@ def abort(ws):
         pass
 
 
+_SSL_REPR = re.compile(r"\s*ssl:(<[^>]*>|default|None|True|False)")   # aiohttp's "ssl:<SSLContext …>"
+
+
 def redact(url):
     """The URL without credentials: user:password@ and the values of the query string."""
     try:
@@ -193,12 +205,15 @@ def redact(url):
 
 
 def _printable(text, limit=120):
-    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    text = _SSL_REPR.sub("", str(text))
+    text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
 async def connect(client, url, settings, extra=None):
-    """Open the WebSocket or raise ConnectError with a code from protocol.ERR_*."""
+    """Open the WebSocket or raise ConnectError with a code from protocol.ERR_*. Messages show
+    the URL without its credentials."""
+    shown = redact(url)
     is_tls = url.lower().startswith("wss://")
     ctx = tls_context(settings) if is_tls else None
     headers = {"User-Agent": USER_AGENT}
@@ -214,17 +229,18 @@ async def connect(client, url, settings, extra=None):
             settings.connect_timeout)
     except asyncio.TimeoutError:
         raise ConnectError(protocol.ERR_TIMEOUT, "connection to %s timed out after %g s"
-                           % (url, settings.connect_timeout)) from None
+                           % (shown, settings.connect_timeout)) from None
     except aiohttp.ClientConnectorCertificateError as e:
         raise ConnectError(protocol.ERR_SSL_HANDSHAKE_FAILED,
                            "TLS certificate rejected: %s" % _describe(e.certificate_error)) from None
     except aiohttp.ClientSSLError as e:
-        raise ConnectError(protocol.ERR_SSL_ERROR, "TLS error: %s" % _describe(e)) from None
+        raise ConnectError(protocol.ERR_SSL_ERROR, "TLS error with %s: %s"
+                           % (shown, _printable(_describe(getattr(e, "os_error", None) or e)))) from None
     except aiohttp.WSServerHandshakeError as e:
         if e.status == 101:
             # the server agreed to upgrade, but its answer is not a valid WebSocket handshake
             raise ConnectError(protocol.ERR_INVALID_HEADER, "invalid WebSocket handshake from %s: %s"
-                               % (url, _printable(e.message))) from None
+                               % (shown, _printable(e.message))) from None
         try:
             phrase = http.HTTPStatus(e.status).phrase
         except ValueError:
@@ -233,16 +249,32 @@ async def connect(client, url, settings, extra=None):
                            % (e.status, phrase)) from None
     except aiohttp.ServerDisconnectedError:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: the server closed the connection "
-                           "during the handshake" % url) from None
-    except aiohttp.ClientResponseError:
+                           "during the handshake" % shown) from None
+    except aiohttp.ClientResponseError as e:
+        if _TOO_LONG.search(str(e)):
+            raise ConnectError(protocol.ERR_INVALID_HEADER, "cannot connect to %s: the server's HTTP answer has "
+                               "a line or header too long to read (%s)" % (shown, _printable(e, 80))) from None
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: not an HTTP/WebSocket server "
-                           "there (its answer is not HTTP)" % url) from None
+                           "there (its answer is not HTTP)" % shown) from None
     except aiohttp.ClientConnectorError as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
-                           % (url, _describe(e.os_error))) from None
+                           % (shown, _printable(_describe(e.os_error)))) from None
     except (aiohttp.ClientError, OSError, ValueError) as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
-                           % (url, _printable(_describe(e)))) from None
+                           % (shown, _printable(_describe(e)))) from None
+
+
+_TOO_LONG = re.compile(r"too long|Got more than \d+ bytes", re.I)
+
+
+def never_wait_for_drain(ws):
+    """aiohttp's send_*() waits, inside the call, until the kernel takes a large message: with a
+    server that stopped reading, forever, and nothing could then end the connection in time. The
+    link paces itself instead (backlogged() before every message), so the writer never waits."""
+    try:
+        ws._writer._limit = 1 << 62           # aiohttp has no public way to say so
+    except AttributeError:
+        pass
 
 
 # ---- receiving: what the stream needs to know, without aiohttp's types --------------------------

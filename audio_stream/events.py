@@ -28,6 +28,7 @@ class StreamEvents:
         self._bad_strikes = Strikes(*BAD_LIMIT)
         self._text_drop_limit = RateLimit(1, 5)
         self.last_error = None
+        self.call_over = False                # hung up: nothing more is fired as json for it
 
     def log(self, level, message):
         self.be.log(level, message, self._who)
@@ -42,8 +43,9 @@ class StreamEvents:
 
     # ---- the server's messages ----------------------------------------------------------------
     def json(self, text):
-        """A text we do not act on: mod_audio_stream::json, at most JSON_EVENTS_PER_S."""
-        if not self._json_limit.allow(time.monotonic()):
+        """A text we do not act on: mod_audio_stream::json, at most JSON_EVENTS_PER_S, and none
+        once the call has hung up."""
+        if self.call_over or not self._json_limit.allow(time.monotonic()):
             return
         missed = self._json_limit.take_suppressed()
         if missed:

@@ -90,12 +90,16 @@ class Link:
         self._linger_until = None
 
     def _refinish(self, code, message, drain_s, linger_s, force=False):
+        """A later finish (a stop or a hangup during graceful-shutdown, the switch going away):
+        it may only make the end come sooner, unless `force`."""
         if force or linger_s < self._finish[3]:
+            now = time.monotonic()
             self._finish = (code, message, drain_s, linger_s)
-            self._deadline = min(self._deadline, time.monotonic() + drain_s) if self._deadline else \
-                time.monotonic() + drain_s
-            if self._linger_until is not None:
-                self._linger_until = min(self._linger_until, time.monotonic() + linger_s)
+            if self.machine.state == L.L_LINGERING:
+                self._deadline = now + drain_s        # what is left, and the close, from now on
+                self._linger_until = min(self._linger_until or now, now + linger_s)
+            else:
+                self._deadline = min(self._deadline or now + drain_s, now + drain_s)
 
     # ---- running ----------------------------------------------------------------------------------
     async def run(self):
@@ -109,6 +113,7 @@ class Link:
                 self._input(L.OPEN_FAILED)
                 raise
             if self._input(L.OPENED) == L.L_CONNECTED:
+                self.policy.opened(time.monotonic())
                 self.host.link_connected()
                 for inp, args in m.take_deferred():
                     self._input(inp, *args)
@@ -129,6 +134,7 @@ class Link:
             headers[RECONNECT_HEADER] = str(attempt)
         ws = await connection.connect(self.http(), self.url, self.settings, headers)
         connection.bound_send_buffer(ws, max(16384, self.outbox.bytes_per_ms * SEND_BUFFER_MS))
+        connection.never_wait_for_drain(ws)
         for text in reversed(self.host.opening_texts()):
             self.outbox.put_text_front(text)
         self.ws = ws
@@ -151,7 +157,8 @@ class Link:
                     await self._writable(ws, None)
                     self._wake.set()          # go round again: send what is left
             except connection.SEND_ERRORS as e:
-                await asyncio.sleep(0)        # the receiver may know why (a close frame)
+                if self._receiver is not None:      # the receiver may know why (a close frame, a FIN)
+                    await asyncio.wait([self._receiver], timeout=0.2)
                 if m.state == L.L_OPEN:
                     self._loss = (False, 1006, connection.lost_reason(e), protocol.ERR_IO)
                     self._input(L.LOST)
@@ -169,10 +176,14 @@ class Link:
         if code is None:
             decision = GiveUp(reason)
         else:
-            decision = self.policy.lost(closed, code, time.monotonic())
+            decision = self.policy.lost(closed, code, time.monotonic(), no_pong=err == protocol.ERR_PING_TIMEOUT)
         if isinstance(decision, GiveUp):
             self._input(L.GIVE_UP)
-            self.host.link_lost(closed, code, reason, err)
+            if decision.limit:      # it kept failing: say so, with what happened last
+                self.host.link_lost(False, 1006, "%s: every connection was lost within %g s of its handshake; last: %s"
+                                    % (decision.reason, self.policy.stable_s, reason), protocol.ERR_CONNECT_FAILED)
+            else:
+                self.host.link_lost(closed, code, reason, err)
             return
         self._decision = decision
         self._last_reason = reason
@@ -207,7 +218,7 @@ class Link:
             connection.abort(ws)
             self._not_reconnecting()
             return
-        self.policy.connected()
+        self.policy.connected(time.monotonic())
         self.host.link_reconnected(decision.attempt, self.outbox.ms(self.outbox.dropped_bytes - self._dropped_before))
 
     def _not_reconnecting(self):
@@ -237,6 +248,8 @@ class Link:
         m = self.machine
         if self._linger_until is None:
             self._linger_until = time.monotonic() + self._finish[3]
+            if self._finish[3] > 0:                   # the close after a linger gets its own time
+                self._deadline = None
         while m.state == L.L_LINGERING:
             left = self._linger_until - time.monotonic()
             if left <= 0 or self._receiver is None or self._receiver.done():
@@ -255,7 +268,10 @@ class Link:
                     self._input(L.LOST)
         if self._action == L.L_CLOSE and self.ws is not None and not self.ws.closed:
             code, message = self._finish[:2]
-            await self._close(self.ws, code, message)
+            # the close frame within what is left of the deadline: a stream lets go of its
+            # connection within drain_s of its end, whatever the server does
+            left = CLOSE_TIMEOUT if self._deadline is None else self._deadline - time.monotonic()
+            await self._close(self.ws, code, message, max(0.2, left))
 
     async def _writable(self, ws, deadline):
         """Wait until the socket takes data again. Returns False at the deadline; returns early
@@ -363,8 +379,8 @@ class Link:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    async def _close(self, ws, code, message=b""):
+    async def _close(self, ws, code, message=b"", timeout=CLOSE_TIMEOUT):
         try:
-            await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT)
+            await asyncio.wait_for(ws.close(code=code, message=message), timeout)
         except (asyncio.TimeoutError, Exception):
             connection.abort(ws)

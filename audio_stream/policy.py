@@ -102,8 +102,12 @@ class Retry:
 
 
 class GiveUp:
-    def __init__(self, reason):
+    """Do not reconnect. `limit`: because the attempts or the time ran out (an error), not because
+    the server said goodbye or reconnection is off."""
+
+    def __init__(self, reason, limit=False):
         self.reason = reason
+        self.limit = limit
 
     def __repr__(self):
         return "GiveUp(%r)" % self.reason
@@ -116,18 +120,26 @@ class ReconnectPolicy:
     Backoff with jitter: the first retry within `first` seconds, then doubling up to `cap`, each
     delay drawn from [0.5, 1] of its nominal value. It gives up after `max_attempts` failed
     attempts in a row or `max_seconds` since the connection was lost, whichever comes first.
+
+    A reconnection that ends within `stable_s` of its handshake, or because the server did not
+    answer a ping, was not a success: its loss is one more failed attempt of the same outage (the
+    backoff keeps growing and the limits apply), so a server that accepts and drops every
+    connection cannot keep a stream reconnecting forever.
     """
 
-    def __init__(self, enabled=True, max_attempts=10, max_seconds=60.0, first=0.1, cap=5.0, rng=None):
+    def __init__(self, enabled=True, max_attempts=10, max_seconds=60.0, first=0.1, cap=5.0, rng=None,
+                 stable_s=5.0):
         import random
         self.enabled = enabled
         self.max_attempts = max_attempts
         self.max_seconds = max_seconds
         self.first = first
         self.cap = cap
+        self.stable_s = stable_s
         self.rng = rng or random.Random()
         self.attempt = 0          # attempts since the connection was lost
-        self.lost_at = None
+        self.lost_at = None       # when the current outage began (None: none)
+        self.opened_at = None     # when the current connection was made
         self.reconnects = 0       # successful reconnections over the stream's life
 
     @staticmethod
@@ -136,16 +148,23 @@ class ReconnectPolicy:
         says "come back" (RECONNECT_CODES)."""
         return not closed or code in RECONNECT_CODES
 
-    def lost(self, closed, code, now):
+    def opened(self, now):
+        """A connection was made (the first one, or a reconnection: see connected())."""
+        self.opened_at = now
+
+    def lost(self, closed, code, now, no_pong=False):
         """The connection ended: `closed` = the server sent a close frame with `code` (else it
-        was lost: reset, timeout, no pong, I/O error). Returns Retry or GiveUp."""
+        was lost: reset, timeout, no pong (`no_pong`), I/O error). Returns Retry or GiveUp."""
         if not self.enabled:
             return GiveUp("reconnection is off (STREAM_NO_RECONNECT)")
         if not self.abnormal(closed, code):
             return GiveUp("the server closed the connection with %s" % code)
-        self.lost_at = now
-        self.attempt = 0
-        return self._next(now)
+        lived = now - self.opened_at if self.opened_at is not None else 0.0
+        self.opened_at = None
+        if self.lost_at is None or (lived >= self.stable_s and not no_pong):
+            self.lost_at = now            # a new outage
+            self.attempt = 0
+        return self._next(now)            # else: a reconnection that did not last, one more failure
 
     def failed(self, now):
         """A reconnection attempt failed. Returns Retry or GiveUp."""
@@ -153,19 +172,19 @@ class ReconnectPolicy:
 
     def _next(self, now):
         if self.attempt >= self.max_attempts:
-            return GiveUp("gave up after %d attempts" % self.attempt)
+            return GiveUp("gave up after %d attempts" % self.attempt, limit=True)
         nominal = min(self.cap, self.first * (2 ** self.attempt))
         delay = nominal * self.rng.uniform(0.5, 1.0)
         if now + delay - self.lost_at > self.max_seconds:
-            return GiveUp("gave up after %.0f s without a connection" % (now - self.lost_at))
+            return GiveUp("gave up after %.0f s without a lasting connection" % (now - self.lost_at), limit=True)
         self.attempt += 1
         return Retry(self.attempt, delay)
 
-    def connected(self):
-        """A reconnection attempt succeeded."""
+    def connected(self, now=None):
+        """A reconnection attempt succeeded (the outage ends only once it lasts: see lost())."""
         self.reconnects += 1
-        self.attempt = 0
-        self.lost_at = None
+        if now is not None:
+            self.opened_at = now
 
 
 # ---- flood control -------------------------------------------------------------------------------

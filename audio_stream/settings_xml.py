@@ -76,7 +76,7 @@ def _params(section, where, problems):
 
 def _builtin(name):
     value = config.DEFAULTS.get(name)
-    return "built-in default %s" % value if value is not None else "not set"
+    return "the built-in default %s" % value if value is not None else "built-in behaviour (not set)"
 
 
 def _settings(params, problems):
@@ -93,7 +93,7 @@ def _settings(params, problems):
         try:
             config.check_default(name, value)
         except ConfigError as e:
-            problems.append("%s: %s: using the %s" % (CONF_NAME, e, _builtin(name)))
+            problems.append("%s: %s: using %s" % (CONF_NAME, e, _builtin(name)))
             defaults.pop(name, None)
             continue
         if name in defaults:

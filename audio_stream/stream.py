@@ -378,6 +378,7 @@ class Stream:
         self.link.finish()
 
     def _media_over(self, tail, cause):
+        self.events.call_over = bool(cause)
         self.player.playback_closed()
         if tail and not self.paused:
             self._feed(tail)
@@ -387,9 +388,13 @@ class Stream:
             self._end_media()
 
     def _media_gone(self, tail, cause):
+        self.events.call_over = bool(cause)
         self.player.playback_closed()
 
     def _hangup_graceful(self, tail, cause):
+        """Graceful-shutdown stops waiting for the server at the hangup: what is queued goes
+        within the usual limit, then the close."""
+        self.events.call_over = bool(cause)
         self.player.playback_closed()
         self._release()
         if cause in SHUTDOWN_CAUSES:
