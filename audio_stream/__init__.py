@@ -9,14 +9,22 @@ no state and delegates at once to submodules (imported once, never reloaded).
 """
 
 
+import ctypes as _ctypes
+
+# bound at import (mod_python3 reloads this module before each call, with no error pending)
+_clear_error = _ctypes.pythonapi.PyErr_Clear
+
+
 def fsapi(session=None, stream=None, env=None, args=None):
     """`python audio_stream <args>` from fs_cli / ESL."""
     if stream is None:
         # mod_python3 calls us with no arguments, and a UnicodeDecodeError pending, when the line
         # is not valid UTF-8: nothing can be answered (FreeSWITCH says "-ERR no reply"), but the
-        # pending error must not outlive the call (Python would report a SystemError).
-        import ctypes
-        ctypes.pythonapi.PyErr_Clear()
+        # pending error must not outlive the call (Python would report a SystemError). Nothing
+        # else may run before the clear: an import or a global that misses would raise it.
+        _clear_error()
+        from .switch import backend
+        backend().log("ERR", "a 'python audio_stream' command line that is not valid UTF-8 was ignored")
         return
     from . import api
     stream.write(api.execute(args) + "\n")
