@@ -19,11 +19,24 @@ from .version import VERSION
 USER_AGENT = "audio_stream/%s (FreeSWITCH mod_python3)" % VERSION
 
 
+FRAMES_PER_FEED = 256        # frames handed to aiohttp's parser at once (a flood of tiny frames)
+QUEUED_MAX = 64              # more parsed messages than this waiting: hold the rest of the bytes
+HELD_MAX = 1 << 20           # bytes held back at most (then the server is failed: it floods)
+
+
 class MaskGuard:
-    """RFC 6455 5.1: a client MUST fail the connection when the server masks a frame; aiohttp's
-    reader unmasks them silently. This sits in front of aiohttp's frame parser (for our
-    connections only, see GuardedWebSocket) and follows frame boundaries from the header bytes:
-    2 header bytes, 0/2/8 length bytes, a 4-byte key when masked, then the payload."""
+    """In front of aiohttp's frame parser (for our connections only, see GuardedWebSocket); it
+    follows frame boundaries from the header bytes: 2 header bytes, 0/2/8 length bytes, a 4-byte
+    key when masked, then the payload.
+
+    - RFC 6455 5.1: a client MUST fail the connection when the server masks a frame; aiohttp's
+      reader unmasks them silently.
+    - Flow control by frames, not bytes: aiohttp counts a parsed message by its payload (older
+      versions count an empty ping as 0 bytes), so a flood of tiny frames would be parsed all at
+      once, whatever the stream's reader allows. The guard hands the parser FRAMES_PER_FEED frames
+      at a time and holds the rest, with the socket's reading paused, until the stream has taken
+      what was parsed (`pump()`, after each receive): the server then waits in TCP, not in our
+      memory or our loop."""
 
     def __init__(self, parser, queue):
         self.parser = parser
@@ -31,16 +44,19 @@ class MaskGuard:
         self.hdr = bytearray()      # header bytes of the frame being read
         self.skip = 0               # payload bytes still to pass over
         self.failed = False
+        self.held = bytearray()     # bytes not yet handed to the parser
+        self.paused = False
 
     def feed_data(self, data):
         if self.failed:
             return True, b""
-        if self._masked(data):
-            self.failed = True
-            self.queue.set_exception(aiohttp.WebSocketError(
-                aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame"))
-            return True, b""
-        return self.parser.feed_data(data)
+        if self.held:
+            self.held += data
+            self._pause()
+            if len(self.held) > HELD_MAX:
+                self._fail(aiohttp.WSCloseCode.POLICY_VIOLATION, "the server sends more frames than the stream may take")
+            return False, b""
+        return self._feed(data)
 
     def feed_eof(self):
         return self.parser.feed_eof()
@@ -48,13 +64,62 @@ class MaskGuard:
     def __getattr__(self, name):
         return getattr(self.parser, name)
 
-    def _masked(self, data):
-        i, n = 0, len(data)
+    def pump(self):
+        """After the stream took a message: hand the parser what was held back, if it can take it."""
+        if not self.held or self.failed or self._queued() > QUEUED_MAX // 2:
+            return
+        data, self.held = bytes(self.held), bytearray()
+        self._feed(data)
+        if not self.held and self.paused:
+            self.paused = False
+            try:
+                self.queue._protocol.transport.resume_reading()
+            except (AttributeError, RuntimeError):
+                pass
+
+    def _feed(self, data):
+        masked, end = self._scan(data, FRAMES_PER_FEED)
+        if masked:
+            self._fail(aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame")
+            return True, b""
+        if end < len(data):
+            self.held += data[end:]
+            data = data[:end]
+            self._pause()
+        return self.parser.feed_data(data) if data else (False, b"")
+
+    def _fail(self, code, message):
+        self.failed = True
+        self.held = bytearray()
+        self.queue.set_exception(aiohttp.WebSocketError(code, message))
+
+    def _queued(self):
+        try:
+            return len(self.queue._buffer)
+        except (AttributeError, TypeError):
+            return 0
+
+    def _pause(self):
+        if not self.paused:
+            try:                     # the transport itself: aiohttp's own flow control stays as it was
+                self.queue._protocol.transport.pause_reading()
+                self.paused = True
+            except (AttributeError, RuntimeError):
+                pass
+
+    def _scan(self, data, limit):
+        """Follow the frames in `data`: (masked, end), `end` just after the `limit`-th complete
+        frame (or len(data))."""
+        i, n, frames = 0, len(data), 0
         while i < n:
             if self.skip:
                 step = min(self.skip, n - i)
                 self.skip -= step
                 i += step
+                if not self.skip:
+                    frames += 1
+                    if frames >= limit:
+                        return False, i
                 continue
             self.hdr.append(data[i])
             i += 1
@@ -62,14 +127,18 @@ class MaskGuard:
             if len(h) < 2:
                 continue
             if h[1] & 0x80:
-                return True
+                return True, i
             size = h[1] & 0x7F
             ext = 2 if size == 126 else 8 if size == 127 else 0
             if len(h) < 2 + ext:
                 continue
             self.skip = int.from_bytes(h[2:2 + ext], "big") if ext else size
             self.hdr = bytearray()
-        return False
+            if not self.skip:
+                frames += 1
+                if frames >= limit:
+                    return False, i
+        return False, n
 
 
 class GuardedWebSocket(aiohttp.ClientWebSocketResponse):
@@ -83,6 +152,13 @@ class GuardedWebSocket(aiohttp.ClientWebSocketResponse):
     @_parser.setter
     def _parser(self, parser):
         self.__dict__["_guarded_parser"] = MaskGuard(parser, self._reader) if parser is not None else None
+
+    async def receive(self, *args, **kw):
+        msg = await super().receive(*args, **kw)
+        guard = self.__dict__.get("_guarded_parser")
+        if guard is not None and guard.held:
+            guard.pump()
+        return msg
 
 
 def client():
@@ -177,6 +253,12 @@ def backlogged(ws):
         return False
 
 
+async def pong(ws, payload):
+    """Answer a ping, unless the server does not read what we send (then it gets no pong)."""
+    if not backlogged(ws) and not ws.closed:
+        await ws.pong(payload)
+
+
 def abort(ws):
     """Drop a connection that would not close cleanly (a server that stopped reading)."""
     try:
@@ -225,7 +307,7 @@ async def connect(client, url, settings, extra=None):
             client.ws_connect(url, headers=headers, ssl=ctx if is_tls else False,
                             compress=15 if settings.deflate else 0,
                             heartbeat=settings.heart_beat or None,
-                            max_msg_size=settings.max_message * 4, autoping=True),
+                            max_msg_size=settings.max_message * 4, autoping=False),
             settings.connect_timeout)
     except asyncio.TimeoutError:
         raise ConnectError(protocol.ERR_TIMEOUT, "connection to %s timed out after %g s"
@@ -279,20 +361,26 @@ def never_wait_for_drain(ws):
 
 # ---- receiving: what the stream needs to know, without aiohttp's types --------------------------
 
-TEXT, BINARY, CLOSED, LOST, FAILED = "text", "binary", "closed", "lost", "failed"
+TEXT, BINARY, PING, PONG, CLOSED, LOST, FAILED = "text", "binary", "ping", "pong", "closed", "lost", "failed"
 
 
 async def receive(ws):
-    """The next event from the server: (TEXT, str), (BINARY, bytes), (CLOSED, code, reason) for
-    a close frame, (LOST, error_code, message) when the connection went away without one, or
-    (FAILED, error_code, message) when we failed it because of what the server sent (a message
-    over the size limit, a protocol violation): trying again would fail the same way."""
+    """The next event from the server: (TEXT, str), (BINARY, bytes), (PING, payload), (PONG,
+    payload) (the caller answers pings: see pong()), (CLOSED, code, reason) for a close frame,
+    (LOST, error_code, message) when the connection went away without one, or (FAILED,
+    error_code, message) when we failed it because of what the server sent (a message over the
+    size limit, a protocol violation): trying again would fail the same way."""
     msg = await ws.receive()
-    if msg.type == aiohttp.WSMsgType.TEXT:
+    t = msg.type
+    if t == aiohttp.WSMsgType.TEXT:
         return TEXT, msg.data
-    if msg.type == aiohttp.WSMsgType.BINARY:
+    if t == aiohttp.WSMsgType.BINARY:
         return BINARY, msg.data
-    if msg.type == aiohttp.WSMsgType.CLOSE:
+    if t == aiohttp.WSMsgType.PING:
+        return PING, msg.data
+    if t == aiohttp.WSMsgType.PONG:
+        return PONG, msg.data
+    if t == aiohttp.WSMsgType.CLOSE:
         return CLOSED, msg.data, msg.extra or ""
     exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):

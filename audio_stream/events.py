@@ -10,6 +10,12 @@ PREFIX = "mod_audio_stream::"
 JSON_EVENTS_PER_S = 200    # mod_audio_stream::json events per stream (burst: 2 s worth)
 BAD_REPORTS_PER_S = 5      # error events/logs/replies for unusable messages (burst: 20)
 BAD_LIMIT = (100, 10.0)    # more unusable messages than this within that many s: close 1008
+EVENTS_PER_S = 200         # every event of one stream together (json, mark, play, dtmf, ...; burst 2 s)
+LOGS_PER_S = 50            # log lines of one stream (burst 2 s)
+SUMMARY_EVERY_S = 5.0      # "... not fired/written" at most this often
+# the connection's own events: few by construction, never dropped
+ESSENTIAL = frozenset(("connect", "disconnect", "reconnecting", "reconnected", "buffer_overrun",
+                       "buffer_recovered"))
 
 # what bad() says to do
 REPORT, QUIET, STRIKE_OUT = "report", "quiet", "strike_out"
@@ -27,30 +33,55 @@ class StreamEvents:
         self._bad_limit = RateLimit(BAD_REPORTS_PER_S, 20)
         self._bad_strikes = Strikes(*BAD_LIMIT)
         self._text_drop_limit = RateLimit(1, 5)
+        self._json_warn = RateLimit(1.0 / SUMMARY_EVERY_S, 1)
+        self._json_missed = 0
+        self._event_limit = RateLimit(EVENTS_PER_S, 2 * EVENTS_PER_S)
+        self._log_limit = RateLimit(LOGS_PER_S, 2 * LOGS_PER_S)
+        self._summary = RateLimit(1.0 / SUMMARY_EVERY_S, 1)
         self.last_error = None
         self.call_over = False                # hung up: nothing more is fired as json for it
 
     def log(self, level, message):
+        """One log line, at most LOGS_PER_S a second (the rest counted, summed up later)."""
+        now = time.monotonic()
+        if not self._log_limit.allow(now):
+            return
+        self._summarize(now)
         self.be.log(level, message, self._who)
 
-    def fire(self, name, body):
+    def fire(self, name, body, essential=False):
+        """One mod_audio_stream::<name> event; all but the connection's own at most
+        EVENTS_PER_S a second together."""
         if name in ("error", "disconnect"):
             self.last_error = body
+        now = time.monotonic()
+        if not (essential or name in ESSENTIAL) and not self._event_limit.allow(now):
+            return
+        self._summarize(now)
         try:
             self.be.fire(self.uuid, PREFIX + name, body, {"Stream-Name": self.name})
         except Exception as e:  # an event must never take the stream down
             self.log("ERR", "cannot fire %s: %s" % (name, e))
 
+    def _summarize(self, now):
+        if not (self._event_limit.suppressed or self._log_limit.suppressed) or not self._summary.allow(now):
+            return
+        events, lines = self._event_limit.take_suppressed(), self._log_limit.take_suppressed()
+        self.be.log("WARNING", "%d events not fired and %d log lines not written: more than %d events or %d "
+                    "log lines a second from this stream" % (events, lines, EVENTS_PER_S, LOGS_PER_S), self._who)
+
     # ---- the server's messages ----------------------------------------------------------------
     def json(self, text):
         """A text we do not act on: mod_audio_stream::json, at most JSON_EVENTS_PER_S, and none
         once the call has hung up."""
-        if self.call_over or not self._json_limit.allow(time.monotonic()):
+        now = time.monotonic()
+        if self.call_over or not self._json_limit.allow(now):
             return
-        missed = self._json_limit.take_suppressed()
-        if missed:
-            self.log("WARNING", "%d messages from the server were not fired as mod_audio_stream::json: more "
-                     "than %d per second" % (missed, JSON_EVENTS_PER_S))
+        self._json_missed += self._json_limit.take_suppressed()
+        if self._json_missed and self._json_warn.allow(now):     # limited by itself: not by LOGS_PER_S
+            self.be.log("WARNING", "%d messages from the server were not fired as mod_audio_stream::json: more "
+                        "than %d per second" % (self._json_missed, JSON_EVENTS_PER_S), self._who)
+            self._json_missed = 0
         if not self.settings.suppress_log:
             self.log("DEBUG", "response: %s" % text[:2000])
         self.fire("json", text)
@@ -111,12 +142,12 @@ class StreamEvents:
             self.fire("disconnect", protocol.disconnect_body(code, reason))
         else:
             self.log("ERR", reason)
-            self.fire("error", protocol.error_body(error_code, reason))
+            self.fire("error", protocol.error_body(error_code, reason), essential=True)
 
     def error(self, code, message):
         self.log("ERR", "%s (code %d)" % (message, code))
-        self.fire("error", protocol.error_body(code, message))
+        self.fire("error", protocol.error_body(code, message), essential=True)
 
     def failed(self, e):
         self.log("ERR", "stream failed: %r" % (e,))
-        self.fire("error", protocol.error_body(protocol.ERR_IO, str(e) or repr(e)))
+        self.fire("error", protocol.error_body(protocol.ERR_IO, str(e) or repr(e)), essential=True)

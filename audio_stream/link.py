@@ -14,11 +14,13 @@ import time
 import uuid as uuidlib
 
 from . import connection, lifecycle as L, protocol
-from .policy import GiveUp, ReconnectPolicy
+from .policy import Allowance, GiveUp, ReconnectPolicy
 
 CLOSE_TIMEOUT = 5.0        # s to send what is left and close, once the stream ends
 SEND_BUFFER_MS = 500       # the kernel's send buffer: this much audio (Linux doubles it)
-RECEIVE_BATCH = 64         # messages handled before the receiver lets other streams run
+RECEIVE_BATCH = 16         # messages handled before the receiver lets other streams run
+INPUT_PER_S = 1000         # the server's allowance (policy.Allowance): units a second, burst 2 s worth;
+INPUT_BYTES_PER_UNIT = 4096   # a message costs 1 unit + 1 per this many bytes
 STREAM_ID_HEADER = "X-Audio-Stream-Id"
 RECONNECT_HEADER = "X-Audio-Stream-Reconnect"
 
@@ -33,6 +35,9 @@ class Link:
         self.id = str(uuidlib.uuid4())    # the same on every connection of this stream
         self.policy = ReconnectPolicy(settings.reconnect, settings.reconnect_attempts, settings.reconnect_max_s)
         self.machine = L.LinkMachine()
+        self.allowance = Allowance(INPUT_PER_S, 2 * INPUT_PER_S)
+        self.messages_received = 0
+        self.bytes_received = 0
         self.ws = None
         self._wake = asyncio.Event()
         self._finish = (1000, b"", CLOSE_TIMEOUT, 0.0)   # how it ends: (code, message, drain_s, linger_s)
@@ -334,25 +339,39 @@ class Link:
                 return
 
     async def _receive(self, ws):
+        """Everything the server sends, each message paid for from the stream's allowance."""
         event = None
         host = self.host
+        allowance = self.allowance
+        clock = time.monotonic
         n = 0
         try:
             while True:
                 event = await connection.receive(ws)
                 kind = event[0]
+                if kind == connection.CLOSED or kind == connection.LOST or kind == connection.FAILED:
+                    break
+                data = event[1]
+                size = len(data) if data else 0
+                self.messages_received += 1
+                self.bytes_received += size
                 try:
                     if kind == connection.TEXT:
-                        host.on_text(event[1])
+                        host.on_text(data)
                     elif kind == connection.BINARY:
-                        host.on_binary(event[1])
-                    else:
-                        break
+                        host.on_binary(data)
+                    elif kind == connection.PING:
+                        await connection.pong(ws, data)
+                except connection.SEND_ERRORS:
+                    pass                      # the connection is going: the next receive says how
                 except Exception as e:  # our bug: say so, keep the connection
                     host.log("ERR", "cannot handle a message from the server: %r" % (e,))
+                wait = allowance.take(1 + size // INPUT_BYTES_PER_UNIT, clock())
                 n += 1
-                if n % RECEIVE_BATCH == 0:
-                    await asyncio.sleep(0)    # a flooding server must not hold up the other streams
+                if wait:
+                    await asyncio.sleep(wait)     # over its allowance: the server waits in TCP
+                elif n % RECEIVE_BATCH == 0:
+                    await asyncio.sleep(0)        # a busy server must not hold up the other streams
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -215,6 +215,31 @@ class RateLimit:
         return n
 
 
+class Allowance:
+    """One stream's budget for what its server sends: every message (text, binary, ping, pong,
+    close) costs `cost` units, refilled at `rate` a second up to `burst`. `take()` answers how
+    long the reader must wait before it reads on (0.0: go on), so a server that floods waits in
+    TCP, and the work one server causes per second is bounded whatever it sends."""
+
+    def __init__(self, rate, burst):
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = None
+        self.waited = 0.0             # seconds the reader was held back, over the stream's life
+
+    def take(self, cost, now):
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= cost
+        if self.tokens >= 0:
+            return 0.0
+        wait = -self.tokens / self.rate
+        self.waited += wait
+        return wait
+
+
 class Strikes:
     """More than `limit` strikes within `window` seconds: the server keeps sending garbage."""
 

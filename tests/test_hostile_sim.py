@@ -178,3 +178,81 @@ def test_oversized_headers_are_named(h):
     assert "too long" in err and "not HTTP" not in err, err
     t.join(3)
     lsock.close()
+
+
+def test_events_and_log_lines_of_one_stream_are_bounded_marks_included(h):
+    async def flood(conn, server):
+        for i in range(4000):
+            await conn.ws.send_str('{"type":"mark","data":{"name":"m%d"}}' % i)
+        for i in range(4000):
+            await conn.ws.send_str('{"type":"transcript","n":%d}' % i)
+
+    server = h.server(on_connect=flood)
+    ch = h.call(rate=8000)
+    t0 = time.monotonic()
+    start(h, ch, server.url)
+    conn = server.wait_conn()
+    assert server.wait_for(lambda: sum('"m3999"' in t for t in conn.texts) == 1, 10)   # every mark answered
+    time.sleep(0.5)
+    took = time.monotonic() - t0
+    fired = [e for e in h.fs.fired() if e.get("Unique-ID") == ch.uuid]
+    assert len(fired) <= 400 + 200 * took + 10, (len(fired), took)
+    lines = [m for _, m in h.fs.logs() if ch.uuid in m]
+    assert len(lines) <= 100 + 50 * took + took / 5 + 10, (len(lines), took)
+    warnings = [m for m in lines if "not fired as mod_audio_stream::json" in m]
+    assert len(warnings) <= 1 + took / 5
+
+
+FRAMES = {"ping": b"\x89\x00", "pong": b"\x8a\x00", "binary": b"\x82\x02\x00\x00"}
+
+
+def flooding_server(frame):
+    """Completes the handshake, then sends `frame` as fast as TCP lets it, until the client goes."""
+    stop = threading.Event()
+
+    def flood(c):
+        c.settimeout(5)
+        chunk = frame * (65536 // len(frame))
+        try:
+            while not stop.is_set():
+                c.sendall(chunk)
+        except OSError:
+            pass
+        c.close()
+    lsock, t = raw_ws_server(flood)
+    return lsock, t, stop
+
+
+def delivery_gaps(conn, seconds):
+    arrivals, n = [], 0
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        m = len(conn.binaries)
+        if m != n:
+            arrivals.append(time.monotonic())
+            n = m
+        time.sleep(0.002)
+    import numpy as np
+    return np.diff(arrivals)
+
+
+@pytest.mark.parametrize("kind", list(FRAMES))
+def test_a_control_frame_flood_is_paid_for_and_does_not_stall_another_stream(h, kind):
+    lsock, t, stop = flooding_server(FRAMES[kind])
+    quiet = h.server()
+    a = h.call(rate=8000)
+    b = h.call(rate=8000)
+    start(h, a, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
+    start(h, b, quiet.url)
+    conn_b = quiet.wait_conn()
+    gaps = delivery_gaps(conn_b, 3)
+    assert gaps.max() < 0.25, gaps.max()
+    noisy = service.get(a.uuid)
+    assert noisy is not None and noisy.link.allowance.waited > 0.5       # the flood was held back
+    assert noisy.link.messages_received < 1000 * 3 + 2000 + 100          # ... to the stream's allowance
+    stop.set()
+    a.hangup()
+    b.hangup()
+    assert h.settle(8)
+    lsock.close()
+    t.join(5)
