@@ -214,17 +214,52 @@ def _describe(exc):
     return str(exc) or exc.__class__.__name__
 
 
-def bound_send_buffer(ws, nbytes):
-    """Cap the kernel's send buffer for this connection (Linux doubles the value). Autotuning
-    lets a loopback or LAN socket soak up ~4 MB: minutes of audio that a stalled server would
-    hide before anyone noticed. About a second of audio is enough to ride out jitter."""
+# A connection whose peer vanished (a blackhole: packets dropped, no FIN, no RST) must not be
+# taken for a live one. Without a heartbeat (STREAM_HEART_BEAT=0, the default, as mod_audio_stream)
+# TCP itself tells: audio not acknowledged for USER_TIMEOUT_S fails the connection (TCP_USER_TIMEOUT),
+# and an idle one (a paused stream) is probed after KEEPALIVE_IDLE_S. Invisible on the wire.
+USER_TIMEOUT_S = 10
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 2
+
+
+def tune_socket(ws, nbytes):
+    """Cap the kernel's send buffer for this connection (Linux doubles the value): autotuning
+    lets a loopback or LAN socket soak up ~4 MB, minutes of audio that a stalled server would
+    hide before anyone noticed; about a second of audio rides out jitter. And the blackhole
+    limits above."""
     sock = ws.get_extra_info("socket")
     if sock is None:
         return
+    options = [(socket.SOL_SOCKET, socket.SO_SNDBUF, int(nbytes)), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_USER_TIMEOUT", USER_TIMEOUT_S * 1000), ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+                        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S), ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, opt, value in options:
+        try:
+            sock.setsockopt(level, opt, value)
+        except OSError:
+            pass
+
+
+def in_flight(ws):
+    """Bytes written but not yet acknowledged by the server (our buffer + the kernel's send
+    queue): what is lost if the connection dies now. 0 when it cannot tell."""
+    n = 0
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(nbytes))
-    except OSError:
+        n = ws._writer.transport.get_write_buffer_size()
+    except AttributeError:
         pass
+    sock = ws.get_extra_info("socket")
+    if sock is not None:
+        try:
+            import fcntl
+            import struct
+            import termios
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError, ImportError):
+            pass
+    return n
 
 
 # what a send can raise when the connection is gone under it

@@ -21,6 +21,7 @@ SEND_BUFFER_MS = 500       # the kernel's send buffer: this much audio (Linux do
 RECEIVE_BATCH = 16         # messages handled before the receiver lets other streams run
 INPUT_PER_S = 1000         # the server's allowance (policy.Allowance): units a second, burst 2 s worth;
 INPUT_BYTES_PER_UNIT = 4096   # a message costs 1 unit + 1 per this many bytes
+IN_FLIGHT_EVERY_S = 0.5    # how often the bytes the server has not acknowledged are sampled
 STREAM_ID_HEADER = "X-Audio-Stream-Id"
 RECONNECT_HEADER = "X-Audio-Stream-Reconnect"
 
@@ -38,6 +39,8 @@ class Link:
         self.allowance = Allowance(INPUT_PER_S, 2 * INPUT_PER_S)
         self.messages_received = 0
         self.bytes_received = 0
+        self._in_flight = 0               # connection.in_flight(), sampled every IN_FLIGHT_EVERY_S
+        self._in_flight_at = 0.0
         self.ws = None
         self._wake = asyncio.Event()
         self._finish = (1000, b"", CLOSE_TIMEOUT, 0.0)   # how it ends: (code, message, drain_s, linger_s)
@@ -138,7 +141,7 @@ class Link:
         if attempt:
             headers[RECONNECT_HEADER] = str(attempt)
         ws = await connection.connect(self.http(), self.url, self.settings, headers)
-        connection.bound_send_buffer(ws, max(16384, self.outbox.bytes_per_ms * SEND_BUFFER_MS))
+        connection.tune_socket(ws, max(16384, self.outbox.bytes_per_ms * SEND_BUFFER_MS))
         connection.never_wait_for_drain(ws)
         for text in reversed(self.host.opening_texts()):
             self.outbox.put_text_front(text)
@@ -174,6 +177,9 @@ class Link:
         if self._fail_code is not None and self.ws is not None and not self.ws.closed:
             await self._close(self.ws, self._fail_code, b"policy violation")
         closed, code, reason, err = self._loss
+        if not closed and self._in_flight:        # what the server never acknowledged went nowhere
+            self.outbox.lost(self._in_flight)
+        self._in_flight = 0
         if self.machine.state != L.L_LOST:
             if self._action == L.L_ENDED:         # the stream was ending anyway: say what happened
                 self.host.link_lost(closed, code, reason, err)
@@ -302,6 +308,10 @@ class Link:
         a server that does not keep up only ever holds up its own stream."""
         backlogged = connection.backlogged
         render = self.host.render_audio
+        now = time.monotonic()
+        if now - self._in_flight_at > IN_FLIGHT_EVERY_S:
+            self._in_flight_at = now
+            self._in_flight = connection.in_flight(ws)
         while outbox:
             if backlogged(ws):
                 self.host.outbox_drained()

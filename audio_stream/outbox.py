@@ -93,6 +93,10 @@ class Outbox:
                 return
         raise AssertionError("audio_bytes counts audio that is not queued")
 
+    def lost(self, nbytes):
+        """Audio that was sent but never reached the server (the connection died under it)."""
+        self.dropped_bytes += nbytes
+
     def pop(self):
         item = self._q.popleft()
         if isinstance(item, bytes):

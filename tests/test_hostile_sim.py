@@ -256,3 +256,29 @@ def test_a_control_frame_flood_is_paid_for_and_does_not_stall_another_stream(h, 
     assert h.settle(8)
     lsock.close()
     t.join(5)
+
+
+def test_sockets_detect_a_blackhole_without_a_heartbeat_and_unacknowledged_audio_counts_as_dropped(h):
+    """The socket options that make TCP notice a vanished peer are set (the real-switch test
+    blackholes a connection); audio the server never acknowledged counts as dropped when the
+    connection dies under it."""
+    lsock, t, held = stalled_server()
+    ch = h.call(rate=16000, STREAM_RECONNECT_ATTEMPTS=1)
+    start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1], rate="16k")
+    t.join(5)
+    stream = service.get(ch.uuid)
+    assert wait_until(lambda: stream.link.ws is not None)
+    sock = stream.link.ws.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == connection.USER_TIMEOUT_S * 1000
+    time.sleep(2.0)                              # the server's buffers fill with audio it never reads
+    assert stream.link._in_flight > 0
+    lost = []
+    real_lost = stream.outbox.lost
+    stream.outbox.lost = lambda n: (lost.append(n), real_lost(n))
+    for c in held:                               # it dies: a reset, no close frame
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()
+    lsock.close()
+    assert wait_until(lambda: lost, 5)
+    assert lost[0] > 16000                       # at least half a second of 16 kHz audio never arrived
