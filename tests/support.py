@@ -194,7 +194,7 @@ def free_port():
     return port
 
 
-def raw_ws_server(after_handshake):
+def raw_ws_server(after_handshake, host="127.0.0.1"):
     """A bare TCP server that completes one WebSocket handshake by hand, then calls
     `after_handshake(sock)` on its own thread (to misbehave: stop reading, send masked frames...).
     Returns (listening socket, thread); close the socket and join the thread when done."""
@@ -202,7 +202,7 @@ def raw_ws_server(after_handshake):
     import hashlib
 
     lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
+    lsock.bind((host, 0))
     lsock.listen(1)
 
     def serve():
