@@ -62,6 +62,15 @@ class Harness:
         audio_stream.fsapi("na", stream, None, line)
         return stream.get_data().strip()
 
+    def start(self, ch, target, mix="mono", rate="8k", meta=None):
+        """`start` on the call (it must answer +OK). `target`: a URL, or a server: then its first
+        connection is returned."""
+        line = "%s start %s %s %s" % (ch.uuid, getattr(target, "url", target), mix, rate)
+        if meta:
+            line += " " + meta
+        assert self.api(line) == "+OK Success"
+        return target.wait_conn() if hasattr(target, "wait_conn") else None
+
     def app(self, ch, args):
         audio_stream.handler(self.fs.Session(ch.uuid), args)
 

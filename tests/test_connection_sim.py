@@ -16,11 +16,6 @@ from audio_stream.testing.sim import wait_until
 from .support import WSServer, free_port, raw_ws_server, tone
 
 
-def start(h, ch, url, mix="mono", rate="8k", meta=None):
-    line = "%s start %s %s %s" % (ch.uuid, url, mix, rate)
-    if meta:
-        line += " " + meta
-    assert h.api(line) == "+OK Success"
 
 
 def body(e):
@@ -33,7 +28,7 @@ def body(e):
 def test_close_codes_that_say_come_back_reconnect(h, code):
     server = h.server()
     ch = h.call(rate=8000)
-    start(h, ch, server.url, meta="hello")
+    h.start(ch, server.url, meta="hello")
     first = server.wait_conn()
     time.sleep(0.3)
     server.close_conn(first, code)
@@ -55,7 +50,7 @@ def test_close_codes_that_say_come_back_reconnect(h, code):
 def test_a_deliberate_close_ends_the_stream(h, code):
     server = h.server()
     ch = h.call(rate=8000)
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     server.close_conn(conn, code, b"bye")
     assert body(h.event("disconnect"))["message"] == {"code": code, "reason": "bye"}
@@ -73,7 +68,7 @@ def test_server_killed_and_restarted_gets_the_gap(h):
     h.servers.append(a)
     ch = h.call(rate=8000, read_hz=0, start=False)
     ch.start(speed=1.0, ticks=0)
-    start(h, ch, "ws://127.0.0.1:%d/s" % port, meta="m")
+    h.start(ch, "ws://127.0.0.1:%d/s" % port, meta="m")
     conn = a.wait_conn()
     ch.set_tick_limit(None)
     time.sleep(0.5)
@@ -100,7 +95,7 @@ def test_server_killed_and_restarted_gets_the_gap(h):
 def test_no_reconnect_when_asked(h):
     server = h.server()
     ch = h.call(rate=8000, STREAM_NO_RECONNECT="true")
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     server.close_conn(conn, 1012)
     assert body(h.event("disconnect"))["message"]["code"] == 1012
@@ -113,7 +108,7 @@ def test_gives_up_after_the_attempts(h):
     a = WSServer(port=port)
     h.servers.append(a)
     ch = h.call(rate=8000, STREAM_RECONNECT_ATTEMPTS="3")
-    start(h, ch, "ws://127.0.0.1:%d/s" % port)
+    h.start(ch, "ws://127.0.0.1:%d/s" % port)
     a.wait_conn()
     a.kill()
     err = h.event("error", timeout=10)
@@ -148,7 +143,7 @@ def test_one_connection_per_attempt_when_the_server_hangs_up_at_once(h):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     ch = h.call(rate=8000)
-    start(h, ch, "ws://127.0.0.1:%d/x" % lsock.getsockname()[1])
+    h.start(ch, "ws://127.0.0.1:%d/x" % lsock.getsockname()[1])
     err = body(h.event("error"))["message"]
     assert err["code"] == 6 and "closed the connection during the handshake" in err["error"]
     time.sleep(0.3)
@@ -168,7 +163,7 @@ def test_graceful_shutdown_keeps_receiving_until_the_server_closes(h):
 
     server = h.server(on_message=on_message)
     ch = h.call(rate=8000)
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     time.sleep(0.3)
     t0 = time.monotonic()
@@ -189,7 +184,7 @@ def test_graceful_shutdown_times_out_and_still_plays(h):
 
     server = h.server(on_message=on_message)
     ch = h.call(rate=8000, STREAM_GRACEFUL_TIMEOUT="1")
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     time.sleep(0.2)
     n = len(ch.heard())
@@ -208,7 +203,7 @@ def test_graceful_shutdown_times_out_and_still_plays(h):
 def test_stop_ends_a_graceful_shutdown_at_once(h):
     server = h.server()
     ch = h.call(rate=8000, STREAM_GRACEFUL_TIMEOUT="30")
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     assert h.api("%s graceful-shutdown" % ch.uuid) == "+OK Success"
     time.sleep(0.3)
@@ -223,7 +218,7 @@ def test_switch_shutdown_hangup_closes_1001_at_once(h):
     server = h.server()
     chs = [h.call(rate=8000) for _ in range(3)]
     for ch in chs:
-        start(h, ch, server.url)
+        h.start(ch, server.url)
     server.wait_conn(3)
     time.sleep(0.2)
     t0 = time.monotonic()
@@ -237,7 +232,7 @@ def test_switch_shutdown_hangup_closes_1001_at_once(h):
 def test_stop_loop_closes_whatever_is_left_with_1001(h):
     server = h.server()
     ch = h.call(rate=8000, STREAM_GRACEFUL_TIMEOUT="30")
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     h.api("%s graceful-shutdown" % ch.uuid)
     t0 = time.monotonic()
@@ -255,7 +250,7 @@ def test_flood_of_invalid_messages_is_closed_1008_and_rate_limited(h):
 
     server = h.server(on_connect=flood)
     ch = h.call(rate=8000)
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     assert conn.closed.wait(5) and conn.close_code == 1008
     h.event("error", predicate=lambda e: "unusable messages" in body(e)["message"]["error"])
@@ -273,8 +268,8 @@ def test_json_flood_does_not_stall_another_stream(h):
     quiet = h.server()
     a = h.call(rate=8000)
     b = h.call(rate=8000)
-    start(h, a, noisy.url)
-    start(h, b, quiet.url)
+    h.start(a, noisy.url)
+    h.start(b, quiet.url)
     conn_b = quiet.wait_conn()
     arrivals = []
     t_end = time.monotonic() + 3
@@ -307,7 +302,7 @@ def test_masked_frames_from_the_server_fail_the_connection(h):
 
     lsock, t = raw_ws_server(masked)
     ch = h.call(rate=8000)
-    start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
+    h.start(ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
     err = body(h.event("error"))["message"]
     assert err["code"] in (3, 11), err
     assert not h.events("json")
@@ -338,7 +333,7 @@ def test_a_bad_handshake_and_a_non_http_server_get_readable_reasons(h):
         t.start()
         ch = h.call(rate=8000)
         h.fs.clear()
-        start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
+        h.start(ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
         err = body(h.event("error"))["message"]["error"]
         assert words in err, err
         assert err.isprintable() and "\\x" not in err
@@ -380,7 +375,7 @@ def test_a_server_that_never_reads_cannot_grow_memory_with_mark_replies(h):
 
     lsock, t = raw_ws_server(marks)
     ch = h.call(rate=8000)
-    start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
+    h.start(ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
     t.join(10)
     time.sleep(1.0)
     stream = service.get(ch.uuid)

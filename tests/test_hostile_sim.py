@@ -18,8 +18,6 @@ def body(e):
     return json.loads(e["_body"])
 
 
-def start(h, ch, url, mix="mono", rate="8k"):
-    assert h.api("%s start %s %s %s" % (ch.uuid, url, mix, rate)) == "+OK Success"
 
 
 @pytest.mark.parametrize("how", ["close-1011", "abort"])
@@ -32,13 +30,14 @@ def test_a_server_that_accepts_and_drops_every_connection_is_bounded(h, how):
 
     server = h.server(on_connect=drop)
     ch = h.call(rate=8000, STREAM_RECONNECT_ATTEMPTS=2, STREAM_RECONNECT_MAX_SECONDS=5)
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     err = body(h.event("error", timeout=10))["message"]
     assert "gave up after 2 attempts" in err["error"] and "within 5 s of its handshake" in err["error"], err
     assert wait_until(lambda: service.get(ch.uuid) is None)
     time.sleep(0.5)
     assert len(server.conns) == 3                # the first connection and two attempts, no more
     delays = [body(e)["delay_ms"] for e in h.events("reconnecting")]
+    assert delays[1] >= delays[0] * 0.5           # the backoff grows (jittered)
     assert [body(e)["attempt"] for e in h.events("reconnecting")] == [1, 2]
     assert ch.bug_count == 0
 
@@ -46,7 +45,7 @@ def test_a_server_that_accepts_and_drops_every_connection_is_bounded(h, how):
 def test_a_server_that_never_answers_pings_is_bounded(h):
     server = h.server(autoping=False, pong=False)
     ch = h.call(rate=8000, STREAM_HEART_BEAT=1, STREAM_RECONNECT_ATTEMPTS=2)
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     err = body(h.event("error", timeout=20))["message"]
     assert "gave up after 2 attempts" in err["error"] and "pong" in err["error"], err
     assert wait_until(lambda: service.get(ch.uuid) is None)
@@ -67,7 +66,7 @@ def stalled_server():
 def test_hangup_lets_go_within_5_s_with_a_big_text_queued(h):
     lsock, t, held = stalled_server()
     ch = h.call(rate=8000)
-    start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
+    h.start(ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
     t.join(5)
     assert h.api("%s send_text %s" % (ch.uuid, "x" * 400000)) == "+OK Success"
     time.sleep(1.0)                              # the text is being sent to a server that does not read
@@ -92,7 +91,7 @@ def test_graceful_shutdown_ends_at_hangup_and_fires_nothing_for_the_dead_call(h)
 
     server = h.server(on_connect=chatter)
     ch = h.call(rate=8000, STREAM_GRACEFUL_TIMEOUT=30)
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     assert h.api("%s graceful-shutdown" % ch.uuid) == "+OK Success"
     time.sleep(0.3)
@@ -108,7 +107,7 @@ def test_graceful_shutdown_ends_at_hangup_and_fires_nothing_for_the_dead_call(h)
 def test_switch_shutdown_during_graceful_shutdown_closes_1001(h):
     server = h.server()
     ch = h.call(rate=8000, STREAM_GRACEFUL_TIMEOUT=30)
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     assert h.api("%s graceful-shutdown" % ch.uuid) == "+OK Success"
     time.sleep(0.3)
@@ -128,11 +127,11 @@ def no_secret(h):
 def test_credentials_are_redacted_in_logs_and_events(h):
     port = free_port()
     ch = h.call(rate=8000)
-    start(h, ch, SECRET_URL % port)                       # cannot connect
+    h.start(ch, SECRET_URL % port)                       # cannot connect
     h.event("error")
     server = h.server()
     ch2 = h.call(rate=8000)
-    start(h, ch2, SECRET_URL % server.port)               # streaming, connected, reconnected
+    h.start(ch2, SECRET_URL % server.port)               # streaming, connected, reconnected
     conn = server.wait_conn()
     server.close_conn(conn, 1012)
     h.event("reconnected")
@@ -173,7 +172,7 @@ def test_oversized_headers_are_named(h):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     ch = h.call(rate=8000)
-    start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
+    h.start(ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
     err = body(h.event("error"))["message"]["error"]
     assert "too long" in err and "not HTTP" not in err, err
     t.join(3)
@@ -190,7 +189,7 @@ def test_events_and_log_lines_of_one_stream_are_bounded_marks_included(h):
     server = h.server(on_connect=flood)
     ch = h.call(rate=8000)
     t0 = time.monotonic()
-    start(h, ch, server.url)
+    h.start(ch, server.url)
     conn = server.wait_conn()
     assert server.wait_for(lambda: sum('"m3999"' in t for t in conn.texts) == 1, 10)   # every mark answered
     time.sleep(0.5)
@@ -242,8 +241,8 @@ def test_a_control_frame_flood_is_paid_for_and_does_not_stall_another_stream(h, 
     quiet = h.server()
     a = h.call(rate=8000)
     b = h.call(rate=8000)
-    start(h, a, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
-    start(h, b, quiet.url)
+    h.start(a, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
+    h.start(b, quiet.url)
     conn_b = quiet.wait_conn()
     gaps = delivery_gaps(conn_b, 3)
     assert gaps.max() < 0.25, gaps.max()
@@ -264,7 +263,7 @@ def test_sockets_detect_a_blackhole_without_a_heartbeat_and_unacknowledged_audio
     connection dies under it."""
     lsock, t, held = stalled_server()
     ch = h.call(rate=16000, STREAM_RECONNECT_ATTEMPTS=1)
-    start(h, ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1], rate="16k")
+    h.start(ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1], rate="16k")
     t.join(5)
     stream = service.get(ch.uuid)
     assert wait_until(lambda: stream.link.ws is not None)

@@ -36,6 +36,11 @@ def _why_not():
 _REASON = _why_not()
 
 
+def api(fs, line):
+    """`python <MODULE> <line>` on the switch: the reply."""
+    return fs.api("python %s %s" % (MODULE, line))
+
+
 @pytest.fixture
 def has_reload(fs):
     """Skip unless the module the switch loads has the `reload` command (DTMF and audio_stream.conf

@@ -11,10 +11,9 @@ import time
 import pytest
 
 from ..support import WSServer, free_port
+from .conftest import api
 
 
-def api(fs, line):
-    return fs.api("python audio_stream " + line)
 
 
 def test_server_killed_and_restarted_reconnects_with_the_gap(fs, calls, events):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ..support import WSServer, dominant_hz
+from .conftest import api
 
 WRITE_TONE_APP = "&endless_playback(tone_stream://%(60000,0,1000))"
 
@@ -22,8 +23,6 @@ def server():
     s.stop()
 
 
-def api(fs, line):
-    return fs.api("python audio_stream " + line)
 
 
 def stream_for(fs, server, a, seconds, mix="mono", rate="16k", metadata=None):

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from ..support import WSServer
-from .conftest import MODULE
+from .conftest import api
 
 pytestmark = pytest.mark.usefixtures("has_reload")
 
@@ -36,8 +36,6 @@ def conf_file(fs):
         fs.api("reloadxml")
 
 
-def api(fs, line):
-    return fs.api("python %s %s" % (MODULE, line))
 
 
 def stream_headers(fs, calls, server):
