@@ -338,7 +338,7 @@ async def connect(client, url, settings, extra=None):
     if extra:
         headers.update(extra)
     try:
-        return await asyncio.wait_for(
+        ws = await asyncio.wait_for(
             client.ws_connect(url, headers=headers, ssl=ctx if is_tls else False,
                             compress=15 if settings.deflate else 0,
                             heartbeat=settings.heart_beat or None,
@@ -379,6 +379,24 @@ async def connect(client, url, settings, extra=None):
     except (aiohttp.ClientError, OSError, ValueError) as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
                            % (shown, _printable(_describe(e)))) from None
+    _guard(ws)
+    return ws
+
+
+def _guard(ws):
+    """aiohttp < 3.9 (Debian 12's 3.8.4) hands its frame parser to the connection without going
+    through the response's `_parser`: put MaskGuard in front of it there."""
+    if ws.__dict__.get("_guarded_parser") is not None:
+        return
+    try:
+        proto = ws._conn.protocol
+        parser = proto._payload_parser
+        if parser is not None and not isinstance(parser, MaskGuard):
+            guard = MaskGuard(parser, ws._reader)
+            proto._payload_parser = guard
+            ws.__dict__["_guarded_parser"] = guard
+    except AttributeError:
+        pass
 
 
 _TOO_LONG = re.compile(r"too long|Got more than \d+ bytes", re.I)

@@ -220,3 +220,39 @@ def raw_ws_server(after_handshake, host="127.0.0.1"):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return lsock, t
+
+
+def worst_gap(conns, seconds):
+    """The longest time between two audio messages arriving on any of `conns` over `seconds`."""
+    arrivals = [[] for _ in conns]
+    seen = [0] * len(conns)
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        for i, c in enumerate(conns):
+            m = len(c.binaries)
+            if m != seen[i]:
+                arrivals[i].append(time.monotonic())
+                seen[i] = m
+        time.sleep(0.002)
+    return max(float(np.diff(a).max()) for a in arrivals)
+
+
+CONTROL_FLOODS = {"ping": b"\x89\x00", "pong": b"\x8a\x00", "binary": b"\x82\x02\x00\x00"}
+
+
+def flooding_server(frame):
+    """A raw WebSocket server that sends `frame` (bytes of one frame) as fast as TCP lets it,
+    until `stop` is set. Returns (listening socket, thread, stop)."""
+    stop = threading.Event()
+
+    def flood(c):
+        c.settimeout(5)
+        chunk = frame * (65536 // len(frame))
+        try:
+            while not stop.is_set():
+                c.sendall(chunk)
+        except OSError:
+            pass
+        c.close()
+    lsock, t = raw_ws_server(flood)
+    return lsock, t, stop

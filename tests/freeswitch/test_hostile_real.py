@@ -11,10 +11,9 @@ import subprocess
 import threading
 import time
 
-import numpy as np
 import pytest
 
-from ..support import WSServer, raw_ws_server
+from ..support import CONTROL_FLOODS, WSServer, flooding_server, raw_ws_server, worst_gap
 from . import esl
 from .conftest import api, HOST, MODULE, PASSWORD, PORT
 
@@ -23,34 +22,9 @@ SECRET = "ws://alice:s3cretpw@127.0.0.1:%d/s?token=t0psecret"
 
 
 
-class LogListener:
-    """The switch's log lines over the event socket (`log 7`), collected on a thread."""
-
-    def __init__(self):
-        self.conn = esl.Connection(HOST, PORT, PASSWORD)
-        self.lines = []
-        self.conn.send("log 7")
-        esl._read_message(self.conn.f)
-        self.conn.sock.settimeout(None)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        try:
-            while True:
-                h, body = esl._read_message(self.conn.f)
-                if h.get("Content-Type") == "log/data":
-                    self.lines.append(body)
-        except (esl.ESLError, OSError, ValueError):
-            pass
-
-    def close(self):
-        self.conn.close()
-
-
 @pytest.fixture
 def logs(fs):
-    listener = LogListener()
+    listener = esl.EventListener(None, HOST, PORT, PASSWORD, subscribe="log 7", content_type="log/data")
     yield listener
     listener.close()
 
@@ -63,41 +37,11 @@ def paced_originate(calls, n, app="&park()"):
     return out
 
 
-def worst_gap(conns, seconds):
-    """The longest time between two audio messages on any of `conns` over `seconds`."""
-    arrivals = [[] for _ in conns]
-    seen = [0] * len(conns)
-    t_end = time.monotonic() + seconds
-    while time.monotonic() < t_end:
-        for i, c in enumerate(conns):
-            m = len(c.binaries)
-            if m != seen[i]:
-                arrivals[i].append(time.monotonic())
-                seen[i] = m
-        time.sleep(0.002)
-    return max(np.diff(a).max() for a in arrivals)
-
-
 # ---- 1. one server's control frames must not delay the other calls --------------------------------
 
-FRAMES = {"ping": b"\x89\x00", "pong": b"\x8a\x00", "binary": b"\x82\x02\x00\x00"}
-
-
-@pytest.mark.parametrize("kind", list(FRAMES))
+@pytest.mark.parametrize("kind", list(CONTROL_FLOODS))
 def test_a_control_frame_flood_does_not_delay_the_other_calls(fs, calls, kind):
-    stop = threading.Event()
-
-    def flood(c):
-        c.settimeout(5)
-        chunk = FRAMES[kind] * (65536 // len(FRAMES[kind]))
-        try:
-            while not stop.is_set():
-                c.sendall(chunk)
-        except OSError:
-            pass
-        c.close()
-
-    lsock, t = raw_ws_server(flood)
+    lsock, t, stop = flooding_server(CONTROL_FLOODS[kind])
     quiet = WSServer()
     try:
         noisy, *others = paced_originate(calls, 4)
@@ -219,8 +163,8 @@ def test_no_secret_in_log_or_events(fs, calls, events, logs):
         server.close_conn(conn, 1012)                                                     # reconnected
         assert events.wait("mod_audio_stream::reconnected", b, timeout=10) is not None
         time.sleep(0.5)
-        texts = logs.lines + [e.get("_body") or "" for e in events.all()]
-        assert any("***@127.0.0.1" in t for t in logs.lines)
+        texts = logs.bodies + [e.get("_body") or "" for e in events.all()]
+        assert any("***@127.0.0.1" in t for t in logs.bodies)
         leaks = [t for t in texts if "s3cretpw" in t or "t0psecret" in t]
         assert not leaks, leaks
     finally:
@@ -290,8 +234,8 @@ def test_a_command_line_that_is_not_utf8_is_answered_and_leaves_no_error(fs, log
     finally:
         c.close()
     time.sleep(0.3)
-    assert not [ln for ln in logs.lines if "SystemError" in ln or "exception set" in ln]
-    assert any("not valid UTF-8" in ln for ln in logs.lines)
+    assert not [ln for ln in logs.bodies if "SystemError" in ln or "exception set" in ln]
+    assert any("not valid UTF-8" in ln for ln in logs.bodies)
     assert api(fs, "").startswith("-USAGE")
 
 
