@@ -115,21 +115,22 @@ def _dispatch(cmd, be, session):
             streams = [s for s in streams if s.name == cmd.stream]
         return protocol.dumps({"version": VERSION, "streams": _status(streams) if streams else []})
     stream = _live(cmd)
+    controls = stream.controls
     if name in ("stop", "graceful_shutdown"):
         if cmd.text is not None:
             commands.check_utf8(cmd.text, "the stop text")
-        why = _on_loop(stream.stop if name == "stop" else stream.graceful_shutdown, cmd.text)
+        why = _on_loop(controls.stop if name == "stop" else controls.graceful_shutdown, cmd.text)
     elif name == "send_text":
-        why = _on_loop(stream.send_text, commands.check_utf8(cmd.text, "the text"))
+        why = _on_loop(controls.send_text, commands.check_utf8(cmd.text, "the text"))
     elif name in ("pause", "resume"):
-        why = _on_loop(stream.set_paused, name == "pause")
+        why = _on_loop(controls.pause, name == "pause")
     else:           # playback_pause, playback_resume, playback_clear
         if stream.player.queue is None:
             raise err("playback is off for this stream (STREAM_PLAYBACK=false)")
         if name == "playback_clear":
-            why = _on_loop(stream.playback_clear)
+            why = _on_loop(controls.playback_clear)
         else:
-            why = _on_loop(stream.playback_pause, name == "playback_pause")
+            why = _on_loop(controls.playback_pause, name == "playback_pause")
     if why:
         raise err(why)
     return commands.OK

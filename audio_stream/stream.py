@@ -10,12 +10,14 @@ done) is one of its inputs, and `_input()` carries out the action its table give
 state. While the API thread attaches (ATTACHING), every input waits and is replayed once the
 attach is done, so a `stop` racing a `start` stops the stream as soon as it exists.
 
-The parts are made by wiring.make_stream(); their contracts are in contracts.py.
+The parts are made by wiring.make_stream(); their contracts are in contracts.py; what the API may
+ask is in controls.py; what the stream tells the world, in events.py.
 """
 import asyncio
 import time
 
 from . import connection, lifecycle as L, protocol
+from .controls import Controls
 from .events import REPORT, STRIKE_OUT
 from .link import CLOSE_TIMEOUT, Link
 from .switch import core as C
@@ -48,6 +50,7 @@ class Stream:
         self.dialect = None                 # one per connection (wiring makes the first)
         self.events = events                # events.StreamEvents
         self.machine = L.StreamMachine()
+        self.controls = Controls(self)      # what the API may ask
         # made by wiring.make_stream()
         self.uplink = self.outbox = self.capture = self.control = self.player = self.dtmf_port = None
         self.link = None                    # made in run(), on the loop thread
@@ -188,33 +191,11 @@ class Stream:
         dtmf event. Not while paused (pause is how card numbers are kept out of a recording)."""
         self._input(L.DTMF, digit, duration_ms)
 
-    # ---- commands (loop thread; each returns None or why it was not carried out) -----------------
-    def stop(self, text=None):
-        """`stop [text]`: everything captured so far, then the text, then close 1000."""
-        return self._input(L.STOP, text)
-
-    def graceful_shutdown(self, text=None):
-        """Stop capturing; send what is buffered and the text; keep receiving (and playing) until
-        the server closes or STREAM_GRACEFUL_TIMEOUT passes; then close 1000."""
-        return self._input(L.GRACEFUL_SHUTDOWN, text)
-
+    # ---- what the commands do, once the lifecycle lets them (controls.Controls) --------------------
     def send_text(self, text):
-        """`send_text`: a text message after the audio captured so far."""
-        return self._input(L.COMMAND, self._send_text, text)
-
-    def set_paused(self, paused):
-        return self._input(L.COMMAND, self._set_paused, paused)
-
-    def playback_pause(self, paused):
-        return self._input(L.COMMAND, self.player.pause, paused)
-
-    def playback_clear(self):
-        return self._input(L.COMMAND, self.player.clear)
-
-    def _send_text(self, text):
         return self._queue(lambda d: d.text(text), len(text))
 
-    def _set_paused(self, paused):
+    def set_paused(self, paused):
         self.poll()          # audio before the command is sent (or not) as it was
         if paused and not self.paused:
             self._paused_at = time.monotonic()
@@ -373,7 +354,7 @@ class Stream:
     def _stop_graceful(self, text):
         self.player.stop_requested = True
         if text:
-            self._send_text(text)
+            self.send_text(text)
         self._release()
         self.link.finish()
 
