@@ -12,6 +12,7 @@ COMMANDS = {
     "status": ("audio_stream.tools.status", "ask a running FreeSWITCH whether audio_stream answers"),
     "record-server": ("audio_stream.examples.record_server", "example server: one WAV file per stream"),
     "echo-bot": ("audio_stream.examples.echo_bot", "example server: plays the caller back, with marks and barge-in"),
+    "twilio-bot": ("audio_stream.examples.twilio_bot", "example Twilio Media Streams server (STREAM_PROTOCOL=twilio)"),
 }
 
 

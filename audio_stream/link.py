@@ -9,7 +9,7 @@ The host (the stream) provides: `opening_texts()` (called once per new connectio
 `render_audio(chunk)` (the frames to send for one audio chunk), `on_text(str)`, `on_binary(bytes)`,
 `link_connected()`, `link_reconnecting(attempt, delay_s, reason)`, `link_reconnected(attempt,
 dropped_ms)`, `link_lost(closed, code, reason, error_code)` (the connection is gone for good, not
-by our own doing), `log(level, msg)`, and the attribute `media_ended`.
+by our own doing), `log(level, msg)`, and the attributes `media_ended`, `rate` and `channels`.
 """
 import asyncio
 import time
@@ -90,6 +90,7 @@ class Link:
 
     async def _open(self, attempt):
         headers = {STREAM_ID_HEADER: self.id}
+        headers.update(protocol.audio_headers(self.settings.protocol, self.host.rate, self.host.channels))
         if attempt:
             headers[RECONNECT_HEADER] = str(attempt)
         ws = await connection.connect(self.http(), self.url, self.settings, headers)

@@ -9,6 +9,10 @@ import numpy as np
 import aiohttp
 from aiohttp import WSMsgType, web
 
+# set on Ctrl-C (tests/conftest.py): fixtures then clean up what they can and check nothing, since
+# a test cut short leaves its streams, threads and sockets as they were
+interrupted = threading.Event()
+
 
 def dominant_hz(x, rate, seconds=None):
     """Frequency of the strongest component of int16 samples (last `seconds`, default all)."""

@@ -51,7 +51,7 @@ def test_demo_help_describes_every_option():
 def test_main_lists_the_commands_and_rejects_unknown_ones():
     code, out, err = run_cli("audio_stream")
     assert code == 0
-    for name in ("demo", "install", "status", "record-server", "echo-bot", "version"):
+    for name in ("demo", "install", "status", "record-server", "echo-bot", "twilio-bot", "version"):
         assert "\n  %s " % name in out
     code, out, err = run_cli("audio_stream", "frobnicate")
     assert code == 2 and "unknown command 'frobnicate'" in err and one_line_error(err)
@@ -65,6 +65,18 @@ def test_status_without_a_switch_says_so_in_one_line():
         port = s.getsockname()[1]
     code, out, err = run_cli("audio_stream", "status", "--esl", "127.0.0.1:%d" % port)
     assert code == 2 and "no FreeSWITCH event socket at 127.0.0.1:%d" % port in err and one_line_error(err)
+
+
+def test_status_help_shows_its_defaults_as_you_would_type_them():
+    code, out, err = run_cli("audio_stream", "status", "--help", env={"AUDIO_STREAM_ESL": ""})
+    assert code == 0 and "(default: 127.0.0.1:8021)" in " ".join(out.split()) and "('" not in out
+    code, out, err = run_cli("audio_stream", "status", "--help", env={"AUDIO_STREAM_ESL": "10.0.0.7:8022"})
+    assert "(default: 10.0.0.7:8022)" in " ".join(out.split())
+
+
+def test_status_of_an_unknown_host_says_so_in_one_line():
+    code, out, err = run_cli("audio_stream", "status", "--esl", "no-such-host.invalid:8021")
+    assert code == 2 and one_line_error(err) and "no-such-host.invalid" in err and "Unknown error" not in err, err
 
 
 def test_status_of_a_fake_event_socket(tmp_path):
