@@ -232,6 +232,8 @@ def test_the_manifest_keeps_what_earlier_runs_wrote_while_it_is_unchanged():
     assert doc["files"] == ["a.py", "b.py"] and doc["version"] == VERSION and doc["installed_by"] == P.INSTALLED_BY
     assert doc["conf"] == {"/fs/conf/a.xml": "1", "/fs/conf/d.xml": "4"}
     assert P.merge_manifest(f, VERSION, "target", None, None, None, {}, {})["files"] == ["__init__.py"]
+    assert P.merge_manifest(f, VERSION, "target", None, None, None, {}, {},
+                            made_dirs=["/fs/conf/dialplan"])["conf_dirs"] == ["/fs/conf/dialplan"]
     assert P.manifest_path(f, "target", True) == "/fs/scripts/audio_stream/" + P.MANIFEST
     assert P.manifest_path(facts(), "none", False) == "/fs/scripts/" + P.OUTSIDE_MANIFEST
 
@@ -487,6 +489,8 @@ def test_install_again_upgrade_and_uninstall_leave_the_tree_as_it_was(tmp_path, 
 
 def test_uninstall_keeps_conf_files_changed_since(tmp_path, embedded_python):
     fs = FakeSwitch(tmp_path / "fs", embedded_python)
+    (fs.root / "conf/dialplan/default").rmdir()       # made by the installer, removed by --uninstall
+    (fs.root / "conf/dialplan").rmdir()
     code, out, err = fs.install("--method", "none")     # conf only (audio_stream is not importable: exit 1)
     assert "recorded what was installed in %s/%s" % (fs.dirs["script_dir"], P.OUTSIDE_MANIFEST) in out, out + err
     scripts, conf = fs.root / "scripts", fs.root / "conf"
@@ -497,6 +501,7 @@ def test_uninstall_keeps_conf_files_changed_since(tmp_path, embedded_python):
     assert code == 0, out + err
     assert "%s was changed since audio-stream-install wrote it: kept" % settings in out
     assert settings.exists() and not (conf / "autoload_configs/python.conf.xml.dist").exists()
+    assert not (conf / "dialplan").exists()
     assert sorted(os.listdir(scripts)) == ["other_script.py"]
 
 

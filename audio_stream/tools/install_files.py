@@ -94,12 +94,18 @@ def write_manifest(path, doc):
 
 
 def write_file(path, content):
+    """Write `path` whole (a temporary file renamed over it). Returns the directories it made."""
+    made, d = [], os.path.dirname(path)
+    while d and not os.path.isdir(d):
+        made.append(d)
+        d = os.path.dirname(d)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp-audio-stream"
     with open(tmp, "wb") as f:
         f.write(content)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+    return made
 
 
 def remove_tree(root, files):

@@ -424,26 +424,27 @@ def manifest_path(facts, method, installing):
     return os.path.join(facts.dirs["script_dir"][0], OUTSIDE_MANIFEST)
 
 
-def merge_manifest(facts, version, method, python, source, files, written, current, added_dists=()):
+def merge_manifest(facts, version, method, python, source, files, written, current, added_dists=(), made_dirs=()):
     """The manifest after this run: `files` (relative to the package dir; None: no package
     installed by this run, keep the old list), the conf files `written` now (path -> sha256), and
     the conf files earlier runs wrote that still hold what they wrote (`current`: path -> sha256
     or None when missing)."""
     old = [m for m in ((facts.copy.manifest if facts.copy else None), facts.outside_manifest) if m]
     conf = {}
-    dists = []
+    dists, dirs = [], list(made_dirs)
     for m in old:
         for path, digest in (m.get("conf") or {}).items():
             if current.get(path) == digest:
                 conf[path] = digest
         dists += [d for d in m.get("dists") or () if d not in dists]
+        dirs += [d for d in m.get("conf_dirs") or () if d not in dirs]
     conf.update(written)
     dists += [d for d in added_dists if d not in dists]
     if files is None:
         files = next((m.get("files") for m in old if m.get("files")), [])
     return {"installed_by": INSTALLED_BY, "version": version, "method": method, "python": python,
             "source": source, "files": sorted(files), "conf": dict(sorted(conf.items())),
-            "dists": sorted(dists)}
+            "conf_dirs": sorted(set(dirs)), "dists": sorted(dists)}
 
 
 def is_bytecode_of(rel, listed):
@@ -488,10 +489,11 @@ def uninstall_plan(facts, present, current):
             plan.notes.append("left in %s: %s (not put there by this installer)" % (pkg, ", ".join(left)))
     manifests = [m for m in ((copy.manifest if copy and not copy.link else None), facts.outside_manifest) if m]
     conf = {}
-    dists = []
+    dists, dirs = [], set()
     for m in manifests:
         conf.update(m.get("conf") or {})
         dists += [d for d in m.get("dists") or () if d not in dists]
+        dirs |= set(m.get("conf_dirs") or ())
     for path, digest in sorted(conf.items()):
         now = current.get(path)
         if now is None:
@@ -501,6 +503,8 @@ def uninstall_plan(facts, present, current):
                                    path=path))
         else:
             plan.notes.append("%s was changed since audio-stream-install wrote it: kept" % path)
+    for d in sorted(dirs, key=len, reverse=True):          # the deepest first
+        plan.steps.append(Step("remove-dir", "remove %s if it is empty (made for the conf files)" % d, path=d))
     if dists:
         py = facts.python
         if py is None:

@@ -115,6 +115,7 @@ class Done:
         self.installed = False
         self.files = None             # the package dir's files, when this run installed it there
         self.written = {}             # conf path -> sha256 of what this run wrote
+        self.made_dirs = []           # directories this run made for them
         self.added_dists = ()         # site: distributions that were not there before
 
 
@@ -157,7 +158,7 @@ def apply(plan, facts, out=print):
                 install_probe.recheck_dists(facts)
                 done.added_dists = tuple(sorted(set(facts.python.dists) - before))
             elif step.kind == "write":
-                F.write_file(step.path, step.content)
+                done.made_dirs += F.write_file(step.path, step.content)
                 done.written[step.path] = P.sha256(step.content)
                 out("  wrote %s" % step.path)
     finally:
@@ -180,7 +181,7 @@ def _manifest(facts, plan, done):
     src = facts.source
     return P.merge_manifest(facts, facts.our_version, plan.method, facts.python.executable if facts.python else None,
                             "%s %s" % (src.kind, src.location) if src else None, done.files, done.written,
-                            current, done.added_dists)
+                            current, done.added_dists, done.made_dirs)
 
 
 def _print_plan(plan, dry_run):
@@ -220,6 +221,12 @@ def uninstall(a, facts):
                 print("  removed %s" % step.path)
             elif step.kind == "pip-uninstall":
                 _run_pip(step.argv, print)
+            elif step.kind == "remove-dir":
+                if os.path.isdir(step.path) and not os.listdir(step.path):
+                    os.rmdir(step.path)
+                    print("  removed %s" % step.path)
+                elif os.path.isdir(step.path):
+                    print("  kept %s: it is not empty" % step.path)
             removed.add(step.path)
     else:
         removed = {s.path for s in plan.steps}
