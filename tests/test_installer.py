@@ -289,6 +289,8 @@ def test_next_steps_say_exactly_what_to_do():
     assert P.next_steps(facts(answers="-USAGE: …"), True) == []
     f = facts(mod_python3_so=None)
     assert "apt-get install freeswitch-mod-python3" in P.next_steps(f, False)[0]
+    f = facts(module_loaded=False, fs_cli="/usr/local/freeswitch/bin/fs_cli")       # built from source
+    assert "run /usr/local/freeswitch/bin/fs_cli -x 'load mod_python3'" in P.next_steps(f, False)[0]
     f = facts(libpython=("libpython3.9.so.1.0", None, "3.9"))
     assert "apt-get install libpython3.9" in P.next_steps(f, False)[0]
 
@@ -626,7 +628,7 @@ def test_mod_python3_not_loaded(tmp_path, embedded_python):
     code, out, err = fs.install("--dry-run", "--python", embedded_python, "--method", "none")
     assert code == 1
     assert ("mod_python3 is not loaded: add <load module=\"mod_python3\"/> to %s/autoload_configs/modules.conf.xml "
-            "and run fs_cli -x 'load mod_python3'" % fs.dirs["conf_dir"]) in out
+            "and run %s/bin/fs_cli -x 'load mod_python3'" % (fs.dirs["conf_dir"], fs.root)) in out
 
 
 def test_not_importable_says_what_the_log_says(tmp_path, embedded_python):

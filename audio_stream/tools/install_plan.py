@@ -104,6 +104,7 @@ class Facts:
     snippets: Dict[str, Optional[bytes]] = field(default_factory=dict)   # snippet -> its content
     conf_existing: Dict[str, Optional[bytes]] = field(default_factory=dict)  # dest path -> content
     startup_script_set: Optional[bool] = None
+    fs_cli: Optional[str] = None          # the fs_cli found (the commands it prints use it)
     our_pip: Optional[str] = None         # the pip next to the installer (for pip --python)
     installer_python: str = "python3"
 
@@ -136,6 +137,11 @@ class Plan:
     blockers: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     method: Optional[str] = None
+
+
+def fs_cli(facts):
+    """How the operator runs fs_cli here: the path found (not on PATH when built from source)."""
+    return facts.fs_cli or "fs_cli"
 
 
 def sha256(data):
@@ -310,7 +316,7 @@ def conf_steps(facts):
         if kind == "sample" and current is None:
             notes.append("the dialplan example %s answers 5000 in the default context (the stock "
                          "configuration's IVR demo has that number too): copy it to %s, change the "
-                         "number and the WebSocket URL, then fs_cli -x reloadxml" % (dist, dest))
+                         "number and the WebSocket URL, then %s -x reloadxml" % (dist, dest, fs_cli(facts)))
     return steps, notes
 
 
@@ -537,7 +543,8 @@ def after_uninstall(facts, removed_paths):
                        "loads" % (STARTUP_LINE, pyconf))
         dialplan = os.path.join(conf_dir, "dialplan", "default", "audio_stream.xml")
         if facts.conf_existing.get(dialplan) is not None and dialplan not in removed_paths:
-            out.append("your dialplan %s still calls audio_stream: remove it, then fs_cli -x reloadxml" % dialplan)
+            out.append("your dialplan %s still calls audio_stream: remove it, then %s -x reloadxml"
+                       % (dialplan, fs_cli(facts)))
     if facts.answered_before:
         out.append("restart FreeSWITCH when no call is streaming: the audio_stream code it already "
                    "imported stays in its memory until then")
@@ -563,16 +570,16 @@ def next_steps(facts, installed, will_install=False):
                    "library (Debian: apt-get install libpython%s)" % (facts.libpython[0], facts.libpython[2]))
     if facts.module_loaded is False:
         if facts.modules_conf_loads is False:
-            out.append("mod_python3 is not loaded: add %s to %s and run fs_cli -x 'load mod_python3'"
-                       % (LOAD_LINE, conf))
+            out.append("mod_python3 is not loaded: add %s to %s and run %s -x 'load mod_python3'"
+                       % (LOAD_LINE, conf, fs_cli(facts)))
         else:
-            out.append("mod_python3 is not loaded: run fs_cli -x 'load mod_python3' and read "
+            out.append("mod_python3 is not loaded: run %s -x 'load mod_python3' and read " % fs_cli(facts) +
                        "FreeSWITCH's log if it fails")
     if facts.module_loaded and facts.answers is not None and not facts.answers.startswith("-USAGE") \
             and not will_install:
         why = facts.python_log_error or "FreeSWITCH's log says why (look for 'Python Error by calling script')"
-        out.append("fs_cli -x 'python audio_stream' answered '%s' instead of -USAGE: %s"
-                   % (facts.answers.strip().splitlines()[0] if facts.answers.strip() else "", why))
+        out.append("%s -x 'python audio_stream' answered '%s' instead of -USAGE: %s"
+                   % (fs_cli(facts), facts.answers.strip().splitlines()[0] if facts.answers.strip() else "", why))
     if installed and facts.answered_before:
         out.append("restart FreeSWITCH when no call is streaming, so that it loads the version just "
                    "installed (mod_python3 keeps an imported package until the process ends)")

@@ -365,6 +365,7 @@ def probe(a, our_version):
         facts.switch_error = "%s is not an executable" % a.fs_cli
     if not fs_cli and not host:
         host, port = esl.DEFAULT_HOST, esl.DEFAULT_PORT
+    facts.fs_cli = fs_cli or find_fs_cli(None, a.prefix)
     switch = Switch(fs_cli, host, port, a.password) if (fs_cli or host) else None
     dirs = {}
     if switch:

@@ -276,7 +276,7 @@ def main(argv=None, prog=PROG):
     blocking = [s for s in steps if not s.startswith("optional:") and not s.startswith("restart")]
     if not blocking:
         if facts.answers and facts.answers.startswith("-USAGE") and not a.dry_run:
-            print("audio_stream answers in FreeSWITCH: fs_cli -x 'python audio_stream' -> -USAGE …")
+            print("audio_stream answers in FreeSWITCH: %s -x 'python audio_stream' -> -USAGE …" % P.fs_cli(facts))
         else:
             print("nothing blocks the install" if a.dry_run else "done")
         return 0

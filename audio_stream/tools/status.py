@@ -41,8 +41,9 @@ def advice(rows):
         if ok:
             continue
         if label == "module_exists mod_python3":
+            from .install_probe import find_fs_cli
             return ("mod_python3 is not loaded: add <load module=\"mod_python3\"/> to modules.conf.xml "
-                    "and run fs_cli -x 'load mod_python3'")
+                    "and run %s -x 'load mod_python3'" % (find_fs_cli() or "fs_cli"))
         if label == "python audio_stream":
             return ("mod_python3 cannot import audio_stream (FreeSWITCH's log says why: look for "
                     "'Python Error by calling script \"audio_stream\"'); install it with "
