@@ -1,5 +1,6 @@
 """Test support shared by the simulator tests and the real-switch tests: a real aiohttp WebSocket
-server on 127.0.0.1 running on its own thread, and audio analysis helpers."""
+server on 127.0.0.1 running on its own thread, audio analysis helpers, and a stand-in FreeSWITCH
+event socket."""
 import asyncio
 import socket
 import threading
@@ -224,3 +225,51 @@ def raw_ws_server(after_handshake):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return lsock, t
+
+
+class FakeEventSocket:
+    """Answers `api` commands from a dict, +OK to everything else; counts the api commands."""
+
+    def __init__(self, replies):
+        self.replies = replies
+        self.asked = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        f = conn.makefile("rb")
+        conn.sendall(b"Content-Type: auth/request\n\n")
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                cmd = line.decode().strip()
+                if not cmd:
+                    continue
+                while f.readline().strip():      # the rest of the command's headers
+                    pass
+                if cmd.startswith("api "):
+                    self.asked.append(cmd[4:])
+                    body = (self.replies.get(cmd[4:], "-ERR %s Command not found!" % cmd[4:]) + "\n").encode()
+                    conn.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
+                else:
+                    conn.sendall(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.srv.close()

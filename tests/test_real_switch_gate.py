@@ -1,66 +1,18 @@
 """tests/freeswitch/ touches a live switch only when asked (AUDIO_STREAM_ESL), and then skips, never
 fails, when that switch lacks what the tests need. Run here against a stand-in event socket."""
 import os
-import socket
 import subprocess
 import sys
-import threading
 
 import pytest
+
+from .support import FakeEventSocket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWITCH = {"version": "FreeSWITCH Version 1.10.12", "module_exists mod_python3": "true",
           "python audio_stream": "-USAGE: <uuid> start ...", "global_getvar mod_dir": "/nowhere"}
 SWITCH.update({"module_exists %s" % m: "true" for m in ("mod_loopback", "mod_tone_stream", "mod_sndfile",
                                                          "mod_commands", "mod_dptools")})
-
-
-class FakeEventSocket:
-    """Answers `api` commands from a dict, +OK to everything else; counts the api commands."""
-
-    def __init__(self, replies):
-        self.replies = replies
-        self.asked = []
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.port = self.srv.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        f = conn.makefile("rb")
-        conn.sendall(b"Content-Type: auth/request\n\n")
-        try:
-            while True:
-                line = f.readline()
-                if not line:
-                    break
-                cmd = line.decode().strip()
-                if not cmd:
-                    continue
-                while f.readline().strip():      # the rest of the command's headers
-                    pass
-                if cmd.startswith("api "):
-                    self.asked.append(cmd[4:])
-                    body = (self.replies.get(cmd[4:], "-ERR %s Command not found!" % cmd[4:]) + "\n").encode()
-                    conn.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
-                else:
-                    conn.sendall(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.srv.close()
 
 
 def run_real_tests(env):

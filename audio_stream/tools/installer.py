@@ -174,10 +174,7 @@ def apply(plan, facts, out=print):
 
 
 def _manifest(facts, plan, done):
-    current = {}
-    for m in ((facts.copy.manifest if facts.copy else None), facts.outside_manifest):
-        for path in (m or {}).get("conf") or {}:
-            current[path] = F.file_sha256(path)
+    current = _conf_now(facts)
     src = facts.source
     return P.merge_manifest(facts, facts.our_version, plan.method, facts.python.executable if facts.python else None,
                             "%s %s" % (src.kind, src.location) if src else None, done.files, done.written,
@@ -185,6 +182,7 @@ def _manifest(facts, plan, done):
 
 
 def _print_plan(plan, dry_run):
+    """Print the plan; True when something blocks it (and it said what)."""
     if plan.steps:
         print("Plan:" if dry_run else "Doing:")
         for i, step in enumerate(plan.steps, 1):
@@ -195,20 +193,23 @@ def _print_plan(plan, dry_run):
                 print("     why: %s" % step.why)
     for note in plan.notes:
         print("note: %s" % note)
+    for b in plan.blockers:
+        print("BLOCKED: %s" % b)
+    if plan.blockers and not dry_run:
+        print("Nothing was changed.")
+    return bool(plan.blockers)
+
+
+def _conf_now(facts):
+    """conf path -> sha256 of its content now (None: missing), for the conf files the manifests list."""
+    return {path: F.file_sha256(path)
+            for m in ((facts.copy.manifest if facts.copy else None), facts.outside_manifest)
+            for path in (m or {}).get("conf") or {}}
 
 
 def uninstall(a, facts):
-    current = {}
-    for m in ((facts.copy.manifest if facts.copy else None), facts.outside_manifest):
-        for path in (m or {}).get("conf") or {}:
-            current[path] = F.file_sha256(path)
-    plan = P.uninstall_plan(facts, facts.copy.present if facts.copy else (), current)
-    _print_plan(plan, a.dry_run)
-    if plan.blockers:
-        for b in plan.blockers:
-            print("BLOCKED: %s" % b)
-        if not a.dry_run:
-            print("Nothing was changed.")
+    plan = P.uninstall_plan(facts, facts.copy.present if facts.copy else (), _conf_now(facts))
+    if _print_plan(plan, a.dry_run):
         return 1
     removed = set()
     if not a.dry_run:
@@ -252,12 +253,7 @@ def main(argv=None, prog=PROG):
     if a.uninstall:
         return uninstall(a, facts)
     plan = P.build_plan(facts, opts)
-    _print_plan(plan, a.dry_run)
-    if plan.blockers:
-        for b in plan.blockers:
-            print("BLOCKED: %s" % b)
-        if not a.dry_run:
-            print("Nothing was changed.")
+    if _print_plan(plan, a.dry_run):
         return 1
     done = Done()
     if not a.dry_run:
