@@ -7,6 +7,14 @@ no state and delegates at once to submodules (imported once, never reloaded).
   dialplan:   <action application="python" data="audio_stream start <ws-url> mono 16k"/>
   startup:    <param name="startup-script" value="audio_stream"/> in python.conf.xml
 """
+import os as _os
+import sys as _sys
+
+# audio-stream-install puts the dependencies in _deps inside the package (docs/operations.md):
+# first on the path, so that they win over older copies elsewhere (Debian's python3-aiohttp).
+_DEPS = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "_deps")
+if _DEPS not in _sys.path and _os.path.isdir(_DEPS):
+    _sys.path.insert(0, _DEPS)
 
 
 import ctypes as _ctypes

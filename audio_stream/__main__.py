@@ -8,10 +8,11 @@ import sys
 # name -> (module with a main(argv) function, one line of help)
 COMMANDS = {
     "demo": ("audio_stream.demo", "a simulated call streams through the real stack (no FreeSWITCH needed)"),
-    "install": ("audio_stream.tools.installer", "install into the Python that FreeSWITCH's mod_python3 embeds"),
+    "install": ("audio_stream.tools.installer", "install where FreeSWITCH's mod_python3 imports it (--uninstall: remove it)"),
     "status": ("audio_stream.tools.status", "ask a running FreeSWITCH whether audio_stream answers"),
     "record-server": ("audio_stream.examples.record_server", "example server: one WAV file per stream"),
     "echo-bot": ("audio_stream.examples.echo_bot", "example server: plays the caller back, with marks and barge-in"),
+    "twilio-bot": ("audio_stream.examples.twilio_bot", "example Twilio Media Streams server (STREAM_PROTOCOL=twilio)"),
 }
 
 

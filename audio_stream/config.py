@@ -40,9 +40,10 @@ MAX_BUFFER_MS = 10000
 _HEADER_TOKEN = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-# headers the WebSocket handshake owns (RFC 6455 4.1), plus our stream identification headers
+# headers the WebSocket handshake owns (RFC 6455 4.1), plus ours (the stream's identity and format)
 _HANDSHAKE_HEADERS = {"host", "upgrade", "connection", "content-length", "transfer-encoding",
-                      "x-audio-stream-id", "x-audio-stream-reconnect"}
+                      "x-audio-stream-id", "x-audio-stream-reconnect", "x-audio-stream-encoding",
+                      "x-audio-stream-rate", "x-audio-stream-channels"}
 
 
 class ConfigError(ValueError):

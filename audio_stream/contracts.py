@@ -103,6 +103,9 @@ class LinkHost(Protocol):
     def opening_texts(self) -> List[str]:
         """Called once per new connection: its first frames."""
 
+    def uplink_format(self) -> Any:
+        """dialects.UplinkFormat: what the audio on the wire is (the handshake says it)."""
+
     def render_audio(self, chunk: bytes) -> Sequence[Frame]: ...
 
     def on_text(self, text: str) -> None: ...

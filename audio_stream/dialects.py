@@ -20,10 +20,12 @@ Frame = Union[str, bytes]          # str: a text frame, bytes: a binary frame
 class UplinkFormat:
     """The audio a dialect needs from the stream: signed 16-bit little-endian PCM at `rate`,
     `channels` interleaved (2: left = the caller, right = what the caller hears), in pieces of
-    `chunk_ms` (a shorter last piece is fine)."""
+    `chunk_ms` (a shorter last piece is fine). `encoding`: what goes on the wire (the handshake's
+    X-Audio-Stream-Encoding)."""
     rate: int
     channels: int
     chunk_ms: int
+    encoding: str = "L16"
 
 
 class Dialect(Protocol):

@@ -138,6 +138,7 @@ class Link:
 
     async def _open(self, attempt):
         headers = {STREAM_ID_HEADER: self.id}
+        headers.update(protocol.audio_headers(self.host.uplink_format()))
         if attempt:
             headers[RECONNECT_HEADER] = str(attempt)
         ws = await connection.connect(self.http(), self.url, self.settings, headers)

@@ -184,6 +184,33 @@ def error_reply(error, message):
     return dumps({"type": "error", "data": {"error": error, "message": message}})
 
 
+# ---- what the audio is: headers of every WebSocket upgrade request ------------------------------
+
+ENCODING_HEADER = "X-Audio-Stream-Encoding"
+RATE_HEADER = "X-Audio-Stream-Rate"
+CHANNELS_HEADER = "X-Audio-Stream-Channels"
+AUDIO_HEADERS = (ENCODING_HEADER, RATE_HEADER, CHANNELS_HEADER)
+ENCODINGS = ("L16", "PCMU", "PCMA")     # L16: signed 16-bit little-endian PCM; PCMU/PCMA: G.711
+
+
+def audio_headers(fmt):
+    """The headers that say what goes on the wire, from the dialect's dialects.UplinkFormat (L16 at
+    the stream's rate and channels; Twilio mode: μ-law at 8000 Hz, a channel per track)."""
+    return {ENCODING_HEADER: fmt.encoding, RATE_HEADER: str(int(fmt.rate)), CHANNELS_HEADER: str(int(fmt.channels))}
+
+
+def audio_format(headers):
+    """(encoding, rate, channels) from a request's headers (any mapping with case-insensitive
+    .get(), e.g. aiohttp's), or None when they are missing or cannot be used."""
+    encoding = (headers.get(ENCODING_HEADER) or "").strip().upper()
+    rate, channels = (headers.get(RATE_HEADER) or "").strip(), (headers.get(CHANNELS_HEADER) or "").strip()
+    if encoding not in ENCODINGS or not rate.isdigit() or channels not in ("1", "2"):
+        return None
+    if not 8000 <= int(rate) <= 192000:
+        return None
+    return encoding, int(rate), int(channels)
+
+
 # ---- event bodies (mod_audio_stream::<name>) ----------------------------------------------------
 
 def connect_body():

@@ -236,6 +236,9 @@ class Stream:
         self._connections += 1
         return self.dialect.opening()
 
+    def uplink_format(self):
+        return self.dialect.uplink_format()
+
     def render_audio(self, chunk):
         return self.dialect.media(chunk)
 

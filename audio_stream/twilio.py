@@ -162,7 +162,7 @@ class TwilioDialect:
     # -- uplink ---------------------------------------------------------------------------------
 
     def uplink_format(self):
-        return UplinkFormat(RATE, len(self.tracks), CHUNK_MS)
+        return UplinkFormat(RATE, len(self.tracks), CHUNK_MS, "PCMU")
 
     @property
     def is_open(self):

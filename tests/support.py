@@ -1,5 +1,6 @@
 """Test support shared by the simulator tests and the real-switch tests: a real aiohttp WebSocket
-server on 127.0.0.1 running on its own thread, and audio analysis helpers."""
+server on 127.0.0.1 running on its own thread, audio analysis helpers, and a stand-in FreeSWITCH
+event socket."""
 import asyncio
 import socket
 import threading
@@ -8,6 +9,10 @@ import time
 import numpy as np
 import aiohttp
 from aiohttp import WSMsgType, web
+
+# set on Ctrl-C (tests/conftest.py): fixtures then clean up what they can and check nothing, since
+# a test cut short leaves its streams, threads and sockets as they were
+interrupted = threading.Event()
 
 
 def dominant_hz(x, rate, seconds=None):
@@ -256,3 +261,51 @@ def flooding_server(frame):
         c.close()
     lsock, t = raw_ws_server(flood)
     return lsock, t, stop
+
+
+class FakeEventSocket:
+    """Answers `api` commands from a dict, +OK to everything else; counts the api commands."""
+
+    def __init__(self, replies):
+        self.replies = replies
+        self.asked = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        f = conn.makefile("rb")
+        conn.sendall(b"Content-Type: auth/request\n\n")
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                cmd = line.decode().strip()
+                if not cmd:
+                    continue
+                while f.readline().strip():      # the rest of the command's headers
+                    pass
+                if cmd.startswith("api "):
+                    self.asked.append(cmd[4:])
+                    body = (self.replies.get(cmd[4:], "-ERR %s Command not found!" % cmd[4:]) + "\n").encode()
+                    conn.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
+                else:
+                    conn.sendall(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.srv.close()

@@ -22,6 +22,25 @@ def body(e):
     return json.loads(e["_body"])
 
 
+# ---- the handshake -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mix, rate, variables, expected", [
+    ("mono", "16k", {}, ("L16", "16000", "1")),
+    ("stereo", "8k", {}, ("L16", "8000", "2")),
+    ("mixed", "24000", {}, ("L16", "24000", "1")),
+    ("mono", "8k", {"STREAM_PROTOCOL": "twilio"}, ("PCMU", "8000", "1")),
+    ("stereo", "8k", {"STREAM_PROTOCOL": "twilio"}, ("PCMU", "8000", "2")),
+])
+def test_the_upgrade_request_says_what_the_audio_is(h, mix, rate, variables, expected):
+    server = h.server()
+    ch = h.call(rate=16000, **variables)
+    h.start(ch, server.url, mix=mix, rate=rate)
+    conn = server.wait_conn()
+    assert tuple(conn.headers["X-Audio-Stream-" + n] for n in ("Encoding", "Rate", "Channels")) == expected
+    h.api("%s stop" % ch.uuid)
+    assert conn.closed.wait(5)
+
+
 # ---- reconnection -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("code", [1001, 1011, 1012, 1013])
@@ -40,6 +59,8 @@ def test_close_codes_that_say_come_back_reconnect(h, code):
     assert second.headers["X-Audio-Stream-Reconnect"] == "1"
     assert "X-Audio-Stream-Reconnect" not in first.headers
     assert second.headers["X-Audio-Stream-Id"] == first.headers["X-Audio-Stream-Id"]
+    for name, value in (("Encoding", "L16"), ("Rate", "8000"), ("Channels", "1")):   # every connection
+        assert first.headers["X-Audio-Stream-" + name] == second.headers["X-Audio-Stream-" + name] == value
     assert server.wait_for(lambda: len(second.messages) > 3, 3)
     assert second.messages[0] == ("text", "hello")            # the metadata first, again
     h.api("%s stop" % ch.uuid)

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from audio_stream import config, connection, link as link_mod, protocol
+from audio_stream.dialects import UplinkFormat
 from audio_stream.outbox import Outbox
 from audio_stream.playback import Player
 from audio_stream.policy import Allowance, GiveUp, RateLimit, ReconnectPolicy, Retry, Strikes
@@ -219,6 +220,9 @@ class LinkHost:
 
     def opening_texts(self):
         return ["meta"]
+
+    def uplink_format(self):
+        return UplinkFormat(8000, 1, 20)
 
     def render_audio(self, chunk):
         return (chunk,)

@@ -630,10 +630,10 @@ def bot_factory():
         b.stop()
 
 
-async def _drive(url, d, script):
+async def _drive(url, d, script, headers=None):
     import aiohttp
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url) as ws:
+        async with session.ws_connect(url, headers=headers) as ws:
             async def recv(timeout=5.0):
                 msg = await asyncio.wait_for(ws.receive(), timeout)
                 assert msg.type == aiohttp.WSMsgType.TEXT, msg
@@ -748,3 +748,34 @@ def test_bot_help():
     r = subprocess.run([sys.executable, "-m", "audio_stream.examples.twilio_bot", "--help"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "--echo-ms" in r.stdout and "customParameters" in r.stdout
+
+
+def test_bot_does_not_record_audio_that_is_not_what_twilio_sends(bot_factory, tmp_path):
+    bot = bot_factory("--mode", "listen", "--record", str(tmp_path))
+    d = dialect()
+
+    async def script(ws, send, recv):
+        await send(d.opening())
+        await send(d.media(tone(440, 0.2).tobytes()))
+        await send(d.closing())
+        await asyncio.wait_for(ws.receive(), 5)
+    headers = {"X-Audio-Stream-Encoding": "L16", "X-Audio-Stream-Rate": "16000", "X-Audio-Stream-Channels": "1"}
+    asyncio.run(_drive(bot.url, d, script, headers=headers))
+    out = bot.stop()
+    assert "Not recording this stream: its audio is L16 16000 Hz, 1 channel (the X-Audio-Stream-* headers), " \
+           "not μ-law at 8000 Hz" in out, out
+    assert not list(tmp_path.iterdir())
+
+
+def test_bot_errors_are_one_line(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "audio_stream.examples.twilio_bot", "--port", str(port)],
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "address already in use" in r.stderr.lower(), r.stderr
+    r = subprocess.run([sys.executable, "-m", "audio_stream.examples.twilio_bot", "--record", "/proc/nope"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr == "error: cannot create the directory /proc/nope: No such file or directory\n"

@@ -15,8 +15,8 @@ PROG = "python -m audio_stream status"
 
 
 def add_esl_options(p):
-    env = os.environ.get("AUDIO_STREAM_ESL")
-    default = cli.host_port(esl.DEFAULT_PORT)(env) if env else (esl.DEFAULT_HOST, esl.DEFAULT_PORT)
+    # a string default goes through `type` too, and --help shows it as written
+    default = os.environ.get("AUDIO_STREAM_ESL") or "%s:%d" % (esl.DEFAULT_HOST, esl.DEFAULT_PORT)
     p.add_argument("--esl", type=cli.host_port(esl.DEFAULT_PORT), default=default, metavar="HOST:PORT",
                    help="FreeSWITCH's event socket (event_socket.conf.xml: listen-ip, listen-port)")
     p.add_argument("--password", default=os.environ.get("AUDIO_STREAM_ESL_PASSWORD", esl.DEFAULT_PASSWORD),
@@ -41,8 +41,9 @@ def advice(rows):
         if ok:
             continue
         if label == "module_exists mod_python3":
+            from .install_probe import find_fs_cli
             return ("mod_python3 is not loaded: add <load module=\"mod_python3\"/> to modules.conf.xml "
-                    "and run fs_cli -x 'load mod_python3'")
+                    "and run %s -x 'load mod_python3'" % (find_fs_cli() or "fs_cli"))
         if label == "python audio_stream":
             return ("mod_python3 cannot import audio_stream (FreeSWITCH's log says why: look for "
                     "'Python Error by calling script \"audio_stream\"'); install it with "

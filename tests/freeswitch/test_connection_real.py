@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ..support import WSServer, free_port
-from .conftest import api
+from .conftest import ASKED, api
 
 
 
@@ -75,7 +75,7 @@ def test_graceful_shutdown_waits_for_the_server(fs, calls, events):
         server.stop()
 
 
-@pytest.mark.skipif(os.environ.get("AUDIO_STREAM_ESL_RESTART") != "1",
+@pytest.mark.skipif(bool(ASKED) and os.environ.get("AUDIO_STREAM_ESL_RESTART") != "1",   # not asked: NOT_ASKED
                     reason="restarts the switch (fsctl shutdown restart): set AUDIO_STREAM_ESL_RESTART=1")
 def test_switch_shutdown_closes_1001(fs, calls):
     server = WSServer()
