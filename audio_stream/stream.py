@@ -14,7 +14,7 @@ within a time limit, and closes (1000; 1001 when the switch shuts down).
 import asyncio
 import time
 
-from . import audio, connection, protocol, service, twilio
+from . import audio, connection, metrics, protocol, service, twilio
 from .link import CLOSE_TIMEOUT, CONNECTING, Link
 from .outbox import Outbox
 from .playback import Player
@@ -77,10 +77,10 @@ class Stream:
         self._finish_args = None  # how the link must end, when the media ends before run() starts
         self._task = None
         self._cleaned = False
-        self._json_limit = RateLimit(JSON_EVENTS_PER_S, 2 * JSON_EVENTS_PER_S)
-        self._bad_limit = RateLimit(BAD_REPORTS_PER_S, 20)
+        self._json_limit = RateLimit(JSON_EVENTS_PER_S, 2 * JSON_EVENTS_PER_S, metrics.suppressed("json_event"))
+        self._bad_limit = RateLimit(BAD_REPORTS_PER_S, 20, metrics.suppressed("bad_message_report"))
         self._bad_strikes = Strikes(*BAD_LIMIT)
-        self._text_drop_limit = RateLimit(1, 5)
+        self._text_drop_limit = RateLimit(1, 5, metrics.suppressed("text_refused_log"))
         self._connections = 0
         self._paused_at = 0.0
         self.last_error = None
@@ -204,6 +204,7 @@ class Stream:
         self.player.playback_closed()
         if self.media_ended:
             return
+        metrics.end_reason(self, "shutdown" if cause in SHUTDOWN_CAUSES else "hangup")
         if tail and not self.paused:
             self._feed(tail)
         if cause in SHUTDOWN_CAUSES:
@@ -261,6 +262,7 @@ class Stream:
     # ---- loop thread: commands -------------------------------------------------------------------
     def stop(self, text=None):
         """`stop [text]`: everything captured so far, then the text, then close 1000."""
+        metrics.end_reason(self, "stop")
         self.player.stop_requested = True
         if self.media_ended:          # a graceful-shutdown in progress: end it now
             if text:
@@ -278,6 +280,7 @@ class Stream:
         the server closes or STREAM_GRACEFUL_TIMEOUT passes; then close 1000."""
         if self.media_ended:
             return
+        metrics.end_reason(self, "graceful_shutdown")
         self.stop_text = text
         self._take_last()
         self._end_media(keep_playback=True, linger_s=self.settings.graceful_timeout)
@@ -367,6 +370,7 @@ class Stream:
     # ---- loop thread: the connection (link.py) -----------------------------------------------------
     async def run(self):
         self._task = asyncio.current_task()
+        metrics.started(self)
         self.link = Link(self, self.url, self.settings, self.outbox, service.http)
         if self._finish_args is not None:
             self.link.finish(*self._finish_args)
@@ -374,6 +378,7 @@ class Stream:
         try:
             await self.link.run()
         except connection.ConnectError as e:
+            metrics.end_reason(self, "connect_failed")
             message = e.message
             lag = service.loop_lag_ms()
             if e.code == protocol.ERR_TIMEOUT and lag > 100:
@@ -384,6 +389,7 @@ class Stream:
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            metrics.end_reason(self, "error")
             self.log("ERR", "stream failed: %r" % (e,))
             self.fire("error", protocol.error_body(protocol.ERR_IO, str(e) or repr(e)))
             self._abandon()
@@ -408,6 +414,7 @@ class Stream:
         return self.dialect.opening()
 
     def link_connected(self):
+        metrics.connected(self)
         self.log("INFO", "connected to %s" % self.url)
         self.fire("connect", protocol.connect_body())
 
@@ -421,6 +428,7 @@ class Stream:
         self.fire("reconnected", protocol.dumps({"attempt": attempt, "dropped_ms": dropped_ms}))
 
     def link_lost(self, closed, code, reason, error_code):
+        metrics.link_lost(self, closed, error_code)
         if closed:
             self.log("INFO", "server closed the connection: %s %s" % (code, reason))
             self.fire("disconnect", protocol.disconnect_body(code, reason))
@@ -433,6 +441,7 @@ class Stream:
         self._overrun_events()
 
     def on_text(self, text):
+        metrics.received("text", len(text))
         if len(text) > self.settings.max_message:
             self.bad("message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
                      % (len(text), self.settings.max_message), "message_too_large")
@@ -455,6 +464,7 @@ class Stream:
             self.player.handle(msg)
 
     def on_binary(self, data):
+        metrics.received("binary", len(data))
         if len(data) > self.settings.max_message:
             self.bad("binary message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
                      % (len(data), self.settings.max_message), "message_too_large")
@@ -467,6 +477,7 @@ class Stream:
     # ---- end ---------------------------------------------------------------------------------------
     async def shutdown(self, code=1001, timeout=1.0):
         """The switch or the module is going away: everything captured, then close with 1001."""
+        metrics.end_reason(self, "shutdown")
         self.poll()
         self._end_media(code=code, message=b"going away", drain_s=timeout * 0.5)
         if self.link is not None:
@@ -493,4 +504,5 @@ class Stream:
         if self.outbox.dropped_bytes:
             self.log("WARNING", "%d ms of the call's audio were dropped: the connection was not ready or the "
                      "server did not keep up" % self.outbox.dropped_ms)
+        metrics.ended(self)
         service.finished(self)

@@ -97,7 +97,7 @@ def test_status_of_a_fake_event_socket(tmp_path):
         conn.close()
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    code, out, err = run_cli("audio_stream", "status", "--esl", "127.0.0.1:%d" % srv.getsockname()[1])
+    code, out, err = run_cli("audio_stream", "status", "--pretty", "--esl", "127.0.0.1:%d" % srv.getsockname()[1])
     srv.close()
     assert code == 0, err
     assert "module_exists mod_python3:   true" in out
