@@ -446,8 +446,8 @@ def scrape(live, finishing, lag_peak_s=0.0, gil=None, version=None):
                play_sum / 1000.0),
         _gauge("audio_stream_playback_queued_max_seconds", "The most server audio queued on one stream.",
                play_max / 1000.0),
-        _gauge("audio_stream_capture_lateness_peak_seconds", "The latest tick of the capture clock over the "
-               "last 10 s.", lag_peak_s),
+        _gauge("audio_stream_capture_lateness_peak_seconds", "How late the latest-running tick of the capture "
+               "clock over the last 10 s ran.", lag_peak_s),
     ]
     gil = gil or {}
     for key, (name, kind, help) in GIL_KEYS.items():

@@ -83,4 +83,9 @@ class FakeESL:
 
     def close(self):
         self.drop()
+        try:
+            self.srv.shutdown(socket.SHUT_RDWR)      # wakes the thread blocked in accept()
+        except OSError:
+            pass
         self.srv.close()
+        self._thread.join(5)

@@ -91,7 +91,7 @@ def print_rows(rows, host, port, out):
 def pretty(rows, doc, host, port, width, color):
     """The lines of --pretty for a switch whose checks all passed."""
     version = rows[0][1].splitlines()[0] if rows[0][1] else "?"
-    return ["event socket %s:%d: %s" % (host, port, version)[:width],
+    return [("event socket %s:%d: %s" % (host, port, version))[:width],
             "mod_python3 loaded, python audio_stream answers"] + view.render_status(doc, width, color)
 
 

@@ -79,6 +79,7 @@ class Top:
         self.interval = interval
         self.conn = conn
         self.prev = None              # (monotonic time, document)
+        self.version = None           # audio_stream's, from the last document
         self.notice = None
         self.notice_until = None      # a passing notice (the switch is back) goes away then
         self.lost_at = None
@@ -95,8 +96,8 @@ class Top:
         self.notice_until = None
         if self.lost_at is None:
             self.lost_at = time.time()
-        self.notice = "the switch at %s went away at %s (%s): trying again every %g s" % (
-            self.where, time.strftime("%H:%M:%S", time.localtime(self.lost_at)), why, self.interval)
+        self.notice = "the switch at %s went away at %s; trying again every %g s (%s)" % (
+            self.where, time.strftime("%H:%M:%S", time.localtime(self.lost_at)), self.interval, why)
 
     def fetch(self):
         """The switch's status document now, or None (then `notice` says why)."""
@@ -140,8 +141,9 @@ class Top:
                 if a is not None and b is not None and b >= a:
                     cpu = (b - a) / dt
             self.prev = (t, doc)
+            self.version = doc.get("version")
         return view.render_top(doc, per_second, width, height, self.where, self.interval, cpu, self.notice,
-                               color, now)
+                               color, now, self.version)
 
 
 def main(argv=None, prog=PROG):

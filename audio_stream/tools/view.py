@@ -9,6 +9,7 @@ import time
 
 BOLD, DIM, RED, GREEN, YELLOW, REVERSE, RESET = "\x1b[1m", "\x1b[2m", "\x1b[31m", "\x1b[32m", "\x1b[33m", \
     "\x1b[7m", "\x1b[0m"
+SEP = " | "           # ASCII only: any terminal, any locale
 STATE_COLOR = {"streaming": GREEN, "connecting": YELLOW, "reconnecting": YELLOW, "closing": DIM, "closed": DIM}
 
 
@@ -163,7 +164,7 @@ def totals_line(doc, per_second=None, cpu_share=None):
         parts.append("loop CPU %d%%" % round(cpu_share * 100))
     if t.get("path"):
         parts.append("path %s" % t["path"])
-    return " · ".join(parts)
+    return SEP.join(parts)
 
 
 def render_status(doc, width=100, color=False):
@@ -180,11 +181,12 @@ def render_status(doc, width=100, color=False):
 
 
 def render_top(doc, per_second, width=100, height=24, where="", interval=1.0, cpu_share=None, notice=None,
-               color=False, now=None):
-    """One frame of `top`: a title, the totals, a notice (the switch went away…), the streams."""
+               color=False, now=None, version=None):
+    """One frame of `top`: a title, the totals, a notice (the switch went away...), the streams.
+    `version`: what to show when there is no document."""
     clock = time.strftime("%H:%M:%S", time.localtime(now))
-    title = "audio_stream %s on %s · %s · every %g s · Ctrl-C quits" % (
-        (doc or {}).get("version", "?"), where, clock, interval)
+    title = SEP.join(("audio_stream %s on %s", "%s", "every %g s", "Ctrl-C quits")) % (
+        (doc or {}).get("version", version or "?"), where, clock, interval)
     out = [(BOLD + title[:width] + RESET) if color else title[:width]]
     if doc is not None:
         out.append(totals_line(doc, per_second, cpu_share)[:width])
