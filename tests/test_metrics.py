@@ -320,3 +320,39 @@ def test_metrics_section_unknowns_and_absence():
     assert settings_xml.parse('<configuration name="audio_stream.conf"/>').metrics_listen is None
     assert "known: settings, limits, metrics" in settings_xml.parse(
         '<configuration name="audio_stream.conf"><metric/></configuration>').problems[0]
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_conf_has_metrics_off_and_its_example_works():
+    text = (ROOT / "conf" / "autoload_configs" / "audio_stream.conf.xml").read_text()
+    assert settings_xml.parse(text).metrics_listen is None
+    example = '<param name="listen" value="127.0.0.1:9464"/>'
+    assert "<!-- %s -->" % example in text
+    c = settings_xml.parse(text.replace("<!-- %s -->" % example, example))
+    assert c.metrics_listen == ("127.0.0.1", 9464) and c.problems == ()
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_that_exist():
+    import json
+    import re
+    dash = json.loads((ROOT / "conf" / "grafana" / "audio_stream.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    fams = scrape(gil={"loop_cpu_s": 1.0, "media_cpu_s": 1.0, "path": "python"}, version="1")
+    samples = {name for f in fams.values() for name, _, _ in f["samples"]}
+    used = {n for e in exprs for n in re.findall(r"\baudio_stream_[a-z_]+", e)}
+    assert used and used <= samples, used - samples
+    for e in exprs:
+        assert e.count("(") == e.count(")") and 'instance=~"$instance"' in e, e
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dash["panels"])
+
+
+def test_operations_md_documents_every_metric():
+    import re
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("### Prometheus metrics"):]
+    documented = set(re.findall(r"`(audio_stream_[a-z_]+)`", section))
+    fams = scrape(gil={"loop_cpu_s": 1.0, "media_cpu_s": 1.0, "path": "python"}, version="1")
+    assert set(fams) == documented, set(fams) ^ documented
