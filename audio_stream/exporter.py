@@ -66,7 +66,10 @@ def startup():
     from . import settings_xml
     from .switch import backend
     be = backend()
-    apply(settings_xml.current(be), be)
+    try:
+        apply(settings_xml.current(be), be)
+    except Exception as e:  # the startup script must not fail for the metrics' sake
+        be.log("ERR", "metrics: cannot start the endpoint at load: %r" % (e,))
 
 
 async def _switch(want, be):

@@ -12,6 +12,7 @@ lateness during the scrapes. A short run: it is a micro-benchmark, not a load te
 import argparse
 import ctypes
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,8 +43,7 @@ def main():
     url = "ws://127.0.0.1:%s/m/ours/" % line[1]
     sim = SimSwitch()
     fs = fake_freeswitch.bind(sim)
-    be = switch.install(core.Core(ctypes.CDLL(sim.path)), fs)
-    import socket
+    switch.install(core.Core(ctypes.CDLL(sim.path)), fs)
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -53,9 +53,10 @@ def main():
                    'name="STREAM_BUFFER_SIZE" value="100"/></settings><metrics><param name="listen" '
                    'value="127.0.0.1:%d"/></metrics></configuration>' % port)
 
+    import audio_stream
+
     def api(line):
         stream = fs.Stream()
-        import audio_stream
         audio_stream.fsapi("na", stream, None, line)
         return stream.get_data().strip()
     print(api("reload"))

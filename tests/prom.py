@@ -3,6 +3,8 @@ parses what /metrics serves and fails on anything a Prometheus server would reje
 misread, plus the naming rules audio_stream keeps (counters end in _total)."""
 import math
 import re
+import urllib.error
+import urllib.request
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r"[a-zA-Z_][a-zA-Z0-9_]*"
@@ -139,3 +141,23 @@ def value(families, sample, **labels):
             if name == sample and lab == labels:
                 return v
     return None
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def scrape(url):
+    """GET `url` (a /metrics endpoint): its families, parsed (the status and content type checked)."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        if r.status != 200 or r.headers.get("Content-Type") != CONTENT_TYPE:
+            raise AssertionError("%s: HTTP %s, %s" % (url, r.status, r.headers.get("Content-Type")))
+        return parse(r.read().decode())
+
+
+def refused(url):
+    """True when nothing listens there any more."""
+    try:
+        urllib.request.urlopen(url, timeout=5).close()
+    except urllib.error.URLError as e:
+        return isinstance(e.reason, ConnectionRefusedError)
+    return False

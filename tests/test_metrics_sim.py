@@ -28,23 +28,16 @@ def xml(h):
     h.api("reload")
 
 
-def get(port, path="/metrics"):
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
-        return r.status, r.headers.get("Content-Type"), r.read().decode()
+def url(port, path="/metrics"):
+    return "http://127.0.0.1:%d%s" % (port, path)
 
 
 def scrape(port):
-    status, ctype, text = get(port)
-    assert status == 200 and ctype == "text/plain; version=0.0.4; charset=utf-8"
-    return prom.parse(text)
+    return prom.scrape(url(port))
 
 
 def refused(port):
-    try:
-        get(port)
-    except urllib.error.URLError as e:
-        return isinstance(e.reason, ConnectionRefusedError)
-    return False
+    return prom.refused(url(port))
 
 
 def test_reload_starts_moves_and_stops_the_endpoint(h, xml):
@@ -54,7 +47,7 @@ def test_reload_starts_moves_and_stops_the_endpoint(h, xml):
     assert h.api("reload") == "+OK reloaded: 0 settings; metrics on http://127.0.0.1:%d/metrics" % p1
     assert "audio_stream_streams_started_total" in scrape(p1)
     with pytest.raises(urllib.error.HTTPError) as e:
-        get(p1, "/")
+        urllib.request.urlopen(url(p1, "/"), timeout=5)
     assert e.value.code == 404
     e.value.close()
     assert h.api("reload").endswith("; metrics on http://127.0.0.1:%d/metrics" % p1)     # unchanged: kept

@@ -9,8 +9,6 @@ the endpoint."""
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -32,21 +30,6 @@ CONF = """<configuration name="audio_stream.conf" description="test_metrics_real
 """
 
 
-@pytest.fixture
-def conf_file(fs):
-    conf_dir = fs.api("global_getvar conf_dir").strip()
-    path = os.path.join(conf_dir, "autoload_configs", "audio_stream.conf.xml")
-    if not os.access(os.path.dirname(path), os.W_OK):
-        pytest.skip("cannot write %s" % path)
-    if os.path.exists(path):
-        pytest.skip("%s exists already: not touching it" % path)
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
-    fs.api("reloadxml")
-    fs.api("python %s reload" % MODULE)
-
-
 def api(fs, line):
     return fs.api("python %s %s" % (MODULE, line))
 
@@ -59,17 +42,11 @@ def listen_on(fs, path, port):
 
 
 def scrape(port):
-    with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, port), timeout=5) as r:
-        assert r.status == 200 and r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-        return prom.parse(r.read().decode())
+    return prom.scrape("http://%s:%d/metrics" % (HOST, port))
 
 
 def refused(port):
-    try:
-        scrape(port)
-    except urllib.error.URLError as e:
-        return isinstance(e.reason, ConnectionRefusedError)
-    return False
+    return prom.refused("http://%s:%d/metrics" % (HOST, port))
 
 
 def log_tail(fs, nbytes=300000):
