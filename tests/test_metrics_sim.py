@@ -134,3 +134,13 @@ def test_hangup_and_refused_connections_are_counted_by_reason(h, xml):
     for reason in ("hangup", "connect_failed"):
         assert prom.value(after, "audio_stream_streams_ended_total", reason=reason) - \
             prom.value(before, "audio_stream_streams_ended_total", reason=reason) == 1, reason
+
+
+def test_the_startup_script_opens_the_endpoint_at_load(h, xml):
+    import audio_stream
+    port = free_port()
+    xml("127.0.0.1:%d" % port)
+    audio_stream.runtime()                       # what mod_python3 runs for startup-script at load
+    assert wait_until(lambda: not refused(port), 5)
+    assert prom.value(scrape(port), "audio_stream_streams", state="streaming", protocol="audio_stream") == 0
+    assert any("metrics on http://127.0.0.1:%d/metrics" % port in m for _, m in h.fs.logs())
