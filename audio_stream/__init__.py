@@ -49,6 +49,8 @@ def handler(session, args=None):
 
 
 def runtime(args=None):
-    """startup-script: start the background loop at load, so the first call pays nothing."""
-    from . import service
+    """startup-script: start the background loop at load, so the first call pays nothing, and the
+    metrics endpoint if audio_stream.conf has one."""
+    from . import exporter, service
     service.loop()
+    exporter.startup()

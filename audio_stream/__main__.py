@@ -10,6 +10,7 @@ COMMANDS = {
     "demo": ("audio_stream.demo", "a simulated call streams through the real stack (no FreeSWITCH needed)"),
     "install": ("audio_stream.tools.installer", "install where FreeSWITCH's mod_python3 imports it (--uninstall: remove it)"),
     "status": ("audio_stream.tools.status", "ask a running FreeSWITCH whether audio_stream answers"),
+    "top": ("audio_stream.tools.top", "watch a running FreeSWITCH's streams, refreshed every second"),
     "record-server": ("audio_stream.examples.record_server", "example server: one WAV file per stream"),
     "echo-bot": ("audio_stream.examples.echo_bot", "example server: plays the caller back, with marks and barge-in"),
     "twilio-bot": ("audio_stream.examples.twilio_bot", "example Twilio Media Streams server (STREAM_PROTOCOL=twilio)"),

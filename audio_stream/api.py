@@ -6,7 +6,7 @@ for the network: `start` answers as soon as the bug is attached.
 """
 import concurrent.futures
 
-from . import commands, config, connection, dialects, protocol, service, settings_xml, wiring
+from . import commands, config, connection, dialects, exporter, protocol, service, settings_xml, wiring
 from .commands import CommandError, err
 from .config import ConfigError
 from .switch import backend
@@ -56,6 +56,12 @@ def _reload(be):
         reply += ", %d ignored (see the log)" % len(conf.problems)
     if not conf.found:
         reply += " (no %s: built-in defaults)" % settings_xml.CONF_NAME
+    try:
+        metrics = exporter.apply(conf, be, force=True, wait=True)
+    except concurrent.futures.TimeoutError:
+        metrics = "metrics: the loop thread did not answer within %g s" % exporter.APPLY_TIMEOUT_S
+    if metrics:
+        reply += "; " + metrics
     return reply
 
 
@@ -68,17 +74,18 @@ def _live(cmd):
     return stream
 
 
-def _status(streams):
-    """The JSON document of `status`: every stream asked for, and the process's figures."""
+def _status(streams, totals=None):
+    """The status of every stream asked for; `totals` (a dict) gets service.gil_stats(), taken
+    on the loop thread."""
     async def collect():
-        live = [s.status() for s in streams]
-        return live
+        if totals is not None:
+            totals.update(service.gil_stats())
+        return [s.status() for s in streams]
     try:
-        live = service.call(collect(), LOOP_TIMEOUT)
+        return service.call(collect(), LOOP_TIMEOUT)
     except concurrent.futures.TimeoutError:
         raise err("audio_stream's loop thread did not answer within %g s: the process is overloaded"
                   % LOOP_TIMEOUT) from None
-    return live
 
 
 def _global(cmd):
@@ -86,12 +93,9 @@ def _global(cmd):
         import sys
         return "audio_stream %s (python %s)" % (VERSION, sys.version.split()[0])
     live, finishing = service.all_streams()
-    doc = {
-        "version": VERSION,
-        "streams": _status(live + finishing) if (live or finishing) else [],
-        "totals": {"live": len(live), "closing": len(finishing), "loop_lag_ms": service.loop_lag_ms()},
-    }
-    return protocol.dumps(doc)
+    totals = {"live": len(live), "closing": len(finishing), "loop_lag_ms": service.loop_lag_ms()}
+    streams = _status(live + finishing, totals) if (live or finishing) else []
+    return protocol.dumps({"version": VERSION, "streams": streams, "totals": totals})
 
 
 def _on_loop(fn, *args):
@@ -151,6 +155,7 @@ def _start(cmd, be, session):
     call_rate = impl.actual_samples_per_second
     ptime_ms = impl.microseconds_per_packet // 1000
     conf = settings_xml.current(be)
+    exporter.apply(conf, be)
     try:
         settings = config.settings_from(lambda n: core.get_var(session, n), ptime_ms, defaults=conf.defaults)
     except ConfigError as e:

@@ -3,7 +3,7 @@ limits (loop thread; `log` from any thread). Pure apart from the backend it logs
 """
 import time
 
-from . import connection, protocol
+from . import connection, metrics, protocol
 from .policy import RateLimit, Strikes
 
 PREFIX = "mod_audio_stream::"
@@ -29,14 +29,14 @@ class StreamEvents:
         self.settings = settings
         self.url = connection.redact(url)     # what logs and events show of the URL
         self._who = uuid if name == "default" else "%s/%s" % (uuid, name)
-        self._json_limit = RateLimit(JSON_EVENTS_PER_S, 2 * JSON_EVENTS_PER_S)
-        self._bad_limit = RateLimit(BAD_REPORTS_PER_S, 20)
+        self._json_limit = RateLimit(JSON_EVENTS_PER_S, 2 * JSON_EVENTS_PER_S, metrics.suppressed("json_event"))
+        self._bad_limit = RateLimit(BAD_REPORTS_PER_S, 20, metrics.suppressed("bad_message_report"))
         self._bad_strikes = Strikes(*BAD_LIMIT)
-        self._text_drop_limit = RateLimit(1, 5)
+        self._text_drop_limit = RateLimit(1, 5, metrics.suppressed("text_refused_log"))
         self._json_warn = RateLimit(1.0 / SUMMARY_EVERY_S, 1)
         self._json_missed = 0
-        self._event_limit = RateLimit(EVENTS_PER_S, 2 * EVENTS_PER_S)
-        self._log_limit = RateLimit(LOGS_PER_S, 2 * LOGS_PER_S)
+        self._event_limit = RateLimit(EVENTS_PER_S, 2 * EVENTS_PER_S, metrics.suppressed("event"))
+        self._log_limit = RateLimit(LOGS_PER_S, 2 * LOGS_PER_S, metrics.suppressed("log_line"))
         self._summary = RateLimit(1.0 / SUMMARY_EVERY_S, 1)
         self.last_error = None
         self.call_over = False                # hung up: nothing more is fired as json for it

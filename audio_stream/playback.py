@@ -10,7 +10,7 @@ ends the episode here and tells the port through `port.cut()`.
 import os
 import time
 
-from . import audio, protocol
+from . import audio, metrics, protocol
 
 RAW_EXT = {8000: "r8", 16000: "r16", 24000: "r24", 32000: "r32", 48000: "r48", 64000: "r64"}
 
@@ -165,6 +165,7 @@ class Player:
         if arrived is not None and t >= arrived:
             # from the server's audio reaching us (at an empty queue) to its first frame in the call
             body["latency_ms"] = round((t - arrived) * 1000, 1)
+            metrics.playback_latency(t - arrived)
         self.host.fire("playback_started", protocol.dumps(body))
 
     def playback_done(self):

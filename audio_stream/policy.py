@@ -191,14 +191,16 @@ class ReconnectPolicy:
 
 class RateLimit:
     """Token bucket: `allow(now)` at most `rate` times per second on average, `burst` at once.
-    `suppressed` counts the refusals since `take_suppressed()` last read them."""
+    `suppressed` counts the refusals since `take_suppressed()` last read them; `counter` (an
+    object with `inc()`, e.g. a metrics counter) counts every refusal."""
 
-    def __init__(self, rate, burst):
+    def __init__(self, rate, burst, counter=None):
         self.rate = float(rate)
         self.burst = float(burst)
         self.tokens = float(burst)
         self.at = None
         self.suppressed = 0
+        self.counter = counter
 
     def allow(self, now):
         if self.at is not None:
@@ -208,6 +210,8 @@ class RateLimit:
             self.tokens -= 1.0
             return True
         self.suppressed += 1
+        if self.counter is not None:
+            self.counter.inc()
         return False
 
     def take_suppressed(self):

@@ -8,7 +8,7 @@ import concurrent.futures
 import threading
 import time
 
-from . import connection
+from . import connection, metrics
 from .switch import backend
 
 TICK_S = 0.020                # the capture clock: every stream is read once per tick
@@ -110,6 +110,7 @@ class _Clock:
         now = lp.time()
         self.lag = lag = now - self.due
         self.ticks += 1
+        metrics.tick_late(lag)
         if lag > self.lag_peak or now - self.lag_peak_at > LAG_LOG_EVERY_S:
             self.lag_peak, self.lag_peak_at = lag, now
         for stream in list(self.streams):
@@ -145,6 +146,17 @@ def poll_remove(stream):
 def loop_lag_ms():
     """The largest lateness of the capture clock over the last few seconds, in ms."""
     return int(_clock.lag_peak * 1000) if time.monotonic() - _clock.lag_peak_at < LAG_LOG_EVERY_S else 0
+
+
+def gil_stats():
+    """What the process's Python costs, as far as it is measured, for metrics and status: a dict
+    with `loop_cpu_s` (the loop thread's CPU time in s, only when called on the loop thread),
+    and, where measured, `media_cpu_s` (Python's CPU time on media threads, s) and `path` (which
+    capture path runs). metrics.GIL_KEYS names what the exporter makes of each key."""
+    out = {}
+    if _thread is not None and threading.current_thread() is _thread:
+        out["loop_cpu_s"] = time.thread_time()
+    return out
 
 
 def register(stream, max_per_call=None):
@@ -228,6 +240,8 @@ def stop_loop(timeout=5.0):
     if lp is None:
         return
 
+    from . import exporter
+
     async def close_all():
         global _http
         pending = list(streams.values()) + list(finishing_streams)
@@ -236,6 +250,7 @@ def stop_loop(timeout=5.0):
         if _http is not None:
             await _http.close()
             _http = None
+        await exporter.close()
 
     try:
         asyncio.run_coroutine_threadsafe(close_all(), lp).result(timeout)

@@ -16,7 +16,7 @@ ask is in controls.py; what the stream tells the world, in events.py.
 import asyncio
 import time
 
-from . import connection, lifecycle as L, protocol
+from . import connection, lifecycle as L, metrics, protocol
 from .controls import Controls
 from .events import REPORT, STRIKE_OUT
 from .link import CLOSE_TIMEOUT, Link
@@ -243,6 +243,7 @@ class Stream:
         return self.dialect.media(chunk)
 
     def link_connected(self):
+        metrics.connected(self)
         self._input(L.CONNECTED)
 
     def link_reconnecting(self, attempt, delay, reason):
@@ -252,6 +253,7 @@ class Stream:
         self._input(L.RECONNECTED, attempt, dropped_ms)
 
     def link_lost(self, closed, code, reason, error_code):
+        metrics.link_lost(self, closed, error_code)
         self.events.lost(closed, code, reason, error_code)
         self._input(L.LINK_GONE)
 
@@ -259,6 +261,7 @@ class Stream:
         self.events.overruns(self.outbox)
 
     def on_text(self, text):
+        metrics.received("text", len(text))
         if len(text) > self.settings.max_message:
             self.bad("message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
                      % (len(text), self.settings.max_message), "message_too_large")
@@ -266,6 +269,7 @@ class Stream:
         self._handle(self.dialect.parse(text))
 
     def on_binary(self, data):
+        metrics.received("binary", len(data))
         if len(data) > self.settings.max_message:
             self.bad("binary message of %d bytes is over STREAM_MAX_MESSAGE (%d), dropped"
                      % (len(data), self.settings.max_message), "message_too_large")
@@ -285,6 +289,7 @@ class Stream:
     async def run(self):
         self._task = asyncio.current_task()
         self.link = Link(self, self.url, self.settings, self.outbox, self.runtime.http)
+        metrics.started(self)
         self._input(L.ATTACHED)
         try:
             await self.link.run()
@@ -293,11 +298,13 @@ class Stream:
             lag = self.runtime.loop_lag_ms()
             if e.code == protocol.ERR_TIMEOUT and lag > 100:
                 message += " (audio_stream's loop thread is overloaded: %d ms late)" % lag
+            metrics.end_reason(self, "connect_failed")
             self.events.error(e.code, message)
             self._input(L.LINK_GONE)
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            metrics.end_reason(self, "error")
             self.events.failed(e)
             self._input(L.LINK_GONE)
         finally:
@@ -305,6 +312,7 @@ class Stream:
 
     async def shutdown(self, code=1001, timeout=1.0):
         """The switch or the module is going away: everything captured, then close with 1001."""
+        metrics.end_reason(self, "shutdown")
         self._input(L.SHUTDOWN, code, timeout)
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
@@ -344,12 +352,14 @@ class Stream:
         self.events.fire("dtmf", protocol.dtmf_body(digit, duration_ms))
 
     def _stop(self, text):
+        metrics.end_reason(self, "stop")
         self.player.stop_requested = True
         self.stop_text = text
         self._take_last()
         self._end_media()
 
     def _graceful(self, text):
+        metrics.end_reason(self, "graceful-shutdown")
         self.stop_text = text
         self._take_last()
         self._end_media(keep_playback=True, linger_s=self.settings.graceful_timeout)
@@ -362,6 +372,7 @@ class Stream:
         self.link.finish()
 
     def _media_over(self, tail, cause):
+        metrics.end_reason(self, "shutdown" if cause in SHUTDOWN_CAUSES else "hangup")
         self.events.call_over = bool(cause)
         self.player.playback_closed()
         if tail and not self.paused:
@@ -413,6 +424,7 @@ class Stream:
         if self.outbox.dropped_bytes:
             self.log("WARNING", "%d ms of the call's audio were dropped: the connection was not ready or the "
                      "server did not keep up" % self.outbox.dropped_ms)
+        metrics.ended(self)
         self.runtime.finished(self)
 
     def _end_media(self, keep_playback=False, code=1000, message=b"", drain_s=CLOSE_TIMEOUT, linger_s=0.0):

@@ -87,7 +87,7 @@ def test_status_of_a_fake_event_socket(tmp_path):
                "python audio_stream status": "-ERR missing command after uuid (one of: start, stop)"}
     fake = FakeEventSocket(replies)
     try:
-        code, out, err = run_cli("audio_stream", "status", "--esl", "127.0.0.1:%d" % fake.port)
+        code, out, err = run_cli("audio_stream", "status", "--pretty", "--esl", "127.0.0.1:%d" % fake.port)
     finally:
         fake.close()
     assert code == 0, err

@@ -139,3 +139,20 @@ def calls(fs):
     c = Calls(fs)
     yield c
     c.hangup_all()
+
+
+@pytest.fixture
+def conf_file(fs):
+    """The path of audio_stream.conf.xml in the switch's conf dir, for a test to write (skips when the
+    switch has one already: not touching it). Removed afterwards, then `reloadxml` and `reload`."""
+    conf_dir = fs.api("global_getvar conf_dir").strip()
+    path = os.path.join(conf_dir, "autoload_configs", "audio_stream.conf.xml")
+    if not os.access(os.path.dirname(path), os.W_OK):
+        pytest.skip("cannot write %s" % path)
+    if os.path.exists(path):
+        pytest.skip("%s exists already: not touching it" % path)
+    yield path
+    if os.path.exists(path):
+        os.unlink(path)
+    fs.api("reloadxml")
+    fs.api("python %s reload" % MODULE)
