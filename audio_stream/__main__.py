@@ -8,10 +8,12 @@ import sys
 # name -> (module with a main(argv) function, one line of help)
 COMMANDS = {
     "demo": ("audio_stream.demo", "a simulated call streams through the real stack (no FreeSWITCH needed)"),
-    "install": ("audio_stream.tools.installer", "install into the Python that FreeSWITCH's mod_python3 embeds"),
+    "install": ("audio_stream.tools.installer", "install where FreeSWITCH's mod_python3 imports it (--uninstall: remove it)"),
     "status": ("audio_stream.tools.status", "ask a running FreeSWITCH whether audio_stream answers"),
+    "top": ("audio_stream.tools.top", "watch a running FreeSWITCH's streams, refreshed every second"),
     "record-server": ("audio_stream.examples.record_server", "example server: one WAV file per stream"),
     "echo-bot": ("audio_stream.examples.echo_bot", "example server: plays the caller back, with marks and barge-in"),
+    "twilio-bot": ("audio_stream.examples.twilio_bot", "example Twilio Media Streams server (STREAM_PROTOCOL=twilio)"),
 }
 
 
@@ -35,8 +37,11 @@ def main(argv=None):
         return 0
     name, rest = argv[0], argv[1:]
     if name in ("version", "--version"):
+        from . import accelerator
         from .version import VERSION
         print(VERSION)
+        print("media path: accel (the compiled accelerator)" if accelerator.native is not None else
+              "media path: python (%s)" % accelerator.why_not)
         return 0
     if name not in COMMANDS:
         raise cli.CLIError("unknown command '%s' (one of: %s; see python -m audio_stream --help)"

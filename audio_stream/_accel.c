@@ -1240,7 +1240,8 @@ typedef struct player_s {
     int starting;                    /* the queue was empty: the next audio starts a burst */
     size_t min_queued;               /* the least queued while playing, since last read */
     int64_t dry_since_ns;            /* the queue ran dry while playing (0: not dry) */
-    int64_t debt_bytes;              /* audio the call waited for while dry: latency a real-time
+    int64_t debt_bytes;              /* how long the call waited for more of a burst once the queue
+                                        ran dry (until its audio played again): latency a real-time
                                         server's stream gained, which latency recovery may take back */
     int64_t session_gap_ns;          /* dry longer than this: the server stopped talking, no debt */
     int64_t bytes_per_s;
@@ -1346,6 +1347,14 @@ static int pull_locked(player_t *p, uint8_t *dst, size_t n, int64_t now, int *st
     if (!p->playing) {
         p->playing = 1;
         *started = 1;
+        if (p->dry_since_ns) {           /* the call waited this long for more of the same burst */
+            int64_t dry = now - p->dry_since_ns;
+            if (dry < p->session_gap_ns)
+                p->debt_bytes += dry * p->bytes_per_s / 1000000000LL;
+            else
+                p->debt_bytes = 0;
+            p->dry_since_ns = 0;
+        }
     }
     p->starting = 0;
     return 1;
@@ -1631,14 +1640,6 @@ static PyObject *Player_push(PlayerObject *self, PyObject *arg)
             if (!p->queued && !p->playing) {
                 p->starting = 1;
                 p->first_push_ns = now;
-            }
-            if (p->dry_since_ns) {
-                int64_t dry = now - p->dry_since_ns;
-                if (dry < p->session_gap_ns)
-                    p->debt_bytes += dry * p->bytes_per_s / 1000000000LL;
-                else
-                    p->debt_bytes = 0;
-                p->dry_since_ns = 0;
             }
             if (p->last)
                 p->last->next = b;
@@ -2217,21 +2218,27 @@ typedef struct {
     uint64_t skip;
 } MaskScannerObject;
 
-/* masked(data): follow frame boundaries through the bytes the server sent; True as soon as a frame
- * header has the mask bit (2 header bytes, 0/2/8 length bytes, a key when masked, the payload) */
-static PyObject *MaskScanner_masked(MaskScannerObject *self, PyObject *arg)
+/* scan(data, limit): connection.MaskGuard._scan. Follow the frames through the bytes the server sent;
+ * returns (masked, end): masked True as soon as a frame header has the mask bit (end just after that
+ * byte), else end just after the `limit`-th complete frame, or len(data). 2 header bytes, 0/2/8
+ * length bytes, a key when masked, the payload. */
+static PyObject *MaskScanner_scan(MaskScannerObject *self, PyObject *args)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &limit))
         return NULL;
     const uint8_t *d = view.buf;
     size_t i = 0, n = (size_t)view.len;
+    Py_ssize_t frames = 0;
     int masked = 0;
     while (i < n) {
         if (self->skip) {
             uint64_t step = n - i < self->skip ? n - i : self->skip;
             self->skip -= step;
             i += (size_t)step;
+            if (!self->skip && ++frames >= limit)
+                break;
             continue;
         }
         self->hdr[self->hdr_len++] = d[i++];
@@ -2253,13 +2260,16 @@ static PyObject *MaskScanner_masked(MaskScannerObject *self, PyObject *arg)
         }
         self->skip = len;
         self->hdr_len = 0;
+        if (!len && ++frames >= limit)
+            break;
     }
     PyBuffer_Release(&view);
-    return PyBool_FromLong(masked);
+    return Py_BuildValue("(On)", masked ? Py_True : Py_False, (Py_ssize_t)i);
 }
 
 static PyMethodDef MaskScanner_methods[] = {
-    {"masked", (PyCFunction)MaskScanner_masked, METH_O, "True once a frame header from the server is masked"},
+    {"scan", (PyCFunction)MaskScanner_scan, METH_VARARGS,
+     "scan(data, limit) -> (masked, end): connection.MaskGuard._scan in C"},
     {NULL}};
 
 static PyTypeObject MaskScannerType = {

@@ -7,11 +7,10 @@ for the network: `start` answers as soon as the bug is attached.
 import concurrent.futures
 import time
 
-from . import commands, config, protocol, service, settings_xml
+from . import commands, config, connection, dialects, exporter, protocol, service, settings_xml, wiring
 from .commands import CommandError, err
 from .config import ConfigError
-from .stream import Stream
-from .switch import backend, media
+from .switch import backend
 from .version import VERSION
 
 LOOP_TIMEOUT = 5.0
@@ -58,6 +57,12 @@ def _reload(be):
         reply += ", %d ignored (see the log)" % len(conf.problems)
     if not conf.found:
         reply += " (no %s: built-in defaults)" % settings_xml.CONF_NAME
+    try:
+        metrics = exporter.apply(conf, be, force=True, wait=True)
+    except concurrent.futures.TimeoutError:
+        metrics = "metrics: the loop thread did not answer within %g s" % exporter.APPLY_TIMEOUT_S
+    if metrics:
+        reply += "; " + metrics
     return reply
 
 
@@ -70,10 +75,13 @@ def _live(cmd):
     return stream
 
 
-def _status(streams):
-    """Every stream's status, and the loop thread's CPU seconds so far (read on that thread)."""
+def _status(streams, totals=None):
+    """The status of every stream asked for; `totals` (a dict) gets service.gil_stats(), taken
+    on the loop thread."""
     async def collect():
-        return [s.status() for s in streams], time.thread_time()
+        if totals is not None:
+            totals.update(service.gil_stats())
+        return [s.status() for s in streams]
     try:
         return service.call(collect(), LOOP_TIMEOUT)
     except concurrent.futures.TimeoutError:
@@ -84,17 +92,15 @@ def _status(streams):
 def _global(cmd):
     if cmd.name == "version":
         import sys
-        return "audio_stream %s (python %s)" % (VERSION, sys.version.split()[0])
+        from .switch import accel
+        path = backend().media_path().name
+        return "audio_stream %s (python %s, media path: %s)" % (
+            VERSION, sys.version.split()[0], path if path == "accel" else "python: %s" % (accel.why_not() or
+                                                                                            "audio_stream_accel=false"))
     live, finishing = service.all_streams()
-    docs, loop_cpu_s = _status(live + finishing)
-    doc = {
-        "version": VERSION,
-        "streams": docs,
-        "totals": {"live": len(live), "closing": len(finishing), "loop_lag_ms": service.loop_lag_ms(),
-                   "loop_cpu_s": round(loop_cpu_s, 6), "callback_cpu_s": round(media.callback_cpu_s(), 6),
-                   "path": backend().media_path().name},
-    }
-    return protocol.dumps(doc)
+    totals = {"live": len(live), "closing": len(finishing), "loop_lag_ms": service.loop_lag_ms()}
+    streams = _status(live + finishing, totals) if (live or finishing) else []
+    return protocol.dumps({"version": VERSION, "streams": streams, "totals": totals})
 
 
 def _on_loop(fn, *args):
@@ -116,24 +122,26 @@ def _dispatch(cmd, be, session):
         streams = service.call_streams(cmd.uuid)
         if cmd.stream != commands.DEFAULT_NAME:
             streams = [s for s in streams if s.name == cmd.stream]
-        return protocol.dumps({"version": VERSION, "streams": _status(streams)[0] if streams else []})
+        return protocol.dumps({"version": VERSION, "streams": _status(streams) if streams else []})
     stream = _live(cmd)
+    controls = stream.controls
     if name in ("stop", "graceful_shutdown"):
         if cmd.text is not None:
             commands.check_utf8(cmd.text, "the stop text")
-        _on_loop(stream.stop if name == "stop" else stream.graceful_shutdown, cmd.text)
+        why = _on_loop(controls.stop if name == "stop" else controls.graceful_shutdown, cmd.text)
     elif name == "send_text":
-        if not _on_loop(stream.send_text, commands.check_utf8(cmd.text, "the text")):
-            raise err("the server is not reading: too much text already waits to be sent")
+        why = _on_loop(controls.send_text, commands.check_utf8(cmd.text, "the text"))
     elif name in ("pause", "resume"):
-        _on_loop(stream.set_paused, name == "pause")
-    elif name in ("playback_pause", "playback_resume", "playback_clear"):
+        why = _on_loop(controls.pause, name == "pause")
+    else:           # playback_pause, playback_resume, playback_clear
         if stream.player.queue is None:
             raise err("playback is off for this stream (STREAM_PLAYBACK=false)")
         if name == "playback_clear":
-            _on_loop(stream.player.clear)
+            why = _on_loop(controls.playback_clear)
         else:
-            _on_loop(stream.player.pause, name == "playback_pause")
+            why = _on_loop(controls.playback_pause, name == "playback_pause")
+    if why:
+        raise err(why)
     return commands.OK
 
 
@@ -152,21 +160,19 @@ def _start(cmd, be, session):
     call_rate = impl.actual_samples_per_second
     ptime_ms = impl.microseconds_per_packet // 1000
     conf = settings_xml.current(be)
+    exporter.apply(conf, be)
     try:
         settings = config.settings_from(lambda n: core.get_var(session, n), ptime_ms, defaults=conf.defaults)
     except ConfigError as e:
         raise err(str(e)) from None
     settings = conf.limit(settings, lambda level, message: be.log(level, message, cmd.uuid))
-    if settings.protocol == "twilio":
-        if cmd.mix == "mixed":
-            raise err("STREAM_PROTOCOL=twilio has no mixed track: use mono (inbound) or stereo (both tracks)")
-        if cmd.rate != 8000:
-            raise err("STREAM_PROTOCOL=twilio streams 8 kHz mu-law: use 8k, not %d" % cmd.rate)
-        if not settings.playback:
-            raise err("STREAM_PLAYBACK=false (file mode) does not apply to STREAM_PROTOCOL=twilio")
+    why = dialects.dialect_class(settings.protocol).refuse(cmd.mix, cmd.rate, settings)
+    if why:
+        raise err(why)
     # one stream per call plays the server's audio into it: two would fight over every frame
     plays = not any(s.player.queue is not None for s in service.call_streams(cmd.uuid))
-    stream = Stream(be, cmd.uuid, cmd, settings, call_rate, ptime_ms, plays)
+    stream = wiring.make_stream(be, service, cmd.uuid, cmd, settings, call_rate, ptime_ms, plays)
+    # registered while attaching: a command that finds it now waits for the attach (lifecycle.py)
     why = service.register(stream, MAX_STREAMS_PER_CALL)
     if why:
         raise err(why)
@@ -176,8 +182,9 @@ def _start(cmd, be, session):
     ok, reason = stream.attach(session)
     if not ok:
         service.unregister(stream)
+        stream.attach_failed()
         raise err(reason)
     service.submit(stream.run())
     if not settings.suppress_log:
-        be.log("INFO", "streaming %s %d Hz to %s" % (cmd.mix, cmd.rate, cmd.url), cmd.uuid)
+        be.log("INFO", "streaming %s %d Hz to %s" % (cmd.mix, cmd.rate, connection.redact(cmd.url)), cmd.uuid)
     return commands.OK

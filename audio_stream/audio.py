@@ -410,10 +410,10 @@ class PlaybackQueue:
     Real-time servers: a burst that starts from an empty queue waits `jitter_s` before it plays, so
     that a message arriving up to that much late still finds audio (no silent frame inside
     continuous audio), unless `jitter_bytes` (the allowance + 80 ms) are queued already: audio sent
-    ahead (a TTS sentence) plays at once. When the queue runs dry while playing and audio
-    comes back within `session_gap_s`, the time it was dry is *debt*: latency a real-time stream
-    gained that the server did not ask for; latency recovery (policy.LatencyPolicy) may drop up to
-    that much (silence first). Audio a server sends ahead of time never creates debt.
+    ahead (a TTS sentence) plays at once. When the queue runs dry while playing and plays again
+    within `session_gap_s`, the time the call waited is *debt*: latency a real-time stream gained
+    that the server did not ask for; latency recovery (policy.LatencyPolicy) may drop up to that
+    much (silence first). Audio a server sends ahead of time never creates debt.
 
     audio_stream/_accel.c's Player is the same queue in C, for the accelerated path; the tests run
     both against the same expectations.
@@ -438,6 +438,8 @@ class PlaybackQueue:
         self.hold_s = hold_ms / 1000.0   # a short tail waits this long for more audio before it plays
         self.jitter_s = jitter_ms / 1000.0
         self.jitter_bytes = jitter_bytes(rate, jitter_ms)
+        self.frame_bytes = rate * ptime_ms // 1000 * 2
+        self.cushion_bytes = rate * jitter_ms // 1000 * 2    # what a real-time stream keeps queued
         self.session_gap_s = session_gap_ms / 1000.0
         self._starting = True
         self._dry_since = None
@@ -456,10 +458,6 @@ class PlaybackQueue:
             if not self.queued and not self.playing:
                 self._starting = True
                 self._first_push = now
-            if self._dry_since is not None:
-                dry = now - self._dry_since
-                self.debt = self.debt + int(dry * self.rate) * 2 if dry < self.session_gap_s else 0
-                self._dry_since = None
             self._chunks.append(bytes(pcm16))
             self.queued += len(pcm16)
             self.pushed += len(pcm16)
@@ -632,6 +630,10 @@ class PlaybackQueue:
                 self._min_queued = self.queued
             reached = self._reached()
             started = not self.playing
+            if started and self._dry_since is not None:   # the call waited this long for more of the burst
+                dry = now - self._dry_since
+                self.debt = self.debt + int(dry * self.rate) * 2 if dry < self.session_gap_s else 0
+                self._dry_since = None
             self.playing = True
             self._starting = False
         if got < nbytes:

@@ -22,6 +22,8 @@ MIN_RATE, MAX_RATE = 8000, 48000
 
 COMMANDS = ("start", "stop", "graceful_shutdown", "send_text", "pause", "resume",
             "playback_pause", "playback_resume", "playback_clear", "status")
+# how replies and docs spell them: mod_audio_stream's `graceful-shutdown` (either spelling is accepted)
+SPELLED = tuple(c.replace("_", "-") if c == "graceful_shutdown" else c for c in COMMANDS)
 GLOBAL_COMMANDS = ("status", "version", "reload")     # without a uuid
 DEFAULT_NAME = "default"                   # the call's stream when no name= is given
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -118,11 +120,11 @@ def parse(line):
     if not _UUID_RE.match(uuid):
         raise err("invalid uuid '%s'" % uuid)
     if len(parts) < 2:
-        raise err("missing command after uuid (one of: %s)" % ", ".join(COMMANDS))
+        raise err("missing command after uuid (one of: %s)" % ", ".join(SPELLED))
     name = parts[1].lower().replace("-", "_")
     rest = parts[2] if len(parts) > 2 else ""
     if name not in COMMANDS:
-        raise err("unknown command '%s' (one of: %s)" % (parts[1], ", ".join(COMMANDS)))
+        raise err("unknown command '%s' (one of: %s)" % (parts[1], ", ".join(SPELLED)))
     stream = DEFAULT_NAME
     if rest.startswith("name="):
         token, _, rest = rest.partition(" ")

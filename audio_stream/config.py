@@ -9,6 +9,9 @@ from typing import Callable, Optional, Tuple
 
 import ujson
 
+from .dialects import NAMES
+from .switch.core import switch_true  # noqa: F401 (FreeSWITCH's truth, shared with switch/)
+
 DEFAULTS = {
     "STREAM_BUFFER_SIZE": "20",          # ms of audio per binary WebSocket message
     "STREAM_HEART_BEAT": "0",            # s between WebSocket pings, 0 = off
@@ -39,26 +42,14 @@ MAX_BUFFER_MS = 10000
 _HEADER_TOKEN = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-# headers the WebSocket handshake owns (RFC 6455 4.1), plus our stream identification headers
+# headers the WebSocket handshake owns (RFC 6455 4.1), plus ours (the stream's identity and format)
 _HANDSHAKE_HEADERS = {"host", "upgrade", "connection", "content-length", "transfer-encoding",
-                      "x-audio-stream-id", "x-audio-stream-reconnect"}
+                      "x-audio-stream-id", "x-audio-stream-reconnect", "x-audio-stream-encoding",
+                      "x-audio-stream-rate", "x-audio-stream-channels"}
 
 
 class ConfigError(ValueError):
     pass
-
-
-def switch_true(value):
-    """FreeSWITCH's switch_true(): yes/on/true/t/enabled/active/allow or a non-zero number."""
-    if value is None:
-        return False
-    v = value.strip().lower()
-    if v in ("yes", "on", "true", "t", "enabled", "active", "allow"):
-        return True
-    try:
-        return int(v) != 0
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -148,7 +139,7 @@ def _heart_beat(raw):
     return value
 
 
-PROTOCOLS = ("audio_stream", "twilio")
+PROTOCOLS = NAMES                        # dialects.REGISTRY
 
 
 def _protocol(raw):

@@ -3,8 +3,10 @@
 The only module that knows aiohttp. Runs on the loop thread.
 """
 import asyncio
+import errno
 import http
 import os
+import re
 import socket
 import ssl
 from urllib.parse import urlsplit, urlunsplit
@@ -18,11 +20,24 @@ from .version import VERSION
 USER_AGENT = "audio_stream/%s (FreeSWITCH mod_python3)" % VERSION
 
 
+FRAMES_PER_FEED = 256        # frames handed to aiohttp's parser at once (a flood of tiny frames)
+QUEUED_MAX = 64              # more parsed messages than this waiting: hold the rest of the bytes
+HELD_MAX = 1 << 20           # bytes held back at most (then the server is failed: it floods)
+
+
 class MaskGuard:
-    """RFC 6455 5.1: a client MUST fail the connection when the server masks a frame; aiohttp's
-    reader unmasks them silently. This sits in front of aiohttp's frame parser (for our
-    connections only, see GuardedWebSocket) and follows frame boundaries from the header bytes:
-    2 header bytes, 0/2/8 length bytes, a 4-byte key when masked, then the payload."""
+    """In front of aiohttp's frame parser (for our connections only, see GuardedWebSocket); it
+    follows frame boundaries from the header bytes: 2 header bytes, 0/2/8 length bytes, a 4-byte
+    key when masked, then the payload.
+
+    - RFC 6455 5.1: a client MUST fail the connection when the server masks a frame; aiohttp's
+      reader unmasks them silently.
+    - Flow control by frames, not bytes: aiohttp counts a parsed message by its payload (older
+      versions count an empty ping as 0 bytes), so a flood of tiny frames would be parsed all at
+      once, whatever the stream's reader allows. The guard hands the parser FRAMES_PER_FEED frames
+      at a time and holds the rest, with the socket's reading paused, until the stream has taken
+      what was parsed (`pump()`, after each receive): the server then waits in TCP, not in our
+      memory or our loop."""
 
     def __init__(self, parser, queue):
         self.parser = parser
@@ -30,18 +45,21 @@ class MaskGuard:
         self.hdr = bytearray()      # header bytes of the frame being read
         self.skip = 0               # payload bytes still to pass over
         self.failed = False
+        self.held = bytearray()     # bytes not yet handed to the parser
+        self.paused = False
         if native is not None:      # the same walk in C
-            self._masked = native.MaskScanner().masked
+            self._scan = native.MaskScanner().scan
 
     def feed_data(self, data):
         if self.failed:
             return True, b""
-        if self._masked(data):
-            self.failed = True
-            self.queue.set_exception(aiohttp.WebSocketError(
-                aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame"))
-            return True, b""
-        return self.parser.feed_data(data)
+        if self.held:
+            self.held += data
+            self._pause()
+            if len(self.held) > HELD_MAX:
+                self._fail(aiohttp.WSCloseCode.POLICY_VIOLATION, "the server sends more frames than the stream may take")
+            return False, b""
+        return self._feed(data)
 
     def feed_eof(self):
         return self.parser.feed_eof()
@@ -49,13 +67,62 @@ class MaskGuard:
     def __getattr__(self, name):
         return getattr(self.parser, name)
 
-    def _masked(self, data):
-        i, n = 0, len(data)
+    def pump(self):
+        """After the stream took a message: hand the parser what was held back, if it can take it."""
+        if not self.held or self.failed or self._queued() > QUEUED_MAX // 2:
+            return
+        data, self.held = bytes(self.held), bytearray()
+        self._feed(data)
+        if not self.held and self.paused:
+            self.paused = False
+            try:
+                self.queue._protocol.transport.resume_reading()
+            except (AttributeError, RuntimeError):
+                pass
+
+    def _feed(self, data):
+        masked, end = self._scan(data, FRAMES_PER_FEED)
+        if masked:
+            self._fail(aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame")
+            return True, b""
+        if end < len(data):
+            self.held += data[end:]
+            data = data[:end]
+            self._pause()
+        return self.parser.feed_data(data) if data else (False, b"")
+
+    def _fail(self, code, message):
+        self.failed = True
+        self.held = bytearray()
+        self.queue.set_exception(aiohttp.WebSocketError(code, message))
+
+    def _queued(self):
+        try:
+            return len(self.queue._buffer)
+        except (AttributeError, TypeError):
+            return 0
+
+    def _pause(self):
+        if not self.paused:
+            try:                     # the transport itself: aiohttp's own flow control stays as it was
+                self.queue._protocol.transport.pause_reading()
+                self.paused = True
+            except (AttributeError, RuntimeError):
+                pass
+
+    def _scan(self, data, limit):
+        """Follow the frames in `data`: (masked, end), `end` just after the `limit`-th complete
+        frame (or len(data))."""
+        i, n, frames = 0, len(data), 0
         while i < n:
             if self.skip:
                 step = min(self.skip, n - i)
                 self.skip -= step
                 i += step
+                if not self.skip:
+                    frames += 1
+                    if frames >= limit:
+                        return False, i
                 continue
             self.hdr.append(data[i])
             i += 1
@@ -63,14 +130,18 @@ class MaskGuard:
             if len(h) < 2:
                 continue
             if h[1] & 0x80:
-                return True
+                return True, i
             size = h[1] & 0x7F
             ext = 2 if size == 126 else 8 if size == 127 else 0
             if len(h) < 2 + ext:
                 continue
             self.skip = int.from_bytes(h[2:2 + ext], "big") if ext else size
             self.hdr = bytearray()
-        return False
+            if not self.skip:
+                frames += 1
+                if frames >= limit:
+                    return False, i
+        return False, n
 
 
 class GuardedWebSocket(aiohttp.ClientWebSocketResponse):
@@ -85,6 +156,24 @@ class GuardedWebSocket(aiohttp.ClientWebSocketResponse):
     def _parser(self, parser):
         self.__dict__["_guarded_parser"] = MaskGuard(parser, self._reader) if parser is not None else None
 
+    async def receive(self, *args, **kw):
+        msg = await super().receive(*args, **kw)
+        guard = self.__dict__.get("_guarded_parser")
+        if guard is not None and guard.held:
+            guard.pump()
+        return msg
+
+
+def client():
+    """A new aiohttp ClientSession for every stream's connections (loop thread): no connection
+    pool, our GuardedWebSocket, and one TCP connection per attempt."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                                    ws_response_class=GuardedWebSocket)
+    # aiohttp retries a GET once when the server drops the connection ("Server disconnected"):
+    # one attempt must be one connection (the reconnection policy decides about retries)
+    session._retry_connection = False
+    return session
+
 
 class ConnectError(Exception):
     def __init__(self, code, message):
@@ -95,6 +184,7 @@ class ConnectError(Exception):
 
 def tls_context(settings):
     """An SSLContext for wss:// from STREAM_TLS_*; raises ConnectError(7) when it cannot be built."""
+    what = "the system's CA certificates"
     try:
         ca = (settings.tls_ca_file or "SYSTEM").strip()
         if ca.upper() == "NONE":
@@ -104,14 +194,18 @@ def tls_context(settings):
         elif ca.upper() == "SYSTEM":
             ctx = ssl.create_default_context()
         else:
+            what = "STREAM_TLS_CA_FILE %s" % ca
             ctx = ssl.create_default_context(cafile=ca)
         if settings.tls_no_hostname_check:
             ctx.check_hostname = False
         if settings.tls_cert_file:
+            what = "STREAM_TLS_CERT_FILE %s / STREAM_TLS_KEY_FILE %s" % (settings.tls_cert_file,
+                                                                       settings.tls_key_file or "(none)")
             ctx.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
         return ctx
     except (OSError, ssl.SSLError, ValueError) as e:
-        raise ConnectError(protocol.ERR_TLS_INIT_FAILED, "TLS setup failed: %s" % e) from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror and not isinstance(e, ssl.SSLError) else e
+        raise ConnectError(protocol.ERR_TLS_INIT_FAILED, "TLS setup failed: %s: %s" % (what, reason)) from None
 
 
 def _describe(exc):
@@ -123,17 +217,52 @@ def _describe(exc):
     return str(exc) or exc.__class__.__name__
 
 
-def bound_send_buffer(ws, nbytes):
-    """Cap the kernel's send buffer for this connection (Linux doubles the value). Autotuning
-    lets a loopback or LAN socket soak up ~4 MB: minutes of audio that a stalled server would
-    hide before anyone noticed. About a second of audio is enough to ride out jitter."""
+# A connection whose peer vanished (a blackhole: packets dropped, no FIN, no RST) must not be
+# taken for a live one. Without a heartbeat (STREAM_HEART_BEAT=0, the default, as mod_audio_stream)
+# TCP itself tells: audio not acknowledged for USER_TIMEOUT_S fails the connection (TCP_USER_TIMEOUT),
+# and an idle one (a paused stream) is probed after KEEPALIVE_IDLE_S. Invisible on the wire.
+USER_TIMEOUT_S = 10
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 2
+
+
+def tune_socket(ws, nbytes):
+    """Cap the kernel's send buffer for this connection (Linux doubles the value): autotuning
+    lets a loopback or LAN socket soak up ~4 MB, minutes of audio that a stalled server would
+    hide before anyone noticed; about a second of audio rides out jitter. And the blackhole
+    limits above."""
     sock = ws.get_extra_info("socket")
     if sock is None:
         return
+    options = [(socket.SOL_SOCKET, socket.SO_SNDBUF, int(nbytes)), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_USER_TIMEOUT", USER_TIMEOUT_S * 1000), ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+                        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S), ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, opt, value in options:
+        try:
+            sock.setsockopt(level, opt, value)
+        except OSError:
+            pass
+
+
+def in_flight(ws):
+    """Bytes written but not yet acknowledged by the server (our buffer + the kernel's send
+    queue): what is lost if the connection dies now. 0 when it cannot tell."""
+    n = 0
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(nbytes))
-    except OSError:
+        n = ws._writer.transport.get_write_buffer_size()
+    except AttributeError:
         pass
+    sock = ws.get_extra_info("socket")
+    if sock is not None:
+        try:
+            import fcntl
+            import struct
+            import termios
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError, ImportError):
+            pass
+    return n
 
 
 # what a send can raise when the connection is gone under it
@@ -142,8 +271,10 @@ SEND_ERRORS = (aiohttp.ClientError, ConnectionError, OSError, RuntimeError)
 
 def lost_reason(exc):
     """A reason a person can act on for a connection that went away under a send or a receive."""
-    if isinstance(exc, ConnectionResetError):     # aiohttp's ClientConnectionResetError is one too
+    if isinstance(exc, ConnectionResetError) and exc.errno == errno.ECONNRESET:
         return "connection lost: the server went away (connection reset)"
+    if isinstance(exc, ConnectionResetError):     # aiohttp's: the transport is closing (a FIN)
+        return "connection lost: the server closed the connection without a close frame"
     if isinstance(exc, BrokenPipeError):
         return "connection lost: the server went away (broken pipe)"
     return "connection lost while sending: %s" % _describe(exc)
@@ -215,6 +346,12 @@ def watch_writes(ws, on_buffered, on_closing):
     return write
 
 
+async def pong(ws, payload):
+    """Answer a ping, unless the server does not read what we send (then it gets no pong)."""
+    if not backlogged(ws) and not ws.closed:
+        await ws.pong(payload)
+
+
 def abort(ws):
     """Drop a connection that would not close cleanly (a server that stopped reading)."""
     try:
@@ -223,6 +360,9 @@ def abort(ws):
             transport.abort()
     except AttributeError:
         pass
+
+
+_SSL_REPR = re.compile(r"\s*ssl:(<[^>]*>|default|None|True|False)")   # aiohttp's "ssl:<SSLContext …>"
 
 
 def redact(url):
@@ -240,12 +380,15 @@ def redact(url):
 
 
 def _printable(text, limit=120):
-    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    text = _SSL_REPR.sub("", str(text))
+    text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
 async def connect(client, url, settings, extra=None):
-    """Open the WebSocket or raise ConnectError with a code from protocol.ERR_*."""
+    """Open the WebSocket or raise ConnectError with a code from protocol.ERR_*. Messages show
+    the URL without its credentials."""
+    shown = redact(url)
     is_tls = url.lower().startswith("wss://")
     ctx = tls_context(settings) if is_tls else None
     headers = {"User-Agent": USER_AGENT}
@@ -253,25 +396,26 @@ async def connect(client, url, settings, extra=None):
     if extra:
         headers.update(extra)
     try:
-        return await asyncio.wait_for(
+        ws = await asyncio.wait_for(
             client.ws_connect(url, headers=headers, ssl=ctx if is_tls else False,
                             compress=15 if settings.deflate else 0,
                             heartbeat=settings.heart_beat or None,
-                            max_msg_size=settings.max_message * 4, autoping=True),
+                            max_msg_size=settings.max_message * 4, autoping=False),
             settings.connect_timeout)
     except asyncio.TimeoutError:
         raise ConnectError(protocol.ERR_TIMEOUT, "connection to %s timed out after %g s"
-                           % (url, settings.connect_timeout)) from None
+                           % (shown, settings.connect_timeout)) from None
     except aiohttp.ClientConnectorCertificateError as e:
         raise ConnectError(protocol.ERR_SSL_HANDSHAKE_FAILED,
                            "TLS certificate rejected: %s" % _describe(e.certificate_error)) from None
     except aiohttp.ClientSSLError as e:
-        raise ConnectError(protocol.ERR_SSL_ERROR, "TLS error: %s" % _describe(e)) from None
+        raise ConnectError(protocol.ERR_SSL_ERROR, "TLS error with %s: %s"
+                           % (shown, _printable(_describe(getattr(e, "os_error", None) or e)))) from None
     except aiohttp.WSServerHandshakeError as e:
         if e.status == 101:
             # the server agreed to upgrade, but its answer is not a valid WebSocket handshake
             raise ConnectError(protocol.ERR_INVALID_HEADER, "invalid WebSocket handshake from %s: %s"
-                               % (url, _printable(e.message))) from None
+                               % (shown, _printable(e.message))) from None
         try:
             phrase = http.HTTPStatus(e.status).phrase
         except ValueError:
@@ -280,34 +424,74 @@ async def connect(client, url, settings, extra=None):
                            % (e.status, phrase)) from None
     except aiohttp.ServerDisconnectedError:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: the server closed the connection "
-                           "during the handshake" % url) from None
-    except aiohttp.ClientResponseError:
+                           "during the handshake" % shown) from None
+    except aiohttp.ClientResponseError as e:
+        if _TOO_LONG.search(str(e)):
+            raise ConnectError(protocol.ERR_INVALID_HEADER, "cannot connect to %s: the server's HTTP answer has "
+                               "a line or header too long to read (%s)" % (shown, _printable(e, 80))) from None
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: not an HTTP/WebSocket server "
-                           "there (its answer is not HTTP)" % url) from None
+                           "there (its answer is not HTTP)" % shown) from None
     except aiohttp.ClientConnectorError as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
-                           % (url, _describe(e.os_error))) from None
+                           % (shown, _printable(_describe(e.os_error)))) from None
     except (aiohttp.ClientError, OSError, ValueError) as e:
         raise ConnectError(protocol.ERR_CONNECT_FAILED, "cannot connect to %s: %s"
-                           % (url, _printable(_describe(e)))) from None
+                           % (shown, _printable(_describe(e)))) from None
+    _guard(ws)
+    return ws
+
+
+def _guard(ws):
+    """aiohttp < 3.9 (Debian 12's 3.8.4) hands its frame parser to the connection without going
+    through the response's `_parser`: put MaskGuard in front of it there."""
+    if ws.__dict__.get("_guarded_parser") is not None:
+        return
+    try:
+        proto = ws._conn.protocol
+        parser = proto._payload_parser
+        if parser is not None and not isinstance(parser, MaskGuard):
+            guard = MaskGuard(parser, ws._reader)
+            proto._payload_parser = guard
+            ws.__dict__["_guarded_parser"] = guard
+    except AttributeError:
+        pass
+
+
+_TOO_LONG = re.compile(r"too long|Got more than \d+ bytes", re.I)
+
+
+def never_wait_for_drain(ws):
+    """aiohttp's send_*() waits, inside the call, until the kernel takes a large message: with a
+    server that stopped reading, forever, and nothing could then end the connection in time. The
+    link paces itself instead (backlogged() before every message), so the writer never waits."""
+    try:
+        ws._writer._limit = 1 << 62           # aiohttp has no public way to say so
+    except AttributeError:
+        pass
 
 
 # ---- receiving: what the stream needs to know, without aiohttp's types --------------------------
 
-TEXT, BINARY, CLOSED, LOST, FAILED = "text", "binary", "closed", "lost", "failed"
+TEXT, BINARY, PING, PONG, CLOSED, LOST, FAILED = "text", "binary", "ping", "pong", "closed", "lost", "failed"
 
 
 async def receive(ws):
-    """The next event from the server: (TEXT, str), (BINARY, bytes), (CLOSED, code, reason) for
-    a close frame, (LOST, error_code, message) when the connection went away without one, or
-    (FAILED, error_code, message) when we failed it because of what the server sent (a message
-    over the size limit, a protocol violation): trying again would fail the same way."""
+    """The next event from the server: (TEXT, str), (BINARY, bytes), (PING, payload), (PONG,
+    payload) (the caller answers pings: see pong()), (CLOSED, code, reason) for a close frame,
+    (LOST, error_code, message) when the connection went away without one, or (FAILED,
+    error_code, message) when we failed it because of what the server sent (a message over the
+    size limit, a protocol violation): trying again would fail the same way."""
     msg = await ws.receive()
-    if msg.type == aiohttp.WSMsgType.TEXT:
+    t = msg.type
+    if t == aiohttp.WSMsgType.TEXT:
         return TEXT, msg.data
-    if msg.type == aiohttp.WSMsgType.BINARY:
+    if t == aiohttp.WSMsgType.BINARY:
         return BINARY, msg.data
-    if msg.type == aiohttp.WSMsgType.CLOSE:
+    if t == aiohttp.WSMsgType.PING:
+        return PING, msg.data
+    if t == aiohttp.WSMsgType.PONG:
+        return PONG, msg.data
+    if t == aiohttp.WSMsgType.CLOSE:
         return CLOSED, msg.data, msg.extra or ""
     exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):

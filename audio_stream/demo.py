@@ -80,8 +80,8 @@ def main(argv=None, prog="python -m audio_stream demo"):
     ch.set_core_writing(0)          # a parked call: playback goes in through our own writes
     ch.start(speed=1.0)
     channels = 2 if a.mix == "stereo" else 1
-    line = '%s start ws://127.0.0.1:%d/demo %s %d {"demo":true,"rate":%d,"channels":%d}' % (
-        ch.uuid, port, a.mix, rate, rate, channels)
+    # the recorder learns the rate and channels from the X-Audio-Stream-* headers of the upgrade
+    line = '%s start ws://127.0.0.1:%d/demo %s %d {"demo":true}' % (ch.uuid, port, a.mix, rate)
     print("> python audio_stream %s" % line)
     stream = fs.Stream()
     fsapi("na", stream, None, line)

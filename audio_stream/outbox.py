@@ -100,8 +100,9 @@ class Outbox:
                 return
         raise AssertionError("audio_bytes counts audio that is not queued")
 
-    def peek(self):
-        return self._q[0]
+    def lost(self, nbytes):
+        """Audio that was sent but never reached the server (the connection died under it)."""
+        self.dropped_bytes += nbytes
 
     def pop(self):
         item = self._q.popleft()

@@ -1,15 +1,19 @@
 """The server's audio into one call: decoding, the queue, marks, clear/pause, mod_audio_stream's
-file mode. Runs on the loop thread; the frames themselves go into the call through the stream's control
-port (switch/media.py's ControlPort, or switch/accel.py's in C) on the media threads.
+file mode. Runs on the loop thread; the frames themselves go into the call through the stream's
+control port (switch/media.py's ControlPort, or switch/accel.py's in C: a contracts.ControlMedia) on
+the media threads.
 
-`host` is the stream: `fire(name, body)`, `send_mark(name, event)`, `bad(reason, kind)`,
-`log(level, msg)`, `wake_playback()` and attributes `uuid`, `settings`, `rate` (the stream's
-rate), `be`.
+`host` is the stream (contracts.PlayerHost). Who owns what: the queue's `playing` changes only under
+the queue's lock (the media thread starts and ends an episode as frames play; clear(), the pause
+and the end end it); `_episode` is this object's, on the loop thread (an episode whose
+playback_started was fired and whose end was not yet), so that exactly one playback_stopped follows
+each playback_started.
 """
 import os
 import time
 
-from . import audio, protocol
+from . import audio, metrics, protocol
+from .policy import LatencyPolicy
 
 RAW_EXT = {8000: "r8", 16000: "r16", 24000: "r24", 32000: "r32", 48000: "r48", 64000: "r64"}
 
@@ -25,7 +29,12 @@ class Player:
         self.plays = plays
         self.queue = queue
         self.downlink = audio.Downlink(call_rate, make_resampler)
-        self.port = None          # the control port, set by the stream
+        self.port = None          # the control port (contracts.ControlMedia), set by the stream
+        self.latency = LatencyPolicy(call_rate, queue.frame_bytes, queue.cushion_bytes) if queue is not None else None
+        self.recovered_ms = 0     # latency given back (audio dropped by latency recovery)
+        self._came = 0            # bytes of audio queued since the last maintain()
+        self._maintained_at = None
+        self._episode = False     # playback_started fired, its end not yet (loop thread only)
         self.stop_requested = False
         self._files = []
         self._file_n = 0
@@ -35,17 +44,20 @@ class Player:
     def playing(self):
         return self.queue is not None and self.queue.playing
 
-    def _stopped(self, was_playing, reason):
-        if was_playing:
+    def _stop_playing(self, reason):
+        if self._episode:
+            self._episode = False
             self.host.fire("playback_stopped", protocol.dumps({"reason": reason}))
 
     # ---- messages from the server ---------------------------------------------------------------
     def handle(self, msg):
-        """One parsed message (protocol.StreamAudio, KillAudio, Mark, ClearMarks, PausePlayback,
-        ResumePlayback)."""
+        """One parsed message (protocol.StreamAudio, BinaryAudio, KillAudio, Mark, ClearMarks,
+        PausePlayback, ResumePlayback)."""
         kind = type(msg)
         if kind is protocol.StreamAudio:
             self._stream_audio(msg)
+        elif kind is protocol.BinaryAudio:
+            self.binary(msg.payload)
         elif kind is protocol.KillAudio:
             self.clear()
         elif kind is protocol.Mark:
@@ -87,6 +99,7 @@ class Player:
     def _enqueue(self, pcm):
         if not pcm:
             return
+        self._came += len(pcm)
         queue = self.queue
         if not queue.queued:
             self._arrived = time.monotonic()     # audio arriving at an empty queue
@@ -136,31 +149,63 @@ class Player:
     def clear(self):
         if self.queue is None:
             return
-        dropped, was_playing = self.queue.clear()
+        dropped, _ = self.queue.clear()
         self.downlink.reset()
-        self._stopped(was_playing, "cleared")
+        self._stop_playing("cleared")
         self._ack_marks(dropped, "cleared")
 
     def pause(self, paused):
         if self.queue is None:
             return
-        was_playing = self.queue.set_paused(paused)
+        self.queue.set_paused(paused)
         if paused:
-            self._stopped(was_playing, "paused")
+            self._stop_playing("paused")
         elif self.queue.take_wake():
             self.host.wake_playback()
 
-    # ---- PlaybackPort listener (on the loop thread, through call_soon_threadsafe) ---------------
+    def maintain(self, now):
+        """Latency recovery (policy.LatencyPolicy), every LatencyPolicy.every_s (the capture clock)."""
+        if self.latency is None:
+            return
+        came, self._came = self._came, 0
+        elapsed = now - self._maintained_at if self._maintained_at is not None else 0.0
+        self._maintained_at = now
+        low, debt = self.queue.take_stats()
+        decision = self.latency.decide(low, debt, came, elapsed)
+        if decision is None:
+            return
+        nbytes, sound = decision
+        fb = self.queue.frame_bytes
+        dropped, reached = self.queue.drop(nbytes, fb, LatencyPolicy.SILENT_PEAK)     # silence first
+        if dropped < nbytes and sound:
+            more, also = self.queue.drop(min(nbytes - dropped, sound), fb)
+            dropped += more
+            reached = (reached or []) + (also or []) or None
+        self.latency.dropped(dropped)
+        if dropped:
+            if not self.recovered_ms:
+                self.host.log("NOTICE", "the server streams in real time and its audio plays %d ms later than it "
+                              "needs to (the queue ran dry meanwhile): catching up, silence first"
+                              % (debt * 1000 // (2 * self.queue.rate)))
+            self.recovered_ms += dropped * 1000 // (2 * self.queue.rate)
+        if reached:
+            self.marks_played(reached)
+
+    # ---- ControlPort listener (contracts.PlaybackListener; loop thread, call_soon_threadsafe) ----
     def playback_started(self, t):
+        self._episode = True
         body = {"queued_ms": self.queue.queued_ms}
         arrived, self._arrived = self._arrived, None
         if arrived is not None and t >= arrived:
             # from the server's audio reaching us (at an empty queue) to its first frame in the call
             body["latency_ms"] = round((t - arrived) * 1000, 1)
+            metrics.playback_latency(t - arrived)
         self.host.fire("playback_started", protocol.dumps(body))
 
     def playback_done(self):
-        self.host.fire("playback_stopped", protocol.dumps({"reason": "done"}))
+        if self._episode:
+            self._episode = False
+            self.host.fire("playback_stopped", protocol.dumps({"reason": "done"}))
 
     def marks_played(self, names):
         self._ack_marks(names, "playout")
@@ -168,7 +213,8 @@ class Player:
     def playback_closed(self):
         """The playback bug is gone (hangup, stop, or the stream's own removal)."""
         if self.queue is not None:
-            self._stopped(self.queue.stop_playing(), "stopped" if self.stop_requested else "hangup")
+            self.queue.stop_playing()
+        self._stop_playing("stopped" if self.stop_requested else "hangup")
 
     # ---- end --------------------------------------------------------------------------------------
     def remove_files(self):

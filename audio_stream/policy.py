@@ -57,6 +57,62 @@ class PlaybackPolicy:
         self.prior = WRITE if self.quiet >= self.quiet_pings else REPLACE
 
 
+class LatencyPolicy:
+    """Latency recovery for a server that streams in real time (h11-style: fed what happened, it
+    answers; no clock, no queue of its own). Asked every `every_s` while the call plays.
+
+    A real-time server's audio arrives as fast as it plays, so the playback queue stays at the
+    jitter cushion; but each time the queue ran dry (a server or a switch that stalled), the audio
+    after it plays that much later, for good: the round trip a voice bot hears grows and never
+    comes down. The queue counts that as *debt* (time it was dry inside one burst). When, over
+    `window_s`, the queue never held less than `target` + a frame, audio arrived at about the rate it
+    plays (a real-time server, not one that sent a sentence ahead), and there is debt, this says to
+    drop the excess, at most the debt: silent frames first (anywhere in the next second), and what
+    silence does not cover, at most `SOUND_FRAMES` frames of sound every `every_s` (a 20 % speed-up
+    for a moment: 500 ms undone in about 3 s). Audio a server sends ahead never has debt, so it is
+    never cut.
+
+    `decide(min_queued, debt, arrived, elapsed)`: min_queued the least queued since the last call
+    (None: did not play), debt in bytes, arrived = bytes of audio that came meanwhile, elapsed s.
+    Returns (bytes to drop, of which at most this many bytes of sound), or None.
+    """
+
+    SILENT_PEAK = 328         # -40 dBFS: below this a frame is silence
+    REAL_TIME = (0.75, 1.33)  # arrival rate / playout rate of a server streaming in real time
+    SOUND_FRAMES = 2          # frames of sound dropped at most per decision
+
+    def __init__(self, rate, frame_bytes, target_bytes, every_s=0.2, window_s=1.0):
+        self.bytes_per_s = rate * 2
+        self.frame = frame_bytes
+        self.target = target_bytes
+        self.every_s = every_s
+        self.window = max(1, int(round(window_s / every_s)))
+        self.history = []         # (min_queued, arrived, elapsed) of the last `window` calls
+
+    def decide(self, min_queued, debt, arrived, elapsed):
+        if min_queued is None:                    # not playing: start over
+            self.history = []
+            return None
+        self.history.append((min_queued, arrived, elapsed))
+        if len(self.history) > self.window:
+            del self.history[0]
+        if len(self.history) < self.window or debt < self.frame:
+            return None
+        low = min(h[0] for h in self.history)
+        excess = low - self.target - self.frame
+        seconds = sum(h[2] for h in self.history)
+        rate = sum(h[1] for h in self.history) / (seconds * self.bytes_per_s) if seconds > 0 else 0
+        if excess < self.frame or not self.REAL_TIME[0] <= rate <= self.REAL_TIME[1]:
+            return None
+        want = min(excess, debt) // self.frame * self.frame
+        return want, min(want, self.SOUND_FRAMES * self.frame)
+
+    def dropped(self, nbytes):
+        """What the queue dropped for the last decision."""
+        if nbytes:
+            self.history = [(max(0, q - nbytes), a, e) for q, a, e in self.history]
+
+
 # ---- reconnection --------------------------------------------------------------------------------
 
 # Close codes after which the server expects (or at least allows) the client to come back:
@@ -77,8 +133,12 @@ class Retry:
 
 
 class GiveUp:
-    def __init__(self, reason):
+    """Do not reconnect. `limit`: because the attempts or the time ran out (an error), not because
+    the server said goodbye or reconnection is off."""
+
+    def __init__(self, reason, limit=False):
         self.reason = reason
+        self.limit = limit
 
     def __repr__(self):
         return "GiveUp(%r)" % self.reason
@@ -91,18 +151,26 @@ class ReconnectPolicy:
     Backoff with jitter: the first retry within `first` seconds, then doubling up to `cap`, each
     delay drawn from [0.5, 1] of its nominal value. It gives up after `max_attempts` failed
     attempts in a row or `max_seconds` since the connection was lost, whichever comes first.
+
+    A reconnection that ends within `stable_s` of its handshake, or because the server did not
+    answer a ping, was not a success: its loss is one more failed attempt of the same outage (the
+    backoff keeps growing and the limits apply), so a server that accepts and drops every
+    connection cannot keep a stream reconnecting forever.
     """
 
-    def __init__(self, enabled=True, max_attempts=10, max_seconds=60.0, first=0.1, cap=5.0, rng=None):
+    def __init__(self, enabled=True, max_attempts=10, max_seconds=60.0, first=0.1, cap=5.0, rng=None,
+                 stable_s=5.0):
         import random
         self.enabled = enabled
         self.max_attempts = max_attempts
         self.max_seconds = max_seconds
         self.first = first
         self.cap = cap
+        self.stable_s = stable_s
         self.rng = rng or random.Random()
         self.attempt = 0          # attempts since the connection was lost
-        self.lost_at = None
+        self.lost_at = None       # when the current outage began (None: none)
+        self.opened_at = None     # when the current connection was made
         self.reconnects = 0       # successful reconnections over the stream's life
 
     @staticmethod
@@ -111,16 +179,23 @@ class ReconnectPolicy:
         says "come back" (RECONNECT_CODES)."""
         return not closed or code in RECONNECT_CODES
 
-    def lost(self, closed, code, now):
+    def opened(self, now):
+        """A connection was made (the first one, or a reconnection: see connected())."""
+        self.opened_at = now
+
+    def lost(self, closed, code, now, no_pong=False):
         """The connection ended: `closed` = the server sent a close frame with `code` (else it
-        was lost: reset, timeout, no pong, I/O error). Returns Retry or GiveUp."""
+        was lost: reset, timeout, no pong (`no_pong`), I/O error). Returns Retry or GiveUp."""
         if not self.enabled:
             return GiveUp("reconnection is off (STREAM_NO_RECONNECT)")
         if not self.abnormal(closed, code):
             return GiveUp("the server closed the connection with %s" % code)
-        self.lost_at = now
-        self.attempt = 0
-        return self._next(now)
+        lived = now - self.opened_at if self.opened_at is not None else 0.0
+        self.opened_at = None
+        if self.lost_at is None or (lived >= self.stable_s and not no_pong):
+            self.lost_at = now            # a new outage
+            self.attempt = 0
+        return self._next(now)            # else: a reconnection that did not last, one more failure
 
     def failed(self, now):
         """A reconnection attempt failed. Returns Retry or GiveUp."""
@@ -128,33 +203,35 @@ class ReconnectPolicy:
 
     def _next(self, now):
         if self.attempt >= self.max_attempts:
-            return GiveUp("gave up after %d attempts" % self.attempt)
+            return GiveUp("gave up after %d attempts" % self.attempt, limit=True)
         nominal = min(self.cap, self.first * (2 ** self.attempt))
         delay = nominal * self.rng.uniform(0.5, 1.0)
         if now + delay - self.lost_at > self.max_seconds:
-            return GiveUp("gave up after %.0f s without a connection" % (now - self.lost_at))
+            return GiveUp("gave up after %.0f s without a lasting connection" % (now - self.lost_at), limit=True)
         self.attempt += 1
         return Retry(self.attempt, delay)
 
-    def connected(self):
-        """A reconnection attempt succeeded."""
+    def connected(self, now=None):
+        """A reconnection attempt succeeded (the outage ends only once it lasts: see lost())."""
         self.reconnects += 1
-        self.attempt = 0
-        self.lost_at = None
+        if now is not None:
+            self.opened_at = now
 
 
 # ---- flood control -------------------------------------------------------------------------------
 
 class RateLimit:
     """Token bucket: `allow(now)` at most `rate` times per second on average, `burst` at once.
-    `suppressed` counts the refusals since `take_suppressed()` last read them."""
+    `suppressed` counts the refusals since `take_suppressed()` last read them; `counter` (an
+    object with `inc()`, e.g. a metrics counter) counts every refusal."""
 
-    def __init__(self, rate, burst):
+    def __init__(self, rate, burst, counter=None):
         self.rate = float(rate)
         self.burst = float(burst)
         self.tokens = float(burst)
         self.at = None
         self.suppressed = 0
+        self.counter = counter
 
     def allow(self, now):
         if self.at is not None:
@@ -164,11 +241,38 @@ class RateLimit:
             self.tokens -= 1.0
             return True
         self.suppressed += 1
+        if self.counter is not None:
+            self.counter.inc()
         return False
 
     def take_suppressed(self):
         n, self.suppressed = self.suppressed, 0
         return n
+
+
+class Allowance:
+    """One stream's budget for what its server sends: every message (text, binary, ping, pong,
+    close) costs `cost` units, refilled at `rate` a second up to `burst`. `take()` answers how
+    long the reader must wait before it reads on (0.0: go on), so a server that floods waits in
+    TCP, and the work one server causes per second is bounded whatever it sends."""
+
+    def __init__(self, rate, burst):
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = None
+        self.waited = 0.0             # seconds the reader was held back, over the stream's life
+
+    def take(self, cost, now):
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= cost
+        if self.tokens >= 0:
+            return 0.0
+        wait = -self.tokens / self.rate
+        self.waited += wait
+        return wait
 
 
 class Strikes:

@@ -13,6 +13,8 @@ from typing import Optional
 
 import ujson
 
+from .dialects import UplinkFormat
+
 AUDIO_TYPES = ("raw", "wav", "pcmu", "pcma", "mp3", "ogg")
 
 # mod_audio_stream::error codes (libwsc's numbering, kept for compatibility)
@@ -35,6 +37,11 @@ class StreamAudio:
     sample_rate: Optional[int]
     payload: bytes
     data: dict  # the message's "data" object without "audioData" (for the play event)
+
+
+@dataclass(frozen=True)
+class BinaryAudio:
+    payload: bytes   # raw L16 mono at STREAM_SAMPLE_RATE (native dialect's binary frames)
 
 
 @dataclass(frozen=True)
@@ -129,19 +136,31 @@ def json_object(text):
     return msg if isinstance(msg, dict) else None
 
 
+def _twilio_style(msg, text):
+    """Compatibility rule (docs/protocol.md, "Playback control"): a mod_audio_stream server may
+    also send Twilio's `{"event":"clear"}` and `{"event":"mark","mark":{"name":…}}`, so a bot that
+    speaks both keeps working here. None when the message is neither."""
+    event = msg.get("event")
+    if event == "clear":
+        return KillAudio()
+    if event == "mark":
+        name = _mark_name(msg.get("mark"))
+        return Mark(name) if name is not None else BadMessage("mark without a name", text)
+    return None
+
+
 def parse_text(text):
-    """Classify one text frame from the server."""
+    """Classify one text frame from the server (mod_audio_stream's dialect)."""
     msg = json_object(text)
     if msg is None:
         return Passthrough(text)
     kind = msg.get("type")
-    event = msg.get("event")  # Twilio Media Streams dialect
     if kind == "streamAudio":
         return _stream_audio(msg.get("data"), text)
-    if kind in ("killAudio", "clear") or event == "clear":
+    if kind in ("killAudio", "clear"):
         return KillAudio()
-    if kind == "mark" or event == "mark":
-        name = _mark_name(msg.get("data") if kind == "mark" else msg.get("mark"))
+    if kind == "mark":
+        name = _mark_name(msg.get("data"))
         if name is None:
             return BadMessage("mark without a name", text)
         return Mark(name)
@@ -151,7 +170,7 @@ def parse_text(text):
         return PausePlayback()
     if kind == "resumePlayback":
         return ResumePlayback()
-    return Passthrough(text)
+    return _twilio_style(msg, text) or Passthrough(text)
 
 
 # ---- uplink (what we send) -------------------------------------------------------------------
@@ -163,6 +182,33 @@ def mark_ack(name, event):
 
 def error_reply(error, message):
     return dumps({"type": "error", "data": {"error": error, "message": message}})
+
+
+# ---- what the audio is: headers of every WebSocket upgrade request ------------------------------
+
+ENCODING_HEADER = "X-Audio-Stream-Encoding"
+RATE_HEADER = "X-Audio-Stream-Rate"
+CHANNELS_HEADER = "X-Audio-Stream-Channels"
+AUDIO_HEADERS = (ENCODING_HEADER, RATE_HEADER, CHANNELS_HEADER)
+ENCODINGS = ("L16", "PCMU", "PCMA")     # L16: signed 16-bit little-endian PCM; PCMU/PCMA: G.711
+
+
+def audio_headers(fmt):
+    """The headers that say what goes on the wire, from the dialect's dialects.UplinkFormat (L16 at
+    the stream's rate and channels; Twilio mode: μ-law at 8000 Hz, a channel per track)."""
+    return {ENCODING_HEADER: fmt.encoding, RATE_HEADER: str(int(fmt.rate)), CHANNELS_HEADER: str(int(fmt.channels))}
+
+
+def audio_format(headers):
+    """(encoding, rate, channels) from a request's headers (any mapping with case-insensitive
+    .get(), e.g. aiohttp's), or None when they are missing or cannot be used."""
+    encoding = (headers.get(ENCODING_HEADER) or "").strip().upper()
+    rate, channels = (headers.get(RATE_HEADER) or "").strip(), (headers.get(CHANNELS_HEADER) or "").strip()
+    if encoding not in ENCODINGS or not rate.isdigit() or channels not in ("1", "2"):
+        return None
+    if not 8000 <= int(rate) <= 192000:
+        return None
+    return encoding, int(rate), int(channels)
 
 
 # ---- event bodies (mod_audio_stream::<name>) ----------------------------------------------------
@@ -192,16 +238,27 @@ def play_body(data, file):
 # ---- the native dialect (mod_audio_stream's wire format), beside twilio.TwilioDialect -----------
 
 class NativeDialect:
-    """mod_audio_stream's wire format behind the same interface as twilio.TwilioDialect, so the
-    stream speaks either without knowing which: every builder returns the frames to send (str:
-    text, bytes: binary), parse() returns the message objects above."""
+    """mod_audio_stream's wire format (dialects.Dialect): the metadata as the first text, audio as
+    binary L16 frames at the stream's rate and layout, texts verbatim; the server's binary frames
+    are raw L16 to play."""
 
     name = "audio_stream"
-    is_open = True
     binary_audio = True      # media(chunk) is the chunk itself, one binary message
 
-    def __init__(self, metadata_text=None):
+    def __init__(self, metadata_text=None, rate=8000, channels=1, chunk_ms=20):
         self.metadata = metadata_text
+        self._format = UplinkFormat(rate, channels, chunk_ms)
+
+    @staticmethod
+    def refuse(mix, rate, settings):
+        return None
+
+    @classmethod
+    def for_stream(cls, call_uuid, metadata, mix, rate, settings):
+        return cls(metadata, rate, 2 if mix == "stereo" else 1, settings.buffer_ms)
+
+    def uplink_format(self):
+        return self._format
 
     def opening(self):
         return [self.metadata] if self.metadata else []
@@ -240,3 +297,7 @@ class NativeDialect:
     @staticmethod
     def parse(text):
         return parse_text(text)
+
+    @staticmethod
+    def parse_binary(data):
+        return BinaryAudio(data)

@@ -8,12 +8,12 @@ import concurrent.futures
 import threading
 import time
 
-import aiohttp
-
+from . import connection, metrics
 from .switch import backend
 
 TICK_S = 0.010                # the capture clock: accelerated streams are read on every tick
 POLL_EVERY = 2                # ... the others (pure-Python path) on every second tick (20 ms)
+MAINTAIN_EVERY = 20           # every stream's maintain() (latency recovery) every 20 ticks (200 ms)
 LAG_WARN_S = 0.2              # a tick this late is logged (rate-limited): the process is overloaded
 LAG_LOG_EVERY_S = 10.0
 
@@ -71,15 +71,10 @@ def submit(coro):
 
 
 def http():
-    """The shared aiohttp ClientSession (loop thread only)."""
+    """The shared WebSocket client (loop thread only): see connection.client()."""
     global _http
     if _http is None or _http.closed:
-        from .connection import GuardedWebSocket
-        _http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
-                                      ws_response_class=GuardedWebSocket)
-        # aiohttp retries a GET once when the server drops the connection ("Server disconnected"):
-        # one attempt must be one connection (the reconnection policy decides about retries)
-        _http._retry_connection = False
+        _http = connection.client()
     return _http
 
 
@@ -127,6 +122,7 @@ class _Clock:
         now = lp.time()
         self.lag = lag = now - self.due
         self.ticks += 1
+        metrics.tick_late(lag)
         if lag > self.lag_peak or now - self.lag_peak_at > LAG_LOG_EVERY_S:
             self.lag_peak, self.lag_peak_at = lag, now
         if self.batched:
@@ -137,6 +133,13 @@ class _Clock:
                     stream.poll()
                 except Exception as e:  # one stream's failure must not stop the others' audio
                     stream.log("ERR", "capture failed: %r" % (e,))
+        if self.ticks % MAINTAIN_EVERY == 0:
+            t = time.monotonic()
+            for stream in list(self.streams) + list(self.batched):
+                try:
+                    stream.maintain(t)
+                except Exception as e:
+                    stream.log("ERR", "playback upkeep failed: %r" % (e,))
         if lag > LAG_WARN_S and now - self.lag_logged_at > LAG_LOG_EVERY_S:
             self.lag_logged_at = now
             backend().log("WARNING", "the capture clock ran %d ms late with %d streams: the process is "
@@ -185,6 +188,19 @@ def loop_lag_ms():
     return int(_clock.lag_peak * 1000) if time.monotonic() - _clock.lag_peak_at < LAG_LOG_EVERY_S else 0
 
 
+def gil_stats():
+    """What the process's Python costs, as far as it is measured, for metrics and status: a dict
+    with `loop_cpu_s` (the loop thread's CPU time in s, only when called on the loop thread),
+    and, where measured, `media_cpu_s` (Python's CPU time on media threads, s) and `path` (which
+    capture path runs). metrics.GIL_KEYS names what the exporter makes of each key."""
+    from .switch import media
+    cb = media.callback_cpu_s()
+    out = {"callback_cpu_s": cb, "media_cpu_s": cb, "path": backend().media_path().name}
+    if _thread is not None and threading.current_thread() is _thread:
+        out["loop_cpu_s"] = time.thread_time()
+    return out
+
+
 def register(stream, max_per_call=None):
     """Make `stream` live under (uuid, name). Returns None, or why not."""
     with _lock:
@@ -207,14 +223,13 @@ def retire(stream):
     """The stream's media ended: off the registry; tracked until finished() if still closing."""
     with _lock:
         unregister(stream)
-        if not stream.finished:
+        if stream.state != "closed":
             finishing_streams.add(stream)
 
 
 def finished(stream):
-    """The stream's WebSocket side is done (any thread; idempotent)."""
+    """The stream's WebSocket side is done (loop thread; idempotent)."""
     with _lock:
-        stream.finished = True
         finishing_streams.discard(stream)
 
 
@@ -267,6 +282,8 @@ def stop_loop(timeout=5.0):
     if lp is None:
         return
 
+    from . import exporter
+
     async def close_all():
         global _http
         pending = list(streams.values()) + list(finishing_streams)
@@ -275,6 +292,7 @@ def stop_loop(timeout=5.0):
         if _http is not None:
             await _http.close()
             _http = None
+        await exporter.close()
 
     try:
         asyncio.run_coroutine_threadsafe(close_all(), lp).result(timeout)

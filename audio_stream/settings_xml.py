@@ -12,6 +12,9 @@ one frozen `XmlSettings`::
         <param name="max_streams" value="200"/>            <!-- 0: no limit -->
         <param name="max_message_size" value="1048576"/>   <!-- caps STREAM_MAX_MESSAGE -->
       </limits>
+      <metrics>                        <!-- Prometheus metrics; off without this section -->
+        <param name="listen" value="127.0.0.1:9464"/>
+      </metrics>
     </configuration>
 
 A value that cannot be used is one log line and the built-in default: it never fails a call.
@@ -21,6 +24,8 @@ Names are case-insensitive, as channel variables are.
 parses it only when it changed, so `reloadxml` takes effect at the next `start` and each problem
 is logged once per change; `force=True` (`python audio_stream reload`) parses and logs again.
 """
+import ipaddress
+import re
 import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
@@ -39,6 +44,7 @@ class XmlSettings:
     defaults: dict = field(default_factory=dict)   # STREAM_* name -> value, each one valid
     max_streams: int = 0                           # 0: no limit
     max_message_size: Optional[int] = None         # the most STREAM_MAX_MESSAGE may be, None: no cap
+    metrics_listen: Optional[tuple] = None         # (host, port) of the metrics endpoint, None: off
     problems: tuple = ()                           # one line each, for the log
     found: bool = False                            # the switch has an audio_stream.conf
     error: Optional[str] = None                    # the file could not be used at all
@@ -76,7 +82,7 @@ def _params(section, where, problems):
 
 def _builtin(name):
     value = config.DEFAULTS.get(name)
-    return "built-in default %s" % value if value is not None else "not set"
+    return "the built-in default %s" % value if value is not None else "built-in behaviour (not set)"
 
 
 def _settings(params, problems):
@@ -93,7 +99,7 @@ def _settings(params, problems):
         try:
             config.check_default(name, value)
         except ConfigError as e:
-            problems.append("%s: %s: using the %s" % (CONF_NAME, e, _builtin(name)))
+            problems.append("%s: %s: using %s" % (CONF_NAME, e, _builtin(name)))
             defaults.pop(name, None)
             continue
         if name in defaults:
@@ -130,6 +136,56 @@ def _limits(params, problems):
     return max_streams, max_message
 
 
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$")
+
+
+def parse_listen(value):
+    """(host, port) from `host:port` or `[ipv6]:port`; ValueError saying what is wrong."""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError("expected [IPv6 address]:port")
+        port = rest[1:]
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9464")
+        if ":" in host:
+            raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:9464")
+    if not host:
+        raise ValueError("no address before the port: 127.0.0.1:%s for this machine only, 0.0.0.0:%s for every "
+                         "interface" % (port, port))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME_RE.match(host):
+            raise ValueError("'%s' is not an IP address or a host name" % host) from None
+    try:
+        n = int(port, 10)
+    except ValueError:
+        raise ValueError("the port '%s' is not an integer" % port) from None
+    if not 1 <= n <= 65535:
+        raise ValueError("the port %d is not from 1 to 65535" % n)
+    return host, n
+
+
+def _metrics(params, problems):
+    listen = None
+    for raw_name, value in params:
+        if raw_name.lower() != "listen":
+            problems.append("%s: unknown metrics setting '%s': ignored (known: listen)" % (CONF_NAME, raw_name))
+            continue
+        if value == "":
+            listen = None                              # empty: as if unset
+            continue
+        try:
+            listen = parse_listen(value)
+        except ValueError as e:
+            problems.append("%s: metrics listen='%s': %s: metrics are off" % (CONF_NAME, value, e))
+            listen = None
+    return listen
+
+
 def parse(text):
     """XmlSettings from the text of the <configuration> element (None: there is no such file).
     Never raises: what cannot be used is in `problems`."""
@@ -141,7 +197,7 @@ def parse(text):
         error = "%s is not well-formed XML (%s): using the built-in defaults" % (CONF_NAME, e)
         return XmlSettings(problems=(error,), found=True, error=error)
     problems = []
-    settings, limits = [], []
+    settings, limits, metrics = [], [], []
     for el in list(root):
         if not isinstance(el.tag, str):
             continue
@@ -149,12 +205,16 @@ def parse(text):
             settings += _params(el, "settings", problems)
         elif el.tag == "limits":
             limits += _params(el, "limits", problems)
+        elif el.tag == "metrics":
+            metrics += _params(el, "metrics", problems)
         else:
-            problems.append("%s: unknown section <%s>: ignored (known: settings, limits)" % (CONF_NAME, el.tag))
+            problems.append("%s: unknown section <%s>: ignored (known: settings, limits, metrics)"
+                            % (CONF_NAME, el.tag))
     defaults = _settings(settings, problems)
     max_streams, max_message = _limits(limits, problems)
+    listen = _metrics(metrics, problems)
     return XmlSettings(defaults=defaults, max_streams=max_streams, max_message_size=max_message,
-                       problems=tuple(problems), found=True)
+                       metrics_listen=listen, problems=tuple(problems), found=True)
 
 
 _UNREAD = object()

@@ -25,12 +25,11 @@ Numbers that Twilio sends as strings are strings here too.
 import base64
 import binascii
 import uuid
-from dataclasses import dataclass
-
 import numpy as np
 import ujson
 
 from .audio import ULAW
+from .dialects import UplinkFormat
 from .protocol import BadMessage, KillAudio, Mark, Passthrough, StreamAudio, dumps, json_object
 
 RATE = 8000                       # Twilio: always audio/x-mulaw, 8000 Hz, 1 channel
@@ -107,28 +106,12 @@ def new_sid(prefix):
     return prefix + uuid.uuid4().hex
 
 
-@dataclass(frozen=True)
-class UplinkFormat:
-    """The audio a dialect needs from the stream: signed 16-bit little-endian PCM at `rate`,
-    `channels` interleaved (2: left = the caller, right = what the caller hears), in pieces of
-    `chunk_ms` (a shorter last piece is fine)."""
-    rate: int
-    channels: int
-    chunk_ms: int
-
-    @property
-    def chunk_bytes(self):
-        return self.rate * self.chunk_ms // 1000 * 2 * self.channels
-
-
 # ---- the dialect --------------------------------------------------------------------------------
 
 class TwilioDialect:
     """One WebSocket connection's Twilio Media Streams state: SIDs, counters, the media clock.
 
     call_uuid      the FreeSWITCH call's uuid; sent as callSid
-    stream_name    the stream's name (issue 13); Twilio's messages have no field for it, so it is
-                   kept here only (logs, status)
     metadata_text  the rest of the `start` line → customParameters (see custom_parameters())
     account_sid    sent as accountSid; default AC000…0 (a bot that checks it needs the real one)
     stream_sid     default: a new "MZ…" SID per connection (a reconnect is a new Twilio stream)
@@ -142,7 +125,7 @@ class TwilioDialect:
 
     name = "twilio"
 
-    def __init__(self, call_uuid, stream_name=None, metadata_text=None, account_sid=None, *,
+    def __init__(self, call_uuid, metadata_text=None, account_sid=None, *,
                  stream_sid=None, tracks=("inbound",), check_stream_sid=True):
         if not isinstance(call_uuid, str) or not call_uuid:
             raise ValueError("call_uuid must be a non-empty string")
@@ -152,7 +135,6 @@ class TwilioDialect:
         if tracks not in (("inbound",), ("inbound", "outbound")):
             raise ValueError("tracks must be ('inbound',) or ('inbound', 'outbound'), got %r" % (tracks,))
         self.call_sid = call_uuid
-        self.stream_name = stream_name
         self.account_sid = account_sid or DEFAULT_ACCOUNT_SID
         self.stream_sid = stream_sid or new_sid("MZ")
         self.tracks = tracks
@@ -163,10 +145,26 @@ class TwilioDialect:
         self.chunks = {t: 0 for t in tracks}      # media messages sent per track
         self.samples = 0                          # media clock: samples per channel since start
 
+    @staticmethod
+    def refuse(mix, rate, settings):
+        """Why a `start` cannot speak Twilio with these (the -ERR text), or None."""
+        if mix == "mixed":
+            return "STREAM_PROTOCOL=twilio has no mixed track: use mono (inbound) or stereo (both tracks)"
+        if rate != RATE:
+            return "STREAM_PROTOCOL=twilio streams 8 kHz mu-law: use 8k, not %d" % rate
+        if not settings.playback:
+            return "STREAM_PLAYBACK=false (file mode) does not apply to STREAM_PROTOCOL=twilio"
+        return None
+
+    @classmethod
+    def for_stream(cls, call_uuid, metadata, mix, rate, settings):
+        return cls(call_uuid, metadata, settings.twilio_account_sid,
+                   tracks=("inbound", "outbound") if mix == "stereo" else ("inbound",))
+
     # -- uplink ---------------------------------------------------------------------------------
 
     def uplink_format(self):
-        return UplinkFormat(RATE, len(self.tracks), CHUNK_MS)
+        return UplinkFormat(RATE, len(self.tracks), CHUNK_MS, "PCMU")
 
     @property
     def is_open(self):
@@ -279,9 +277,6 @@ class TwilioDialect:
             "streamSid": self.stream_sid,
             "mark": {"name": name},
         })]
-
-    def mark_played(self, name):
-        return self.mark_ack(name, "playout")
 
     def error_reply(self, error, message):
         """Twilio never answers a bad message on the WebSocket (it logs a debugger error and goes

@@ -32,7 +32,6 @@ PREFIX = "mod_audio_stream::"
 SUBCLASSES = [PREFIX + n for n in ("connect", "disconnect", "error", "playback_started", "playback_stopped")]
 PYTHON_IMPLS = ("ours", "base")
 ACCEL_VAR = "audio_stream_accel"      # global variable: false = the pure-Python path (ours reads it at start)
-ACCEL_ENV = "AUDIO_STREAM_ACCEL"      # the same in the environment (simulator mode: the bench is the switch)
 SPS_SHARE = 0.5                       # originate at this share of the switch's sessions per second
 PTIME_S = 0.020                       # calls start at random phases of their 20 ms frames (Pacer jitter)
 PROBE_NAME = "audio_stream_bench_probe"
@@ -379,15 +378,14 @@ class SimDriver(Driver):
             raise BenchError("%s: an empty command answers %r, not -USAGE" % (impl, reply))
 
     def set_path(self, path):
-        """The bench process is the switch: the environment variable AUDIO_STREAM_ACCEL (read by
-        the product when a stream starts), restored in close()."""
-        if not hasattr(self, "_accel_env0"):
-            self._accel_env0 = os.environ.get(ACCEL_ENV)
-        value = {"accel": "1", "python": "0"}.get(path, self._accel_env0)
-        if value is None:
-            os.environ.pop(ACCEL_ENV, None)
-        else:
-            os.environ[ACCEL_ENV] = value
+        """The bench process is the switch: the global variable audio_stream_accel of its stand-in
+        freeswitch module (read by the product when a stream starts), as on a real switch. A
+        checkout that predates it ignores it."""
+        value = {"accel": "true", "python": "false"}.get(path)
+        for fs in self.fs.values():
+            setter = getattr(fs, "setGlobalVariable", None)
+            if setter is not None:
+                setter(ACCEL_VAR, value)
 
     def _api(self, impl, line):
         fs = self.fs[impl]
@@ -475,8 +473,7 @@ class SimDriver(Driver):
             raise BenchError("the simulator saw %d violation(s): %s" % (errors, self.sim.last_violation()))
 
     def close(self):
-        if hasattr(self, "_accel_env0"):
-            self.set_path(None)
+        self.set_path(None)
         for ch in self.chans.values():
             try:
                 if ch.state != 2:

@@ -13,6 +13,7 @@ from audio_stream.switch import core, dtmf, media
 from audio_stream.testing import fake_freeswitch
 from audio_stream.testing.sim import SimSwitch, wait_until
 
+from . import support
 from .support import WSServer
 
 
@@ -25,6 +26,10 @@ def _fds():
         except OSError:
             pass
     return out
+
+
+def pytest_keyboard_interrupt(excinfo):
+    support.interrupted.set()
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +67,15 @@ class Harness:
         audio_stream.fsapi("na", stream, None, line)
         return stream.get_data().strip()
 
+    def start(self, ch, target, mix="mono", rate="8k", meta=None):
+        """`start` on the call (it must answer +OK). `target`: a URL, or a server: then its first
+        connection is returned."""
+        line = "%s start %s %s %s" % (ch.uuid, getattr(target, "url", target), mix, rate)
+        if meta:
+            line += " " + meta
+        assert self.api(line) == "+OK Success"
+        return target.wait_conn() if hasattr(target, "wait_conn") else None
+
     def app(self, ch, args):
         audio_stream.handler(self.fs.Session(ch.uuid), args)
 
@@ -76,6 +90,16 @@ class Harness:
         return wait_until(lambda: not service.busy(), timeout)
 
 
+def _abandon(harness):
+    """After Ctrl-C: hang up, stop the loop and the servers, check nothing."""
+    for step in [ch.hangup for ch in harness.channels if ch.state != 2] + [
+            lambda: harness.settle(2.0), service.stop_loop] + [s.stop for s in harness.servers]:
+        try:
+            step()
+        except Exception:
+            pass
+
+
 @pytest.fixture
 def h(sim):
     threads_before = {t.ident for t in threading.enumerate()}
@@ -83,6 +107,9 @@ def h(sim):
     sim.set_strict_locking(True)     # the product reads its bugs only under the session's bug lock
     harness = Harness(sim)
     yield harness
+    if support.interrupted.is_set():
+        _abandon(harness)
+        return
     for ch in harness.channels:
         if ch.state != 2:
             ch.hangup()

@@ -1,5 +1,6 @@
 """Test support shared by the simulator tests and the real-switch tests: a real aiohttp WebSocket
-server on 127.0.0.1 running on its own thread, and audio analysis helpers."""
+server on 127.0.0.1 running on its own thread, audio analysis helpers, and a stand-in FreeSWITCH
+event socket."""
 import asyncio
 import socket
 import threading
@@ -8,6 +9,10 @@ import time
 import numpy as np
 import aiohttp
 from aiohttp import WSMsgType, web
+
+# set on Ctrl-C (tests/conftest.py): fixtures then clean up what they can and check nothing, since
+# a test cut short leaves its streams, threads and sockets as they were
+interrupted = threading.Event()
 
 
 def dominant_hz(x, rate, seconds=None):
@@ -194,7 +199,7 @@ def free_port():
     return port
 
 
-def raw_ws_server(after_handshake):
+def raw_ws_server(after_handshake, host="127.0.0.1"):
     """A bare TCP server that completes one WebSocket handshake by hand, then calls
     `after_handshake(sock)` on its own thread (to misbehave: stop reading, send masked frames...).
     Returns (listening socket, thread); close the socket and join the thread when done."""
@@ -202,7 +207,7 @@ def raw_ws_server(after_handshake):
     import hashlib
 
     lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
+    lsock.bind((host, 0))
     lsock.listen(1)
 
     def serve():
@@ -220,3 +225,87 @@ def raw_ws_server(after_handshake):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return lsock, t
+
+
+def worst_gap(conns, seconds):
+    """The longest time between two audio messages arriving on any of `conns` over `seconds`."""
+    arrivals = [[] for _ in conns]
+    seen = [0] * len(conns)
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        for i, c in enumerate(conns):
+            m = len(c.binaries)
+            if m != seen[i]:
+                arrivals[i].append(time.monotonic())
+                seen[i] = m
+        time.sleep(0.002)
+    return max(float(np.diff(a).max()) for a in arrivals)
+
+
+CONTROL_FLOODS = {"ping": b"\x89\x00", "pong": b"\x8a\x00", "binary": b"\x82\x02\x00\x00"}
+
+
+def flooding_server(frame):
+    """A raw WebSocket server that sends `frame` (bytes of one frame) as fast as TCP lets it,
+    until `stop` is set. Returns (listening socket, thread, stop)."""
+    stop = threading.Event()
+
+    def flood(c):
+        c.settimeout(5)
+        chunk = frame * (65536 // len(frame))
+        try:
+            while not stop.is_set():
+                c.sendall(chunk)
+        except OSError:
+            pass
+        c.close()
+    lsock, t = raw_ws_server(flood)
+    return lsock, t, stop
+
+
+class FakeEventSocket:
+    """Answers `api` commands from a dict, +OK to everything else; counts the api commands."""
+
+    def __init__(self, replies):
+        self.replies = replies
+        self.asked = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        f = conn.makefile("rb")
+        conn.sendall(b"Content-Type: auth/request\n\n")
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                cmd = line.decode().strip()
+                if not cmd:
+                    continue
+                while f.readline().strip():      # the rest of the command's headers
+                    pass
+                if cmd.startswith("api "):
+                    self.asked.append(cmd[4:])
+                    body = (self.replies.get(cmd[4:], "-ERR %s Command not found!" % cmd[4:]) + "\n").encode()
+                    conn.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
+                else:
+                    conn.sendall(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.srv.close()

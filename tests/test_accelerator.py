@@ -54,19 +54,38 @@ def _frame(payload, masked=False, opcode=2):
     return head + (b"\x01\x02\x03\x04" if masked else b"") + payload
 
 
+def _python_scanner():
+    guard = connection.MaskGuard.__new__(connection.MaskGuard)
+    guard.hdr, guard.skip = bytearray(), 0
+    return connection.MaskGuard._scan.__get__(guard)
+
+
 @pytest.mark.parametrize("impl", ["python", "c"])
 @pytest.mark.parametrize("split", [1, 3, 7, 1000])
 def test_mask_scanner_follows_frames_split_anywhere(impl, split):
     if impl == "c" and native is None:
         pytest.skip("the compiled accelerator is not built here")
-    stream = _frame(b"a" * 10) + _frame(b"b" * 300) + _frame(b"c" * 70000) + _frame(b"x" * 5, masked=True)
-    guard = connection.MaskGuard.__new__(connection.MaskGuard)
-    guard.hdr, guard.skip = bytearray(), 0
-    masked = native.MaskScanner().masked if impl == "c" else guard._masked
+    scan = native.MaskScanner().scan if impl == "c" else _python_scanner()
+    stream = _frame(b"a" * 10) + _frame(b"b" * 300) + _frame(b"c" * 70000) + _frame(b"") + \
+        _frame(b"x" * 5, masked=True)
     clean = len(stream) - len(_frame(b"x" * 5, masked=True))
-    seen = [masked(stream[i:min(i + split, clean)]) for i in range(0, clean, split)]
-    assert not any(seen)                           # three frames, none masked, across any split
-    assert masked(stream[clean:clean + 2]) is True  # the masked frame's header
+    for i in range(0, clean, split):
+        piece = stream[i:min(i + split, clean)]
+        assert scan(piece, 1000) == (False, len(piece))    # four frames, none masked, any split
+    masked, end = scan(stream[clean:clean + 2], 1000)
+    assert masked and end == 2                              # the masked frame's header
+
+
+@pytest.mark.parametrize("impl", ["python", "c"])
+def test_mask_scanner_stops_after_the_limit_of_frames(impl):
+    if impl == "c" and native is None:
+        pytest.skip("the compiled accelerator is not built here")
+    scan = native.MaskScanner().scan if impl == "c" else _python_scanner()
+    pings = _frame(b"", opcode=9) * 10
+    assert scan(pings, 4) == (False, 8)                     # 4 empty frames of 2 bytes
+    assert scan(pings[8:], 100) == (False, 12)              # the scanner is at a frame boundary
+    data = _frame(b"y" * 200) * 3
+    assert scan(data, 2) == (False, 2 * len(_frame(b"y" * 200)))
 
 
 @needs_native

@@ -8,6 +8,7 @@ import pytest
 from audio_stream.tools import cli
 
 from .servers import run_cli
+from .support import FakeEventSocket
 
 
 def one_line_error(err):
@@ -51,7 +52,7 @@ def test_demo_help_describes_every_option():
 def test_main_lists_the_commands_and_rejects_unknown_ones():
     code, out, err = run_cli("audio_stream")
     assert code == 0
-    for name in ("demo", "install", "status", "record-server", "echo-bot", "version"):
+    for name in ("demo", "install", "status", "record-server", "echo-bot", "twilio-bot", "version"):
         assert "\n  %s " % name in out
     code, out, err = run_cli("audio_stream", "frobnicate")
     assert code == 2 and "unknown command 'frobnicate'" in err and one_line_error(err)
@@ -67,38 +68,28 @@ def test_status_without_a_switch_says_so_in_one_line():
     assert code == 2 and "no FreeSWITCH event socket at 127.0.0.1:%d" % port in err and one_line_error(err)
 
 
+def test_status_help_shows_its_defaults_as_you_would_type_them():
+    code, out, err = run_cli("audio_stream", "status", "--help", env={"AUDIO_STREAM_ESL": ""})
+    assert code == 0 and "(default: 127.0.0.1:8021)" in " ".join(out.split()) and "('" not in out
+    code, out, err = run_cli("audio_stream", "status", "--help", env={"AUDIO_STREAM_ESL": "10.0.0.7:8022"})
+    assert "(default: 10.0.0.7:8022)" in " ".join(out.split())
+
+
+def test_status_of_an_unknown_host_says_so_in_one_line():
+    code, out, err = run_cli("audio_stream", "status", "--esl", "no-such-host.invalid:8021")
+    assert code == 2 and one_line_error(err) and "no-such-host.invalid" in err and "Unknown error" not in err, err
+
+
 def test_status_of_a_fake_event_socket(tmp_path):
     """A stand-in event socket that answers like a switch whose audio_stream has no status yet."""
-    import threading
     replies = {"version": "FreeSWITCH Version 1.10.12", "module_exists mod_python3": "true",
                "python audio_stream": "-USAGE: <uuid> start ...",
                "python audio_stream status": "-ERR missing command after uuid (one of: start, stop)"}
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-
-    def serve():
-        conn, _ = srv.accept()
-        f = conn.makefile("rb")
-        conn.sendall(b"Content-Type: auth/request\n\n")
-        while True:
-            line = f.readline()
-            if not line:
-                break
-            cmd = line.decode().strip()
-            if not cmd:
-                continue
-            f.readline()
-            if cmd.startswith("auth "):
-                conn.sendall(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
-            elif cmd.startswith("api "):
-                body = (replies.get(cmd[4:], "-ERR unknown") + "\n").encode()
-                conn.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
-        conn.close()
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    code, out, err = run_cli("audio_stream", "status", "--esl", "127.0.0.1:%d" % srv.getsockname()[1])
-    srv.close()
+    fake = FakeEventSocket(replies)
+    try:
+        code, out, err = run_cli("audio_stream", "status", "--pretty", "--esl", "127.0.0.1:%d" % fake.port)
+    finally:
+        fake.close()
     assert code == 0, err
     assert "module_exists mod_python3:   true" in out
     assert "python audio_stream status:  -ERR missing command" in out

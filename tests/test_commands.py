@@ -59,6 +59,9 @@ def test_usage_and_missing_args():
     assert reply("%s start ws://h/" % U).startswith("-ERR start needs")
     assert reply("%s send_text" % U) == "-ERR send_text needs the text to send"
     assert reply("%s dance" % U).startswith("-ERR unknown command 'dance'")
+    for line in ("%s dance" % U, U):     # the docs' spelling, mod_audio_stream's: graceful-shutdown
+        assert "graceful-shutdown, send_text" in reply(line) and "graceful_shutdown" not in reply(line)
+    assert parse("%s graceful-shutdown bye" % U) == parse("%s graceful_shutdown bye" % U)
     assert reply("%s pause now" % U) == "-ERR pause takes no arguments (but name=<name>)"
 
 

@@ -46,7 +46,9 @@ def test_buffer_size_multiple_of_ptime():
 
 @pytest.mark.parametrize("raw,why", [("{bad", "not valid JSON"), ("[1]", "JSON object"),
                                      ('{"A": 1}', "not a string"), ('{"A B": "x"}', "not a valid header name"),
-                                     ('{"A": "x\\r\\nInjected: 1"}', "CR, LF")])
+                                     ('{"A": "x\\r\\nInjected: 1"}', "CR, LF"),
+                                     ('{"x-audio-stream-rate": "8000"}', "part of the WebSocket handshake"),
+                                     ('{"X-Audio-Stream-Encoding": "PCMA"}', "part of the WebSocket handshake")])
 def test_extra_headers_rejected(raw, why):
     with pytest.raises(ConfigError, match=why):
         make({"STREAM_EXTRA_HEADERS": raw})

@@ -13,7 +13,7 @@ import pytest
 from audio_stream.examples.echo_bot import Echo
 
 from .servers import Spawned, run_cli
-from .support import dominant_hz, tone
+from .support import dominant_hz, interrupted, tone
 
 
 def frames(pcm, rate, channels=1, ms=20):
@@ -31,21 +31,28 @@ def spawn():
         return s
     yield start
     for s in started:
-        assert s.stop() == 0, s.lines
+        status = s.stop()
+        assert status == 0 or interrupted.is_set(), s.lines
 
 
 # ---- the recorder ----------------------------------------------------------------------------
 
-async def _record(url, metadata, pcm, rate, channels, greet_replies=0):
+async def _record(url, metadata, pcm, rate, channels, greet_replies=0, headers=None):
     replies = []
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(url) as ws:
-            await ws.send_str(metadata)
+        async with http.ws_connect(url, headers=headers) as ws:
+            if metadata is not None:
+                await ws.send_str(metadata)
             for chunk in frames(pcm, rate, channels):
                 await ws.send_bytes(chunk)
             while len(replies) < greet_replies:
                 replies.append(json.loads((await ws.receive(timeout=5)).data))
     return replies
+
+
+def audio_headers(encoding, rate, channels):
+    """What audio_stream sends on the upgrade request (protocol.audio_headers)."""
+    return {"X-Audio-Stream-Encoding": encoding, "X-Audio-Stream-Rate": str(rate), "X-Audio-Stream-Channels": str(channels)}
 
 
 def _wavs(directory):
@@ -61,11 +68,12 @@ def test_recorder_writes_one_wav_per_stream_and_keeps_stereo(spawn, tmp_path):
     async def both():
         return await asyncio.gather(
             _record(server.url, '{"rate":16000,"channels":2}', stereo, 16000, 2, greet_replies=2),
-            _record(server.url, "not json", mono, 8000, 1, greet_replies=2))
+            _record(server.url, "not json", mono, 8000, 1, greet_replies=2, headers=audio_headers("L16", 8000, 1)))
     (greet_a, _), _ = asyncio.run(both())
     assert greet_a["type"] == "streamAudio" and greet_a["data"]["sampleRate"] == 8000
     assert server.wait_line(r"wrote .*call-.*\.wav \(1\.00 s, 16000 Hz, 2 channels\)")
     assert server.wait_line(r"wrote .*call-.*\.wav \(0\.50 s, 8000 Hz, 1 channel\)")
+    assert server.wait_line(r"connection from .*: L16 8000 Hz, 1 channel \(the X-Audio-Stream-\* headers\)")
     files = _wavs(tmp_path / "rec")
     assert len(files) == 2
     by_channels = {}
@@ -79,6 +87,31 @@ def test_recorder_writes_one_wav_per_stream_and_keeps_stereo(spawn, tmp_path):
     assert by_channels[1][0] == 8000
 
 
+def test_the_recorder_trusts_the_headers_and_never_guesses(spawn, tmp_path):
+    server = spawn("audio_stream.examples.record_server", "--dir", str(tmp_path))
+    mono16k = tone(440, 16000, 0.5)
+    # the headers win over metadata that says otherwise
+    asyncio.run(_record(server.url, '{"rate":8000,"channels":2}', mono16k, 16000, 1,
+                        headers=audio_headers("L16", 16000, 1)))
+    assert server.wait_line(r"wrote .*\.wav \(0\.50 s, 16000 Hz, 1 channel\)")
+    # nothing says what the audio is: no WAV, and the reason
+    asyncio.run(_record(server.url, '{"call":"x"}', mono16k, 16000, 1))
+    assert server.wait_line(r"not recording this stream: its format is unknown \(no X-Audio-Stream-Encoding/-Rate/"
+                            r"-Channels headers, no \"rate\" and \"channels\" in the start metadata, and no --rate "
+                            r"and --channels\)")
+    assert server.wait_line(r"16000 bytes of audio not written")
+    asyncio.run(_record(server.url, None, mono16k[:4000], 8000, 1, headers=audio_headers("PCMU", 8000, 1)))
+    assert server.wait_line(r"not recording this stream: its audio is PCMU \(the X-Audio-Stream-\* headers\), and "
+                            r"this recorder writes L16 only")
+    assert len(_wavs(tmp_path)) == 1
+
+
+def test_the_recorder_takes_the_options_for_a_client_that_says_nothing(spawn, tmp_path):
+    server = spawn("audio_stream.examples.record_server", "--dir", str(tmp_path), "--rate", "16k", "--channels", "1")
+    asyncio.run(_record(server.url, None, tone(440, 16000, 0.25), 16000, 1))
+    assert server.wait_line(r"wrote .*\.wav \(0\.25 s, 16000 Hz, 1 channel\)")
+
+
 def test_recorder_help_says_every_default():
     code, out, err = run_cli("audio_stream.examples.record_server", "--help")
     assert code == 0, err
@@ -87,6 +120,7 @@ def test_recorder_help_says_every_default():
         assert option in out
     assert "(default: 8080)" in out and "(default: 127.0.0.1)" in out
     assert "never overwritten" in out      # the whole description, not its first line
+    assert "X-Audio-Stream-Rate" in out and "(default: 8000)" not in out      # no guessed rate
 
 
 def test_recorder_on_a_port_in_use_says_so_in_one_line(tmp_path):
@@ -104,6 +138,7 @@ def test_recorder_on_a_port_in_use_says_so_in_one_line(tmp_path):
     (["--rate", "99k"], "--rate: invalid sample rate '99k'"),
     (["--dir", "/proc/nope"], "cannot create the directory /proc/nope"),
     (["--channels", "3"], "--channels: invalid choice"),
+    (["--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid:"),
 ])
 def test_recorder_rejects_bad_options_in_one_line(args, says):
     code, out, err = run_cli("audio_stream.examples.record_server", *args)
@@ -172,8 +207,8 @@ def test_echo_bot_echoes_marks_and_barges_in(spawn):
 
     async def call():
         async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(bot.url) as ws:
-                await ws.send_str('{"rate":16000,"channels":2}')
+            async with http.ws_connect(bot.url, headers=audio_headers("L16", rate, 2)) as ws:
+                await ws.send_str('{"call":"echo"}')
                 await send(ws, np.concatenate([tone(500, rate, 0.6), _silence(rate, 0.6)]))
                 first = await _next_json(ws), await _next_json(ws)
                 await ws.send_str(json.dumps({"type": "mark", "data": {"name": "echo-1", "event": "playout"}}))
@@ -201,3 +236,22 @@ def test_echo_bot_help():
     code, out, err = run_cli("audio_stream.examples.echo_bot", "--help")
     out = " ".join(out.split())
     assert code == 0 and "--barge-in" in out and "(default: 0.7)" in out and "killAudio" in out
+
+
+def test_echo_bot_does_not_guess_a_format(spawn):
+    bot = spawn("audio_stream.examples.echo_bot")
+
+    async def call():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(bot.url) as ws:
+                await ws.send_str('{"call":"x"}')
+                for chunk in frames(tone(500, 8000, 0.3), 8000):
+                    await ws.send_bytes(chunk)
+    asyncio.run(call())
+    assert bot.wait_line(r"not echoing this stream: its format is unknown \(no X-Audio-Stream-")
+
+
+def test_an_unknown_host_says_so_in_one_line():
+    code, out, err = run_cli("audio_stream.examples.echo_bot", "--host", "no-such-host.invalid", "--port", "0")
+    assert code == 1 and err.count("\n") == 1 and "Unknown error" not in err, err
+    assert "cannot listen on no-such-host.invalid:0: " in err and "--host must be an address or a name" in err

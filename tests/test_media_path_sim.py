@@ -27,9 +27,6 @@ def raw(pcm, rate=8000):
                                                         "audioData": base64.b64encode(pcm).decode()}})
 
 
-def start(h, ch, server, mix="mono", rate="8k"):
-    assert h.api("%s start %s %s %s" % (ch.uuid, server.url, mix, rate)) == "+OK Success"
-    return server.wait_conn()
 
 
 @pytest.mark.parametrize("mix", ["mono", "mixed", "stereo"])
@@ -39,7 +36,7 @@ def test_streaming_out_runs_no_python_per_frame(h, mix, core_writing):
     callback at all: the core buffers the frames and the capture clock reads them."""
     server = h.server()
     ch = h.call(rate=8000, core_writing=core_writing)
-    conn = start(h, ch, server, mix)
+    conn = h.start(ch, server, mix)
     t0 = ch.ticks
     assert wait_until(lambda: ch.ticks >= t0 + 10, 5)
     before = per_frame_callbacks(ch)
@@ -59,7 +56,7 @@ def test_streaming_out_runs_no_python_per_frame(h, mix, core_writing):
 def test_playback_off_costs_no_callback_ever(h):
     server = h.server()
     ch = h.call(rate=8000, STREAM_PLAYBACK="false")
-    start(h, ch, server)
+    h.start(ch, server)
     t0 = ch.ticks
     assert wait_until(lambda: ch.ticks >= t0 + 30, 5)
     assert per_frame_callbacks(ch) == dict.fromkeys(PER_FRAME, 0)
@@ -69,7 +66,7 @@ def test_playback_off_costs_no_callback_ever(h):
 def test_playback_wakes_then_sleeps_again(h, core_writing):
     server = h.server()
     ch = h.call(rate=8000, core_writing=core_writing, write_hz=300)
-    conn = start(h, ch, server)
+    conn = h.start(ch, server)
     assert wait_until(lambda: ch.ticks >= QUIET + 10, 5)
     dormant = per_frame_callbacks(ch)
     server.send(conn, raw(tone(700, 8000, 0.5).tobytes()))
@@ -90,7 +87,7 @@ def test_second_utterance_on_a_parked_call_plays_on_the_next_frame(h):
     call; from then on the next READ_PING writes it."""
     server = h.server()
     ch = h.call(rate=8000, core_writing=0)
-    conn = start(h, ch, server)
+    conn = h.start(ch, server)
     latencies = []
     for n in range(4):
         server.send(conn, raw(tone(700, 8000, 0.2).tobytes()))
@@ -107,7 +104,7 @@ def test_hangup_delivers_every_frame_captured(h, playback):
     server = h.server()
     ch = h.call(rate=16000, start=False, STREAM_PLAYBACK=playback)
     ch.start(speed=2.0, ticks=0)
-    conn = start(h, ch, server, "stereo", "16k")
+    conn = h.start(ch, server, "stereo", "16k")
     for n in (7, 13, 25):
         ch.run_ticks(n)
     ch.hangup()
@@ -152,7 +149,7 @@ def test_one_slow_server_does_not_delay_another_stream(h):
     a = h.call(rate=48000, STREAM_RECONNECT_BUFFER="1000", STREAM_MESSAGE_DEFLATE="true")
     b = h.call(rate=8000)
     assert h.api("%s start ws://127.0.0.1:%d/slow stereo 48000" % (a.uuid, port)) == "+OK Success"
-    conn_b = start(h, b, good)
+    conn_b = h.start(b, good)
     h.event("buffer_overrun", timeout=15)
     n0, t0 = len(conn_b.audio()), time.monotonic()
     time.sleep(1.0)

@@ -1,6 +1,6 @@
 """The pure decision policies (policy.py) and the bounded outbox (outbox.py)."""
 from audio_stream.outbox import Outbox
-from audio_stream.policy import REPLACE, WRITE, PlaybackPolicy
+from audio_stream.policy import REPLACE, WRITE, LatencyPolicy, PlaybackPolicy
 
 
 # ---- PlaybackPolicy -----------------------------------------------------------------------------
@@ -95,3 +95,59 @@ def test_outbox_refuses_text_over_its_bound():
     assert not o.put_text("x")
     o.pop()
     assert o.put_text("x")
+
+
+# ---- LatencyPolicy --------------------------------------------------------------------------------
+
+FRAME = 320                  # 20 ms at 8 kHz
+RATE_BPS = 16000             # bytes per second at 8 kHz
+
+
+def latency():
+    return LatencyPolicy(8000, FRAME, 20 * 16)        # the cushion: 20 ms
+
+
+def feed(p, calls, low, debt, rate=1.0):
+    """`calls` decisions, each after 0.2 s in which the queue held at least `low` bytes and audio
+    came at `rate` times real time."""
+    out = None
+    for _ in range(calls):
+        out = p.decide(low, debt, int(RATE_BPS * 0.2 * rate), 0.2)
+    return out
+
+
+def test_latency_a_real_time_stream_that_fell_behind_catches_up():
+    p = latency()
+    assert feed(p, 4, 300 * 16, 280 * 16) is None           # a second of history first
+    want, sound = feed(p, 1, 300 * 16, 280 * 16)
+    assert want == (300 - 20 - 20) * 16 // FRAME * FRAME    # the excess over cushion + frame
+    assert sound == 2 * FRAME                               # silence first; at most 2 frames of sound
+    p.dropped(want)
+    assert p.decide(300 * 16 - want, 280 * 16 - want, RATE_BPS // 5, 0.2) is None   # caught up
+
+
+def test_latency_never_more_than_the_debt():
+    p = latency()
+    want, sound = feed(p, 5, 1000 * 16, 100 * 16)
+    assert want == 100 * 16 and sound == 2 * FRAME
+
+
+def test_latency_leaves_audio_sent_ahead_alone():
+    p = latency()
+    assert feed(p, 10, 3000 * 16, 0) is None                 # no debt: a TTS sentence sent ahead
+    p = latency()
+    assert feed(p, 10, 3000 * 16, 500 * 16, rate=0.0) is None   # draining a queue sent ahead
+    p = latency()
+    assert feed(p, 10, 3000 * 16, 500 * 16, rate=4.0) is None   # arriving 4x faster than it plays
+
+
+def test_latency_a_cushion_is_not_an_excess():
+    p = latency()
+    assert feed(p, 10, 40 * 16, 500 * 16) is None            # cushion + a frame: as it should be
+
+
+def test_latency_starts_over_when_playback_stops():
+    p = latency()
+    feed(p, 4, 300 * 16, 280 * 16)
+    assert p.decide(None, 0, 0, 0.2) is None
+    assert feed(p, 4, 300 * 16, 280 * 16) is None            # a new second of history first

@@ -3,7 +3,8 @@ import json
 
 from hypothesis import given, strategies as st
 
-from audio_stream import protocol as P
+from audio_stream import config, protocol as P
+from audio_stream.dialects import UplinkFormat
 
 
 def sa(**data):
@@ -65,3 +66,25 @@ def test_parse_text_total(text):
     m = P.parse_text(text)
     assert type(m) in (P.StreamAudio, P.KillAudio, P.Mark, P.ClearMarks, P.PausePlayback, P.ResumePlayback,
                        P.Passthrough, P.BadMessage)
+
+
+def test_the_audio_headers_say_what_goes_on_the_wire():
+    from audio_stream.twilio import TwilioDialect
+    assert P.audio_headers(UplinkFormat(16000, 2, 20)) == {
+        "X-Audio-Stream-Encoding": "L16", "X-Audio-Stream-Rate": "16000", "X-Audio-Stream-Channels": "2"}
+    twilio = TwilioDialect.for_stream("u", None, "stereo", 8000, config.Settings())
+    assert P.audio_headers(twilio.uplink_format()) == {
+        "X-Audio-Stream-Encoding": "PCMU", "X-Audio-Stream-Rate": "8000", "X-Audio-Stream-Channels": "2"}
+
+
+def test_a_server_reads_the_audio_headers_back_or_gets_none():
+    from multidict import CIMultiDict          # aiohttp's request headers: case-insensitive
+    assert P.audio_format(CIMultiDict(P.audio_headers(UplinkFormat(16000, 2, 20)))) == ("L16", 16000, 2)
+    lower = CIMultiDict((k.lower(), v) for k, v in P.audio_headers(UplinkFormat(8000, 1, 20, "PCMU")).items())
+    assert P.audio_format(lower) == ("PCMU", 8000, 1)
+    good = P.audio_headers(UplinkFormat(8000, 1, 20))
+    assert P.audio_format({}) is None
+    for name, bad in (("X-Audio-Stream-Encoding", "FLAC"), ("X-Audio-Stream-Rate", "16k"),
+                      ("X-Audio-Stream-Rate", "4000"), ("X-Audio-Stream-Channels", "3"),
+                      ("X-Audio-Stream-Channels", "")):
+        assert P.audio_format(dict(good, **{name: bad})) is None, (name, bad)

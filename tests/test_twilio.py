@@ -23,7 +23,7 @@ UUID = "5f2c1e0a-3b7d-4c55-9e0f-0123456789ab"
 
 
 def dialect(metadata=None, **kw):
-    return T.TwilioDialect(UUID, "default", metadata, **kw)
+    return T.TwilioDialect(UUID, metadata, **kw)
 
 
 def opened(metadata=None, **kw):
@@ -135,9 +135,9 @@ def test_defaults_account_sid_and_a_new_stream_sid_per_connection():
 
 def test_uplink_format():
     f = dialect().uplink_format()
-    assert (f.rate, f.channels, f.chunk_ms, f.chunk_bytes) == (8000, 1, 20, 320)
+    assert (f.rate, f.channels, f.chunk_ms) == (8000, 1, 20)
     f2 = dialect(tracks=("inbound", "outbound")).uplink_format()
-    assert (f2.rate, f2.channels, f2.chunk_ms, f2.chunk_bytes) == (8000, 2, 20, 640)
+    assert (f2.rate, f2.channels, f2.chunk_ms) == (8000, 2, 20)
 
 
 def test_media_message_as_documented():
@@ -163,7 +163,7 @@ def test_dtmf_mark_stop_as_documented():
     dt = documented(d.dtmf("5", 120)[0])
     assert dt == {"event": "dtmf", "streamSid": d.stream_sid, "sequenceNumber": "2",
                   "dtmf": {"track": "inbound_track", "digit": "5"}}
-    mk = documented(d.mark_played("my label")[0])
+    mk = documented(d.mark_ack("my label")[0])
     assert mk == {"event": "mark", "sequenceNumber": "3", "streamSid": d.stream_sid, "mark": {"name": "my label"}}
     # a cleared mark comes back the same way (Twilio: "sends back mark messages matching any
     # remaining mark messages" on clear)
@@ -212,7 +212,7 @@ def test_sequence_chunk_timestamp_over_many_chunks():
     assert [int(m["media"]["chunk"]) for m in msgs] == list(range(1, 501))
     assert [int(m["media"]["timestamp"]) for m in msgs] == list(range(0, 10000, 20))
     # the other messages continue the one sequence; the next media continues chunk and clock
-    tail = [documented(f) for f in d.dtmf("1") + d.mark_played("x") + d.media(pcm[:320]) + d.closing()]
+    tail = [documented(f) for f in d.dtmf("1") + d.mark_ack("x") + d.media(pcm[:320]) + d.closing()]
     assert [int(m["sequenceNumber"]) for m in tail] == [502, 503, 504, 505]
     assert tail[2]["media"]["chunk"] == "501" and tail[2]["media"]["timestamp"] == "10000"
     # the payloads decode to the audio sent (within μ-law's precision)
@@ -286,7 +286,7 @@ def test_any_piece_sizes_keep_the_counters_right(sizes):
 
 def test_lifecycle():
     d = dialect()
-    for call in (lambda: d.media(b"\x00\x00"), lambda: d.dtmf("1"), lambda: d.mark_played("m"),
+    for call in (lambda: d.media(b"\x00\x00"), lambda: d.dtmf("1"), lambda: d.mark_ack("m"),
                  lambda: d.text("x")):
         with pytest.raises(RuntimeError):
             call()
@@ -295,15 +295,15 @@ def test_lifecycle():
         d.opening()
     assert len(d.closing()) == 1
     assert d.closing() == []
-    assert d.media(b"\x00\x00") == [] and d.dtmf("1") == [] and d.mark_played("m") == [] and d.text("x") == []
+    assert d.media(b"\x00\x00") == [] and d.dtmf("1") == [] and d.mark_ack("m") == [] and d.text("x") == []
     assert dialect().closing() == []                         # never opened: nothing to stop
 
 
 def test_constructor_validation():
     with pytest.raises(ValueError):
-        T.TwilioDialect("", "n", None)
+        T.TwilioDialect("", None)
     with pytest.raises(ValueError):
-        T.TwilioDialect(UUID, "n", None, account_sid="")
+        T.TwilioDialect(UUID, None, account_sid="")
 
 
 # ---- customParameters --------------------------------------------------------------------------
@@ -559,7 +559,7 @@ def test_pipecat_serializer_reads_our_media_and_dtmf_and_we_read_its_output():
             assert isinstance(k, pc["InputDTMFFrame"]) and k.button.value == digit
         # A-D have no KeypadEntry: Pipecat drops them (docs/twilio.md)
         assert await s.deserialize(d.dtmf("A")[0]) is None
-        for other in d.mark_played("m") + d.closing():
+        for other in d.mark_ack("m") + d.closing():
             assert await s.deserialize(other) is None
         # and the other way: what Pipecat sends to Twilio, our parse understands
         out = await s.serialize(pc["OutputAudioRawFrame"](audio=pcm, sample_rate=8000, num_channels=1))
@@ -575,7 +575,7 @@ def test_twilio_openai_sample_expectations():
     data['start']['streamSid'], int(data['media']['timestamp']) and data['media']['payload'] (sent
     on to OpenAI as audio/pcmu), and pops a mark per mark event: mirrored here."""
     d = dialect()
-    frames = d.opening() + d.media(tone(seconds=0.1).tobytes()) + d.mark_played("responsePart")
+    frames = d.opening() + d.media(tone(seconds=0.1).tobytes()) + d.mark_ack("responsePart")
     stream_sid, latest = None, 0
     marks = ["responsePart"]
     for text in frames:
@@ -630,10 +630,10 @@ def bot_factory():
         b.stop()
 
 
-async def _drive(url, d, script):
+async def _drive(url, d, script, headers=None):
     import aiohttp
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url) as ws:
+        async with session.ws_connect(url, headers=headers) as ws:
             async def recv(timeout=5.0):
                 msg = await asyncio.wait_for(ws.receive(), timeout)
                 assert msg.type == aiohttp.WSMsgType.TEXT, msg
@@ -661,7 +661,7 @@ def test_bot_echoes_marks_and_clears(bot_factory):
         assert raw["streamSid"] == d.stream_sid and len(m.payload) == 4800
         assert await recv() == (P.Mark("greeting"), {"event": "mark", "streamSid": d.stream_sid,
                                                       "mark": {"name": "greeting"}})
-        await send(d.mark_played("greeting"))
+        await send(d.mark_ack("greeting"))
         # one second of the caller in 20 ms media messages → two 500 ms echoes, each with a mark
         pcm = caller.tobytes()
         for at in range(0, len(pcm), 320):
@@ -674,7 +674,7 @@ def test_bot_echoes_marks_and_clears(bot_factory):
             assert (await recv())[0] == P.Mark("echo-%d" % n)
         seen["echoed"] = echoed
         # the audio before echo-1 "played", echo-2 was cleared: both come back as Twilio marks
-        await send(d.mark_played("echo-1"))
+        await send(d.mark_ack("echo-1"))
         # a digit: the bot interrupts with clear
         await send(d.dtmf("5", 100))
         m, raw = await recv()
@@ -748,3 +748,34 @@ def test_bot_help():
     r = subprocess.run([sys.executable, "-m", "audio_stream.examples.twilio_bot", "--help"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "--echo-ms" in r.stdout and "customParameters" in r.stdout
+
+
+def test_bot_does_not_record_audio_that_is_not_what_twilio_sends(bot_factory, tmp_path):
+    bot = bot_factory("--mode", "listen", "--record", str(tmp_path))
+    d = dialect()
+
+    async def script(ws, send, recv):
+        await send(d.opening())
+        await send(d.media(tone(440, 0.2).tobytes()))
+        await send(d.closing())
+        await asyncio.wait_for(ws.receive(), 5)
+    headers = {"X-Audio-Stream-Encoding": "L16", "X-Audio-Stream-Rate": "16000", "X-Audio-Stream-Channels": "1"}
+    asyncio.run(_drive(bot.url, d, script, headers=headers))
+    out = bot.stop()
+    assert "Not recording this stream: its audio is L16 16000 Hz, 1 channel (the X-Audio-Stream-* headers), " \
+           "not μ-law at 8000 Hz" in out, out
+    assert not list(tmp_path.iterdir())
+
+
+def test_bot_errors_are_one_line(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "audio_stream.examples.twilio_bot", "--port", str(port)],
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "address already in use" in r.stderr.lower(), r.stderr
+    r = subprocess.run([sys.executable, "-m", "audio_stream.examples.twilio_bot", "--record", "/proc/nope"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr == "error: cannot create the directory /proc/nope: No such file or directory\n"

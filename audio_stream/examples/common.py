@@ -1,15 +1,18 @@
 """What the example servers share: the command-line options, serving an aiohttp app with clear
-errors, the stream format from the start metadata, and the messages a server sends."""
+errors, the stream's format (from the X-Audio-Stream-* headers of the upgrade request, else the
+start metadata, else the options; never guessed), and the messages a server sends."""
 import asyncio
 import base64
 import errno
 import json
 import os
 import signal
+import socket
 
 import numpy as np
 from aiohttp import web
 
+from .. import protocol
 from ..tools import cli
 
 
@@ -20,28 +23,55 @@ def add_server_options(p, port=8080):
 
 
 def add_format_options(p):
-    p.add_argument("--rate", type=cli.stream_rate, default=8000,
-                   help="the stream's sample rate when the start metadata does not say (its \"rate\")")
-    p.add_argument("--channels", type=int, choices=(1, 2), default=1,
-                   help="1 (mono, mixed) or 2 (stereo) when the start metadata does not say (its \"channels\")")
+    p.add_argument("--rate", type=cli.stream_rate,
+                   help="the stream's sample rate for a client that says it neither in the X-Audio-Stream-Rate "
+                   "header (audio_stream always sends it) nor in its start metadata (its \"rate\")")
+    p.add_argument("--channels", type=int, choices=(1, 2),
+                   help="1 (mono, mixed) or 2 (stereo), for a client that says it neither in the "
+                   "X-Audio-Stream-Channels header nor in its start metadata (its \"channels\")")
 
 
-def stream_format(metadata, rate, channels):
-    """(rate, channels) from start metadata such as {"rate":16000,"channels":2}, else the defaults.
-    audio_stream sends the stream's format nowhere but in the metadata you choose to send."""
+class StreamFormat:
+    """What the audio of one connection is, and who said so."""
+
+    def __init__(self, encoding, rate, channels, said_by):
+        self.encoding, self.rate, self.channels, self.said_by = encoding, rate, channels, said_by
+
+    def __repr__(self):
+        return "%s %d Hz, %d channel%s (%s)" % (self.encoding, self.rate, self.channels,
+                                               "s" if self.channels > 1 else "", self.said_by)
+
+
+UNKNOWN_FORMAT = ("no X-Audio-Stream-Encoding/-Rate/-Channels headers, no \"rate\" and \"channels\" in the "
+                  "start metadata, and no --rate and --channels")
+
+
+def format_from_headers(headers):
+    """The format the upgrade request's X-Audio-Stream-* headers say (audio_stream sends them on
+    every connection), or None."""
+    found = protocol.audio_format(headers)
+    return StreamFormat(*found, "the X-Audio-Stream-* headers") if found else None
+
+
+def format_from_metadata(metadata, rate=None, channels=None):
+    """The format the start metadata says ({"rate":16000,"channels":2}, also "sampleRate"), with
+    --rate/--channels for what it leaves out; None when rate or channels stays unknown."""
     try:
         meta = json.loads(metadata)
     except (TypeError, ValueError):
-        return rate, channels
-    if not isinstance(meta, dict):
-        return rate, channels
-    r = meta.get("rate", meta.get("sampleRate"))
-    c = meta.get("channels")
-    if isinstance(r, int) and 8000 <= r <= 192000:
-        rate = r
-    if c in (1, 2):
-        channels = c
-    return rate, channels
+        meta = None
+    said = []
+    if isinstance(meta, dict):
+        r, c = meta.get("rate", meta.get("sampleRate")), meta.get("channels")
+        if isinstance(r, int) and not isinstance(r, bool) and 8000 <= r <= 192000:
+            rate, said = r, said + ["rate"]
+        if c in (1, 2) and not isinstance(c, bool):
+            channels, said = c, said + ["channels"]
+    if rate is None or channels is None:
+        return None
+    by = ("the start metadata" if len(said) == 2 else
+          "the start metadata's %s and the options" % said[0] if said else "--rate and --channels")
+    return StreamFormat("L16", rate, channels, by)
 
 
 def chime(rate=8000):
@@ -81,7 +111,10 @@ def serve(app, host, port, name):
             await site.start()
         except OSError as e:
             await runner.cleanup()
-            why = os.strerror(e.errno) if e.errno else str(e)
+            if isinstance(e, socket.gaierror) or not e.errno or e.errno < 0:
+                why = "%s (--host must be an address or a name of this machine)" % (e.strerror or e)
+            else:
+                why = os.strerror(e.errno)
             if e.errno == errno.EADDRINUSE:
                 why += " (another server is listening there: stop it or choose another --port)"
             raise cli.CLIError("%s cannot listen on %s:%d: %s" % (name, host, port, why)) from None

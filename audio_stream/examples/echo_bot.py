@@ -5,12 +5,14 @@ mark's acknowledgement when the audio has been played. If the caller speaks over
 the mark as "cleared".
 
     python -m audio_stream.examples.echo_bot --port 8080
-    fs_cli -x 'python audio_stream <uuid> start ws://127.0.0.1:8080/ mono 16k {"rate":16000}'
+    fs_cli -x 'python audio_stream <uuid> start ws://127.0.0.1:8080/ mono 16k'
 
 Speech is told from silence by energy alone (20 ms frames louder than --threshold dBFS), which
-is enough on a clean line. The stream's format comes from the start metadata ("rate",
-"channels") or --rate/--channels. Stream mono or stereo (the caller is the left channel);
-mixed also carries the bot's own playback, which would barge in on itself.
+is enough on a clean line. The stream's format comes from the upgrade request's
+X-Audio-Stream-* headers (audio_stream sends them), else the start metadata ("rate",
+"channels"), else --rate/--channels; a stream whose format is none of these is not echoed (the
+log says why). Stream mono or stereo (the caller is the left channel); mixed also carries the
+bot's own playback, which would barge in on itself.
 """
 import itertools
 import json
@@ -100,7 +102,7 @@ class Echo:
 
 
 class EchoBot:
-    def __init__(self, rate=8000, channels=1, log=print, **tuning):
+    def __init__(self, rate=None, channels=None, log=print, **tuning):
         self.rate = rate
         self.channels = channels
         self.log = log
@@ -114,18 +116,17 @@ class EchoBot:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         call = next(self._n)
-        rate, channels, echo, first = self.rate, self.channels, None, True
+        fmt, echo, first, refused = common.format_from_headers(request.headers), None, True, False
         marks = {}                 # mark name -> what it follows, until acknowledged
         last_mark = None
         replies = itertools.count(1)
         say = lambda text: self.log("call %d: %s" % (call, text))   # noqa: E731
-        say("connected from %s %s" % (request.remote, request.path))
+        say("connected from %s %s%s" % (request.remote, request.path, ": %r" % fmt if fmt else ""))
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 if first:
-                    rate, channels = common.stream_format(msg.data, rate, channels)
-                    say("start metadata %s: %d Hz, %d channel%s" % (msg.data[:200], rate, channels,
-                                                                    "s" if channels > 1 else ""))
+                    fmt = fmt or common.format_from_metadata(msg.data, self.rate, self.channels)
+                    say("start metadata %s%s" % (msg.data[:200], ": %r" % fmt if fmt else ""))
                 else:
                     ack = _mark_ack(msg.data)
                     if ack is None:
@@ -136,11 +137,19 @@ class EchoBot:
                         say("mark %s %s%s" % (name, event, " (after %s of playback)" % what if what else ""))
                         if echo is not None and name == last_mark:
                             echo.acknowledged()
-            elif msg.type == WSMsgType.BINARY:
+            elif msg.type == WSMsgType.BINARY and not refused:
                 if echo is None:
-                    echo = Echo(rate, **self.tuning)
+                    fmt = fmt or common.format_from_metadata(None, self.rate, self.channels)
+                    if fmt is None or fmt.encoding != "L16":
+                        refused = True
+                        say("not echoing this stream: %s" % (
+                            "its format is unknown (%s)" % common.UNKNOWN_FORMAT if fmt is None else
+                            "its audio is %s (%s), and this bot takes L16 only" % (fmt.encoding, fmt.said_by)))
+                        continue
+                    echo = Echo(fmt.rate, **self.tuning)
+                rate = fmt.rate
                 pcm = np.frombuffer(msg.data[:len(msg.data) // 2 * 2], dtype="<i2")
-                if channels == 2:
+                if fmt.channels == 2:
                     pcm = pcm[0::2]          # left: the caller
                 for action in echo.feed(pcm):
                     if action[0] == "play":

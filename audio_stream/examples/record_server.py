@@ -4,11 +4,14 @@ every text message it receives. With --greet it answers each stream with a short
 mark, so you hear the server in the call and see the mark come back.
 
     python -m audio_stream.examples.record_server --port 8080 --dir recordings --greet
-    fs_cli -x 'python audio_stream <uuid> start ws://127.0.0.1:8080/ stereo 16k {"rate":16000,"channels":2}'
+    fs_cli -x 'python audio_stream <uuid> start ws://127.0.0.1:8080/ stereo 16k'
 
-The WAV format comes from the start metadata when it is a JSON object with "rate" and
-"channels" (as above, and as the demo sends); otherwise from --rate and --channels. Files are
-named call-<date>-<time>-<n>.wav and are never overwritten.
+The WAV's rate and channels are what the upgrade request's X-Audio-Stream-Rate and
+X-Audio-Stream-Channels headers say (audio_stream sends them on every connection); for another
+client, what its start metadata says ({"rate":16000,"channels":2}), else --rate and --channels.
+A stream whose format is none of these is not written (the log says why): a WAV with the wrong
+rate plays at the wrong speed. Files are named call-<date>-<time>-<n>.wav and are never
+overwritten.
 """
 import itertools
 import os
@@ -29,7 +32,7 @@ def greeting(rate=8000):
 
 
 class RecordServer:
-    def __init__(self, out_dir=".", rate=8000, channels=1, greet=False, log=print):
+    def __init__(self, out_dir=".", rate=None, channels=None, greet=False, log=print):
         self.out_dir = out_dir
         self.rate = rate
         self.channels = channels
@@ -54,29 +57,37 @@ class RecordServer:
     async def handle(self, request):
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        rate, channels = self.rate, self.channels
+        fmt = common.format_from_headers(request.headers)
         w = f = path = None
         nbytes = 0
         first = True
-        self.log("server: connection from %s %s" % (request.remote, request.path))
+        refused = None
+        self.log("server: connection from %s %s%s" % (request.remote, request.path, ": %r" % fmt if fmt else ""))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     self.log("server: text %s" % msg.data[:200])
                     if first:
-                        rate, channels = common.stream_format(msg.data, rate, channels)
+                        if fmt is None:
+                            fmt = common.format_from_metadata(msg.data, self.rate, self.channels)
                         if self.greet:
                             await ws.send_str(common.stream_audio(greeting(8000).tobytes(), 8000))
                             await ws.send_str(common.mark("greeting"))
                             self.log("server: sent a 0.6 s greeting and the mark 'greeting'")
                 elif msg.type == WSMsgType.BINARY:
-                    if w is None:
-                        path, f = self._new_path()
-                        w = wave.open(f, "wb")
-                        w.setnchannels(channels)
-                        w.setsampwidth(2)
-                        w.setframerate(rate)
-                    w.writeframes(msg.data)
+                    if w is None and refused is None:
+                        fmt = fmt or common.format_from_metadata(None, self.rate, self.channels)
+                        refused = self._refuse(fmt)
+                        if refused:
+                            self.log("server: not recording this stream: %s" % refused)
+                        else:
+                            path, f = self._new_path()
+                            w = wave.open(f, "wb")
+                            w.setnchannels(fmt.channels)
+                            w.setsampwidth(2)
+                            w.setframerate(fmt.rate)
+                    if w is not None:
+                        w.writeframes(msg.data)
                     nbytes += len(msg.data)
                 first = False
         finally:
@@ -85,9 +96,20 @@ class RecordServer:
                 f.close()      # wave does not close a file it was handed
                 self.files.append(path)
                 self.log("server: wrote %s (%.2f s, %d Hz, %d channel%s); closed with %s" % (
-                    path, nbytes / (2 * channels * rate), rate, channels, "s" if channels > 1 else "",
-                    ws.close_code))
+                    path, nbytes / (2 * fmt.channels * fmt.rate), fmt.rate, fmt.channels,
+                    "s" if fmt.channels > 1 else "", ws.close_code))
+            elif refused:
+                self.log("server: %d bytes of audio not written (%s); closed with %s" % (nbytes, refused, ws.close_code))
         return ws
+
+    @staticmethod
+    def _refuse(fmt):
+        """Why this stream's audio cannot go into a WAV, or None."""
+        if fmt is None:
+            return "its format is unknown (%s)" % common.UNKNOWN_FORMAT
+        if fmt.encoding != "L16":
+            return "its audio is %s (%s), and this recorder writes L16 only" % (fmt.encoding, fmt.said_by)
+        return None
 
 
 def main(argv=None, prog="python -m audio_stream.examples.record_server"):

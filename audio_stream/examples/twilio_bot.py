@@ -19,27 +19,29 @@ What it does with each message Twilio (or audio_stream) sends:
   dtmf       sends `clear` (the caller interrupts what is playing) and logs the digit
   mark       logs the mark that came back: its audio has played (or was cleared)
   stop       logs a summary and closes the connection
---record DIR writes the caller's audio (the inbound track) to DIR/<callSid>.wav.
+--record DIR writes the caller's audio (the inbound track) to DIR/<callSid>.wav, 8000 Hz mono,
+when the audio is what Twilio sends (X-Audio-Stream-Encoding PCMU at 8000 Hz, which audio_stream
+sends on the upgrade request, and start.mediaFormat audio/x-mulaw, 8000 Hz, 1 channel);
+otherwise it writes nothing and says why.
 
 --check validates every message against the shapes Twilio documents (fields, string numbers,
 sequenceNumber +1 each message, chunk +1 per track, timestamps never going back) and reports a
 violation as a line starting "PROTOCOL ERROR".
 """
-import argparse
-import asyncio
 import base64
 import json
 import os
-import signal
-import sys
 import wave
 
 from aiohttp import WSMsgType, web
 
+from audio_stream.examples import common
+from audio_stream.examples.common import chime  # three short tones, 0.6 s
+from audio_stream.tools import cli
 from audio_stream.twilio import ulaw_decode, ulaw_encode
 
-
-from audio_stream.examples.common import chime  # three short tones, 0.6 s
+NAME = "twilio_bot"
+MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 
 
 # ---- the documented shapes (https://www.twilio.com/docs/voice/media-streams/websocket-messages) --
@@ -156,6 +158,10 @@ class TwilioBot:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.log("Connection accepted", request.path)
+        fmt = common.format_from_headers(request.headers)
+        not_recording = None
+        if self.record and fmt and (fmt.encoding, fmt.rate) != ("PCMU", 8000):
+            not_recording = "its audio is %r, not μ-law at 8000 Hz" % fmt
         checker = Checker() if self.check else None
         stream_sid = None
         call_sid = None
@@ -189,6 +195,10 @@ class TwilioBot:
                 self.log("Start Message received", message.data)
                 stream_sid = data["start"]["streamSid"]
                 call_sid = data["start"]["callSid"]
+                media_format = data["start"].get("mediaFormat")
+                if self.record and not not_recording and media_format != MEDIA_FORMAT:
+                    not_recording = "start.mediaFormat is %s, not %s" % (json.dumps(media_format),
+                                                                         json.dumps(MEDIA_FORMAT))
                 if self.greet:
                     await play(ulaw_encode(chime().tobytes()), "greeting")
                     self.log("Sent the greeting and the mark 'greeting'")
@@ -201,7 +211,7 @@ class TwilioBot:
                 if data["media"].get("track", "inbound") != "inbound":
                     continue
                 payload = base64.b64decode(data["media"]["payload"])
-                if self.record:
+                if self.record and not not_recording:
                     recorded.append(payload)
                 if self.mode == "echo":
                     inbound += payload
@@ -221,7 +231,9 @@ class TwilioBot:
                 break
             else:
                 self.log("Unknown message", message.data[:200])
-        if recorded and call_sid:
+        if not_recording:
+            self.log("Not recording this stream: %s" % not_recording)
+        elif recorded and call_sid:
             path = os.path.join(self.record, "%s.wav" % call_sid.replace("/", "_"))
             with wave.open(path, "wb") as w:
                 w.setnchannels(1)
@@ -235,43 +247,24 @@ class TwilioBot:
         return ws
 
 
-async def serve(bot, host, port):
-    runner = web.AppRunner(bot.app())
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    actual = runner.addresses[0][1]
-    print("twilio_bot: listening on ws://%s:%d/" % (host, actual), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[1:]))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
-    p.add_argument("--mode", choices=("echo", "listen"), default="echo")
-    p.add_argument("--echo-ms", type=int, default=1000, help="echo the caller's audio in pieces this long")
+def main(argv=None, prog="python -m audio_stream.examples.twilio_bot"):
+    p = cli.parser(prog, __doc__)
+    common.add_server_options(p)
+    p.add_argument("--mode", choices=("echo", "listen"), default="echo",
+                   help="echo: send the caller's audio back; listen: only count it")
+    p.add_argument("--echo-ms", type=int, default=1000, help="echo the caller's audio in pieces this long (ms)")
     p.add_argument("--greet", action="store_true", help="play a short chime and the mark 'greeting' at start")
-    p.add_argument("--record", metavar="DIR", help="write the caller's audio to DIR/<callSid>.wav")
+    p.add_argument("--record", metavar="DIR", help="write the caller's audio to DIR/<callSid>.wav (created if missing)")
     p.add_argument("--check", action="store_true", help="report messages that differ from Twilio's docs")
     a = p.parse_args(argv)
     if a.echo_ms <= 0:
         p.error("--echo-ms must be positive")
+    if a.record:
+        cli.output_dir(a.record)
     bot = TwilioBot(a.mode, a.echo_ms, a.greet, a.record, a.check,
                     out=lambda *args: print(*args, flush=True))
-    try:
-        asyncio.run(serve(bot, a.host, a.port))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return common.serve(bot.app(), a.host, a.port, NAME)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

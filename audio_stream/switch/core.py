@@ -14,6 +14,20 @@ import ctypes
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_int, c_int32, c_uint8, c_uint16,
                     c_uint32, c_void_p, c_long, byref)
 
+def switch_true(value):
+    """FreeSWITCH's switch_true() (an inline function in switch_utils.h, not a symbol): yes/on/true/t/
+    enabled/active/allow or a non-zero number."""
+    if value is None:
+        return False
+    v = value.strip().lower()
+    if v in ("yes", "on", "true", "t", "enabled", "active", "allow"):
+        return True
+    try:
+        return int(v) != 0
+    except ValueError:
+        return False
+
+
 # switch_status_t
 SUCCESS = 0
 FALSE = 1
@@ -29,11 +43,9 @@ SMBF_WRITE_REPLACE = 1 << 2
 SMBF_READ_REPLACE = 1 << 3
 SMBF_READ_PING = 1 << 4
 SMBF_STEREO = 1 << 5
-SMBF_NO_PAUSE = 1 << 10
 SMBF_STEREO_SWAP = 1 << 11
 
 # switch_call_cause_t (switch_types.h)
-CAUSE_NORMAL_CLEARING = 16
 CAUSE_SYSTEM_SHUTDOWN = 701     # fsctl shutdown: switch_core_destroy hangs every call up with it
 
 # switch_codec_flag_enum_t
@@ -163,7 +175,6 @@ _PROTOTYPES = {
     "switch_channel_event_set_data": (None, [c_void_p, c_void_p]),
     "switch_channel_get_cause": (c_int, [c_void_p]),
     "switch_core_session_get_read_impl": (c_int, [c_void_p, POINTER(CodecImplementation)]),
-    "switch_core_session_get_write_impl": (c_int, [c_void_p, POINTER(CodecImplementation)]),
     "switch_core_media_bug_add": (c_int, [c_void_p, c_char_p, c_char_p, BUG_CALLBACK, c_void_p,
                                           c_long, c_uint32, POINTER(c_void_p)]),
     "switch_core_media_bug_read": (c_int, [c_void_p, POINTER(Frame), c_int]),
@@ -222,9 +233,6 @@ class Core:
     def unlock(self, session):
         self.switch_core_session_rwunlock(session)
 
-    def channel(self, session):
-        return self.switch_core_session_get_channel(session)
-
     def get_var(self, session, name):
         ch = self.switch_core_session_get_channel(session)
         if not ch:
@@ -246,12 +254,6 @@ class Core:
             return None
         return impl
 
-    def write_impl(self, session):
-        impl = CodecImplementation()
-        if self.switch_core_session_get_write_impl(session, byref(impl)) != SUCCESS:
-            return None
-        return impl
-
     def event_set_data(self, session, event_ptr):
         ch = self.switch_core_session_get_channel(session)
         if ch and event_ptr:
@@ -263,12 +265,6 @@ class Core:
         status = self.switch_core_media_bug_add(session, function.encode(), None, callback or NO_CALLBACK,
                                                 user_data, 0, flags, byref(bug))
         return (bug.value if status == SUCCESS else None), status
-
-    def bug_exec_all(self, session, function, callback, user_data):
-        """Call `callback(bug, user_data)` for each live bug named `function` on the session, with
-        the session's bug list write-locked (no media thread is inside any of its bugs then, and
-        none can be removed). The session must be located. `function` is bytes."""
-        return self.switch_core_media_bug_exec_all(session, function, callback, user_data) == SUCCESS
 
     def bug_remove(self, session, bug):
         """Remove by pointer; the core searches the session's list, so a stale pointer is safe."""

@@ -32,7 +32,6 @@ import asyncio
 import threading
 
 from . import core as C
-from ..config import switch_true
 
 HOOK_SOURCES = frozenset((C.DTMF_RTP, C.DTMF_ENDPOINT, C.DTMF_INBAND_AUDIO))
 EVENT_SOURCES = frozenset(("UNKNOWN", "APP"))     # DTMF-Source of the digits the hook cannot see
@@ -83,7 +82,7 @@ def _sensitive(core, session):
     # the hooks the digit as it came: honour it here (no copy into the session pool: dup FALSE)
     ch = core.switch_core_session_get_channel(session)
     value = core.switch_channel_get_variable_dup(ch, b"sensitive_dtmf", 0, -1) if ch else None
-    return value is not None and switch_true(value.decode("latin-1"))
+    return value is not None and C.switch_true(value.decode("latin-1"))
 
 
 class _EventPath:

@@ -1,11 +1,15 @@
 """The installer's eyes: find FreeSWITCH, ask it (fs_cli or the event socket), read its files,
 run ldd and the embedded Python. Only reads; returns install_plan.Facts."""
+import base64
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from . import esl, install_plan as P
 
@@ -39,6 +43,16 @@ for name in sys.argv[1:]:
         __import__(name)
     except Exception as e:
         out["missing"].append("%s (%s: %s)" % (name, type(e).__name__, e))
+out["ext_suffix"] = sysconfig.get_config_var("EXT_SUFFIX")
+ver = "%d%d" % sys.version_info[:2]
+plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+out["tag"] = "cp%s-cp%s-%s" % (ver, ver, plat) if sys.implementation.name == "cpython" else None
+try:
+    import importlib.metadata as md
+    out["dists"] = {d.metadata["Name"]: d.version for d in
+                    md.distributions(path=sorted({paths["purelib"], paths["platlib"]})) if d.metadata["Name"]}
+except Exception:
+    out["dists"] = {}
 print(json.dumps(out))
 """
 
@@ -128,7 +142,8 @@ def _python_info(data):
                         externally_managed=data["externally_managed"], pip=data.get("pip"),
                         purelib=data.get("purelib"), package_path=data.get("package_path"),
                         package_version=data.get("package_version"), package_error=data.get("package_error"),
-                        missing=tuple(data.get("missing", ())))
+                        missing=tuple(data.get("missing", ())), ext_suffix=data.get("ext_suffix"),
+                        tag=data.get("tag"), dists=data.get("dists") or {})
 
 
 def find_python(facts, explicit, script_dir):
@@ -163,24 +178,174 @@ def find_python(facts, explicit, script_dir):
     return None
 
 
-def project_source():
-    """The project checkout this package runs from (an editable install, or python -m from it)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def _is_project(root):
+    """Whether `root` is a checkout of this project (setup.cfg naming it, the package beside it)."""
     setup = _read(os.path.join(root, "setup.cfg")) or b""
-    if b"name = audio_stream" in setup:
-        return root
+    return b"name = audio_stream" in setup and os.path.isfile(os.path.join(root, P.PACKAGE, "__init__.py"))
+
+
+def _file_hash(path):
+    """sha256 of a file as RECORD writes it (urlsafe base64, no padding), or None."""
+    data = _read(path)
+    if data is None:
+        return None
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _our_distribution(package_dir):
+    """The installed distribution (importlib.metadata) whose files are this package, or None."""
+    try:
+        import importlib.metadata as md
+    except ImportError:                 # Python < 3.8
+        return None
+    for dist in md.distributions(path=[os.path.dirname(package_dir)]):
+        if (dist.metadata["Name"] or "").lower().replace("-", "_") == P.PACKAGE:
+            return dist
     return None
 
 
-def conf_source():
-    root = project_source()
-    candidates = ([os.path.join(root, "conf")] if root else []) + [
+def _installed_from(dist):
+    """The local directory pip installed `dist` from (PEP 610 direct_url.json), or None."""
+    try:
+        info = json.loads(dist.read_text("direct_url.json") or "null")
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or "dir_info" not in info or not str(info.get("url", "")).startswith("file://"):
+        return None
+    return url2pathname(urlsplit(info["url"]).path)
+
+
+def _same_files(dist, checkout):
+    """Whether the checkout's package is, file for file, what pip installed from it."""
+    recorded = {str(f): f.hash.value for f in dist.files or () if str(f).startswith(P.PACKAGE + "/")
+                and str(f).endswith(".py") and f.hash}
+    if not recorded:
+        return False
+    there = set()
+    for dirpath, dirnames, files in os.walk(os.path.join(checkout, P.PACKAGE)):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        there |= {os.path.relpath(os.path.join(dirpath, f), checkout) for f in files if f.endswith(".py")}
+    if there != set(recorded):
+        return False
+    return all(_file_hash(os.path.join(checkout, f)) == h for f, h in recorded.items())
+
+
+def _distribution_files(dist, site):
+    """The distribution's files relative to `site` (RECORD; without it, what is on disk), without
+    bytecode, scripts and data outside site-packages, or the record of how pip installed it."""
+    junk = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
+    if dist.files:
+        names = [str(f) for f in dist.files]
+    else:
+        names = []
+        info = "%s-%s.dist-info" % (P.PACKAGE, dist.version)
+        for top in (P.PACKAGE, info):
+            for dirpath, _, files in os.walk(os.path.join(site, top)):
+                names += [os.path.relpath(os.path.join(dirpath, f), site) for f in files]
+    return tuple(sorted(n for n in names if not n.startswith("..") and "__pycache__" not in n
+                        and not (".dist-info/" in n and n.rsplit("/", 1)[1] in junk)))
+
+
+def own_source(package_dir=None):
+    """(Source, None) for the audio_stream this installer runs from, or (None, why not).
+
+    A project checkout (python -m audio_stream install in it, or an editable install) is the
+    source itself. An installed distribution (pip install ., a wheel, the package index) is
+    installed again from the checkout it came from when that is still there, unchanged (so the
+    embedded Python builds the optional compiled accelerator for itself), else from its own
+    installed files, packed into a wheel."""
+    pkg = package_dir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root, version = os.path.dirname(pkg), None
+    if _is_project(root):
+        return P.Source("dir", root, "the source is the project checkout this installer runs from"), None
+    dist = _our_distribution(pkg)
+    if dist is None:
+        return None, ("the audio_stream this installer runs from (%s) is neither a project checkout "
+                      "nor an installed distribution" % pkg)
+    version = dist.version
+    origin = _installed_from(dist)
+    if origin and _is_project(origin) and _same_files(dist, origin):
+        return P.Source("dir", origin, "the source is the checkout audio_stream %s was installed from, "
+                        "unchanged since (pip builds it for the embedded Python)" % version), None
+    files = _distribution_files(dist, root)
+    if not any(f.startswith(P.PACKAGE + "/") for f in files):
+        return None, "the installed distribution audio_stream %s at %s lists no files" % (version, root)
+    return P.Source("installed", root, "the source is audio_stream %s as installed at %s, packed into a "
+                    "wheel" % (version, root), files), None
+
+
+def given_source(text):
+    if os.path.isdir(text):
+        return P.Source("dir", os.path.abspath(text), "the source is %s (--source)" % text)
+    if os.path.isfile(text):
+        return P.Source("file", os.path.abspath(text), "the source is %s (--source)" % text)
+    return P.Source("requirement", text, "the source is the requirement %s (--source), from the package index" % text)
+
+
+def conf_source(source=None):
+    """The conf samples: the source's conf/, the checkout this runs from, or where pip put the
+    data files (<prefix>/share/audio-stream/conf; the .deb: /usr/share/audio-stream/conf)."""
+    own = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    roots = [source.location] if source and source.kind == "dir" else []
+    roots += [own] if _is_project(own) else []
+    candidates = [os.path.join(r, "conf") for r in roots] + [
         os.path.join(sys.prefix, "share", "audio-stream", "conf"),
         "/usr/share/audio-stream/conf", "/usr/local/share/audio-stream/conf"]
     for c in candidates:
         if os.path.exists(os.path.join(c, "autoload_configs", "python.conf.xml")):
             return c
     return None
+
+
+def read_json(path):
+    data = _read(path)
+    try:
+        value = json.loads(data.decode("utf-8")) if data is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and value.get("installed_by") == P.INSTALLED_BY else None
+
+
+def files_under(root):
+    """Every file (and link) under `root`, relative to it."""
+    out = []
+    for dirpath, dirnames, files in os.walk(root):
+        out += [os.path.relpath(os.path.join(dirpath, f), root) for f in files]
+        out += [os.path.relpath(os.path.join(dirpath, d), root) for d in dirnames
+                if os.path.islink(os.path.join(dirpath, d))]
+    return tuple(sorted(out))
+
+
+def _legacy_entries(script_dir):
+    """Script-dir entries that an earlier installer (pip --target <script_dir>) put there: the
+    top-level names in the RECORDs of the distributions it installed, when audio_stream is one."""
+    try:
+        infos = [n for n in os.listdir(script_dir) if n.endswith(".dist-info")]
+    except OSError:
+        return ()
+    if not any(n.lower().startswith(P.PACKAGE + "-") for n in infos):
+        return ()
+    tops = set(infos)
+    for info in infos:
+        for line in (_read(os.path.join(script_dir, info, "RECORD")) or b"").decode("utf-8", "replace").splitlines():
+            top = line.split(",", 1)[0].split("/", 1)[0]
+            if top and top != ".." and os.path.lexists(os.path.join(script_dir, top)):
+                tops.add(top)
+    tops.discard(P.PACKAGE)
+    return tuple(sorted(tops))
+
+
+def script_copy(script_dir):
+    path = os.path.join(script_dir, P.PACKAGE)
+    if not os.path.lexists(path):
+        return None
+    if os.path.islink(path):
+        return P.Copy(path, link=os.readlink(path))
+    manifest = read_json(os.path.join(path, P.MANIFEST))
+    present = files_under(path) if os.path.isdir(path) else ()
+    return P.Copy(path, manifest=manifest, present=present,
+                  unknown=P.unknown_files(manifest, present) if manifest else (),
+                  legacy=() if manifest else _legacy_entries(script_dir))
 
 
 def _pip_version():
@@ -200,6 +365,7 @@ def probe(a, our_version):
         facts.switch_error = "%s is not an executable" % a.fs_cli
     if not fs_cli and not host:
         host, port = esl.DEFAULT_HOST, esl.DEFAULT_PORT
+    facts.fs_cli = fs_cli or find_fs_cli(None, a.prefix)
     switch = Switch(fs_cli, host, port, a.password) if (fs_cli or host) else None
     dirs = {}
     if switch:
@@ -243,6 +409,7 @@ def probe(a, our_version):
     if "script_dir" in dirs and (a.python or facts.libpython):
         facts.python = find_python(facts, a.python, dirs["script_dir"][0])
 
+    facts.source, facts.source_error = (given_source(a.source), None) if a.source else own_source()
     if "conf_dir" in dirs:
         conf_dir = dirs["conf_dir"][0]
         modules_conf = os.path.join(conf_dir, "autoload_configs", "modules.conf.xml")
@@ -253,25 +420,21 @@ def probe(a, our_version):
         pyconf = _read(os.path.join(conf_dir, "autoload_configs", "python.conf.xml"))
         if pyconf is not None:
             facts.startup_script_set = P.startup_script_set(pyconf.decode("utf-8", "replace"))
-        facts.conf_source = a.conf_source or conf_source()
+        facts.conf_source = a.conf_source or conf_source(facts.source)
         if facts.conf_source:
             for src, dest_rel, _ in P.SNIPPETS:
                 facts.snippets[src] = _read(os.path.join(facts.conf_source, src))
-                dest = os.path.join(conf_dir, dest_rel)
-                facts.conf_existing[dest] = _read(dest)
-                facts.conf_existing[dest + ".dist"] = _read(dest + ".dist")
+        for _, dest_rel, _ in P.SNIPPETS:
+            dest = os.path.join(conf_dir, dest_rel)
+            facts.conf_existing[dest] = _read(dest)
+            facts.conf_existing[dest + ".dist"] = _read(dest + ".dist")
     if "script_dir" in dirs:
-        copy = os.path.join(dirs["script_dir"][0], "audio_stream")
-        if os.path.lexists(copy):
-            link = os.readlink(copy) if os.path.islink(copy) else None
-            meta = any(n.startswith("audio_stream-") and n.endswith(".dist-info")
-                       for n in os.listdir(dirs["script_dir"][0]))
-            facts.script_copy = (copy, link, meta)
+        facts.copy = script_copy(dirs["script_dir"][0])
+        facts.outside_manifest = read_json(os.path.join(dirs["script_dir"][0], P.OUTSIDE_MANIFEST))
     if facts.answers is not None and not facts.answers.startswith("-USAGE") and "log_dir" in dirs:
         tail = _read(os.path.join(dirs["log_dir"][0], "freeswitch.log"), limit=256 * 1024)
         if tail:
             facts.python_log_error = P.python_error_from_log(tail.decode("utf-8", "replace"))
-    facts.source = a.source or project_source()
     return facts
 
 
@@ -293,3 +456,8 @@ def recheck(a, facts):
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
             facts.python_error = str(e)
     return facts
+
+
+def recheck_dists(facts):
+    """After pip installed into site-packages: what is there now."""
+    facts.python = _python_info(run_python_check(facts.python.executable, facts.dirs["script_dir"][0]))

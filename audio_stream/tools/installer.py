@@ -1,25 +1,31 @@
-"""audio-stream-install: install audio_stream where FreeSWITCH's mod_python3 imports it.
+"""audio-stream-install: install audio_stream where FreeSWITCH's mod_python3 imports it, or remove it.
 
     audio-stream-install --dry-run      # what it finds and would do; changes nothing
     audio-stream-install                # do it
+    audio-stream-install --uninstall    # remove exactly what it installed (--dry-run: show it)
 
 It finds FreeSWITCH (fs_cli on PATH or under a well-known prefix, else the event socket on
 127.0.0.1:8021; or --prefix, --fs-cli, --esl/--password) and asks it for its script, conf and
 module dirs (global_getvar script_dir, conf_dir, mod_dir); without an answer it guesses them
 from the layout. It finds the Python mod_python3 embeds from the libpython that
 mod_python3.so links (ldd), and installs the package and its dependencies with that Python's
-pip: into its site-packages, or, when that Python is externally managed (PEP 668, Debian 12),
-into the script dir with pip --target. It installs the conf samples without replacing any file
-(a .dist copy beside yours instead), checks that mod_python3 is loaded and that
-`python audio_stream` answers, and says exactly what is left to do.
+pip into ONE directory, <script_dir>/audio_stream: the package, its dependencies in
+audio_stream/_deps (the package puts them on its import path) and install-manifest.json, the
+list of every file it added. What it installs is the audio_stream it runs from: the checkout
+it was installed from when that is unchanged, else its installed files (or --source). It
+installs the conf samples without replacing any file (a .dist copy beside yours instead),
+checks that mod_python3 is loaded and that `python audio_stream` answers, and says exactly
+what is left to do. An upgrade replaces the directory; --uninstall removes the files the
+manifest lists (and the conf files it wrote, unless you changed them) and nothing else.
 
-Exit status: 0 when done (or, with --dry-run, when nothing blocks the install), 1 when something
+Exit status: 0 when done (or, with --dry-run, when nothing blocks it), 1 when something
 blocks it or the switch does not answer yet, 2 for a bad option.
 """
 import os
+import shutil
 import subprocess
 
-from . import cli, esl, install_plan as P, install_probe
+from . import cli, esl, install_files as F, install_plan as P, install_probe
 
 PROG = "audio-stream-install"
 
@@ -27,6 +33,8 @@ PROG = "audio-stream-install"
 def parser(prog=PROG):
     p = cli.parser(prog, __doc__)
     p.add_argument("--dry-run", action="store_true", help="show what would be done; change nothing")
+    p.add_argument("--uninstall", action="store_true",
+                   help="remove what this installer installed (the files its manifest lists)")
     g = p.add_argument_group("finding FreeSWITCH")
     g.add_argument("--prefix", help="where FreeSWITCH is installed (e.g. /usr/local/freeswitch, or /usr "
                    "for Debian's packages)")
@@ -41,11 +49,12 @@ def parser(prog=PROG):
     g.add_argument("--python", help="the Python mod_python3 embeds (default: found from mod_python3.so's libpython)")
     g = p.add_argument_group("what to install")
     g.add_argument("--method", choices=("auto", "target", "site", "none"), default="auto",
-                   help="target: pip --target the script dir; site: that Python's site-packages; "
-                   "none: do not install the package (conf and checks only); auto: target when the "
-                   "Python is externally managed (PEP 668), else site")
+                   help="target (what auto does): one directory, <script_dir>/audio_stream, holding the "
+                   "package and its dependencies; site: that Python's site-packages (with "
+                   "--break-system-packages when it is externally managed, PEP 668); none: do not "
+                   "install the package (conf and checks only)")
     g.add_argument("--source", help="what pip installs: a project dir, a wheel or a requirement "
-                   "(default: the project checkout this installer runs from)")
+                   "(default: the audio_stream this installer runs from)")
     g.add_argument("--conf-source", help="directory with the conf samples (default: the project's conf/)")
     g.add_argument("--no-deps", action="store_true", help="do not install the dependencies (they are there)")
     g.add_argument("--reinstall", action="store_true", help="install even if the same version is there")
@@ -85,52 +94,97 @@ def report(facts, out=print):
             out("  missing: %s" % "; ".join(py.missing))
     else:
         out("Python mod_python3 embeds: not found (%s)" % (facts.python_error or facts.ldd_error or "no mod_python3.so"))
-    if facts.script_copy:
-        path, link, meta = facts.script_copy
-        out("  script dir copy: %s%s" % (path, " -> %s (a link)" % link if link else
-                                           " (installed by pip)" if meta else " (copied by hand?)"))
+    copy = facts.copy
+    if copy:
+        if copy.link:
+            what = "a link to %s" % copy.link
+        elif copy.manifest:
+            what = "audio_stream %s, installed by %s (%s lists its %d files)" % (
+                copy.manifest.get("version", "?"), P.INSTALLED_BY, P.MANIFEST, len(copy.manifest.get("files") or ()))
+        else:
+            what = "not installed by %s (no %s)" % (P.INSTALLED_BY, P.MANIFEST)
+        out("  in the script dir: %s: %s" % (copy.path, what))
     if facts.answers is not None:
         out("  python audio_stream -> %s" % (facts.answers.splitlines()[0][:100] if facts.answers else "(nothing)"))
 
 
-def apply(plan, out=print):
-    """Run the plan's steps; returns whether the package was (re)installed."""
-    installed = False
-    for step in plan.steps:
-        if step.kind == "pip":
-            out("$ %s" % " ".join(step.argv))
-            with cli.progress("pip is installing (downloads and builds may take a minute)", after=5):
-                r = subprocess.run(step.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-            if r.returncode != 0:
-                tail = "\n".join(r.stdout.strip().splitlines()[-15:])
-                raise cli.CLIError("pip failed (exit status %d); its last lines:\n%s" % (r.returncode, tail))
-            last = [line for line in r.stdout.splitlines() if line.startswith("Successfully installed")]
-            out("  %s" % (last[-1] if last else "pip: done"))
-            installed = True
-        elif step.kind == "write":
-            os.makedirs(os.path.dirname(step.path), exist_ok=True)
-            tmp = step.path + ".tmp-audio-stream"
-            with open(tmp, "wb") as f:
-                f.write(step.content)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, step.path)
-            out("  wrote %s" % step.path)
-    return installed
+class Done:
+    """What apply() did, for the manifest and the final words."""
+
+    def __init__(self):
+        self.installed = False
+        self.files = None             # the package dir's files, when this run installed it there
+        self.written = {}             # conf path -> sha256 of what this run wrote
+        self.made_dirs = []           # directories this run made for them
+        self.added_dists = ()         # site: distributions that were not there before
 
 
-def main(argv=None, prog=PROG):
-    from ..version import VERSION
-    a = parser(prog).parse_args(argv)
-    opts = P.Options(method=a.method, no_deps=a.no_deps, reinstall=a.reinstall, conf=not a.no_conf,
-                     dry_run=a.dry_run)
-    print("audio_stream %s installer%s" % (VERSION, " (dry run: nothing is changed)" if a.dry_run else ""))
-    with cli.progress("asking FreeSWITCH and its Python", after=3):
-        facts = install_probe.probe(a, VERSION)
-    report(facts)
-    plan = P.build_plan(facts, opts)
+def _run_pip(argv, out):
+    out("$ %s" % " ".join(argv))
+    with cli.progress("pip is installing (downloads and builds may take a minute)", after=5):
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        tail = "\n".join(r.stdout.strip().splitlines()[-15:])
+        raise cli.CLIError("pip failed (exit status %d); its last lines:\n%s" % (r.returncode, tail))
+    last = [line for line in r.stdout.splitlines() if line.startswith("Successfully installed")]
+    out("  %s" % (last[-1] if last else "pip: done"))
+
+
+def apply(plan, facts, out=print):
+    """Run the plan's steps; returns Done."""
+    done = Done()
+    staging = P.staging_dir(facts)
+    try:
+        for step in plan.steps:
+            if step.kind == "pack":
+                F.fresh_staging(staging)
+                F.pack_wheel(facts.source.location, facts.source.files, step.path, step.keep_ext)
+                out("  packed %s" % step.path)
+            elif step.kind == "stage":
+                if not os.path.isdir(os.path.join(staging, "wheel")):
+                    F.fresh_staging(staging)
+                _run_pip(step.argv, out)
+                new = F.arrange(os.path.join(staging, "target"))
+                done.files = [f for f in install_probe.files_under(new)] + [P.MANIFEST]
+                F.write_manifest(os.path.join(new, P.MANIFEST), _manifest(facts, plan, done))
+                F.swap(new, step.path, staging)
+                out("  installed %s (%d files)" % (step.path, len(done.files)))
+                done.installed = True
+            elif step.kind == "pip":
+                before = set(facts.python.dists)
+                _run_pip(step.argv, out)
+                done.installed = True
+                install_probe.recheck_dists(facts)
+                done.added_dists = tuple(sorted(set(facts.python.dists) - before))
+            elif step.kind == "write":
+                done.made_dirs += F.write_file(step.path, step.content)
+                done.written[step.path] = P.sha256(step.content)
+                out("  wrote %s" % step.path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if done.installed or done.written or facts.outside_manifest:
+        path = P.manifest_path(facts, plan.method, done.installed and plan.method == "target")
+        F.write_manifest(path, _manifest(facts, plan, done))
+        outside = os.path.join(facts.dirs["script_dir"][0], P.OUTSIDE_MANIFEST)
+        if path != outside and os.path.exists(outside):
+            os.unlink(outside)
+        out("  recorded what was installed in %s" % path)
+    return done
+
+
+def _manifest(facts, plan, done):
+    current = _conf_now(facts)
+    src = facts.source
+    return P.merge_manifest(facts, facts.our_version, plan.method, facts.python.executable if facts.python else None,
+                            "%s %s" % (src.kind, src.location) if src else None, done.files, done.written,
+                            current, done.added_dists, done.made_dirs)
+
+
+def _print_plan(plan, dry_run):
+    """Print the plan; True when something blocks it (and it said what)."""
     if plan.steps:
-        print("Plan:" if a.dry_run else "Doing:")
+        print("Plan:" if dry_run else "Doing:")
         for i, step in enumerate(plan.steps, 1):
             print("  %d. %s" % (i, step.text))
             if step.argv:
@@ -139,30 +193,86 @@ def main(argv=None, prog=PROG):
                 print("     why: %s" % step.why)
     for note in plan.notes:
         print("note: %s" % note)
-    if plan.blockers:
-        for b in plan.blockers:
-            print("BLOCKED: %s" % b)
-        if not a.dry_run:
-            print("Nothing was changed.")
+    for b in plan.blockers:
+        print("BLOCKED: %s" % b)
+    if plan.blockers and not dry_run:
+        print("Nothing was changed.")
+    return bool(plan.blockers)
+
+
+def _conf_now(facts):
+    """conf path -> sha256 of its content now (None: missing), for the conf files the manifests list."""
+    return {path: F.file_sha256(path)
+            for m in ((facts.copy.manifest if facts.copy else None), facts.outside_manifest)
+            for path in (m or {}).get("conf") or {}}
+
+
+def uninstall(a, facts):
+    plan = P.uninstall_plan(facts, facts.copy.present if facts.copy else (), _conf_now(facts))
+    if _print_plan(plan, a.dry_run):
         return 1
-    installed = False
+    removed = set()
     if not a.dry_run:
-        installed = apply(plan)
+        for step in plan.steps:
+            if step.kind == "remove-tree":
+                n = F.remove_tree(step.path, step.files)
+                print("  removed %d files%s" % (n, "" if os.path.lexists(step.path) else " and %s" % step.path))
+            elif step.kind == "remove":
+                os.unlink(step.path)
+                print("  removed %s" % step.path)
+            elif step.kind == "pip-uninstall":
+                _run_pip(step.argv, print)
+            elif step.kind == "remove-dir":
+                if os.path.isdir(step.path) and not os.listdir(step.path):
+                    os.rmdir(step.path)
+                    print("  removed %s" % step.path)
+                elif os.path.isdir(step.path):
+                    print("  kept %s: it is not empty" % step.path)
+            removed.add(step.path)
+    else:
+        removed = {s.path for s in plan.steps}
+    steps = P.after_uninstall(facts, removed)
+    if steps:
+        print("Next:")
+        for s in steps:
+            print("  - %s" % s)
+    print("nothing blocks the removal" if a.dry_run else "removed")
+    return 0
+
+
+def main(argv=None, prog=PROG):
+    from ..version import VERSION
+    a = parser(prog).parse_args(argv)
+    opts = P.Options(method=a.method, no_deps=a.no_deps, reinstall=a.reinstall, conf=not a.no_conf,
+                     dry_run=a.dry_run)
+    print("audio_stream %s installer%s%s" % (VERSION, ": uninstall" if a.uninstall else "",
+                                             " (dry run: nothing is changed)" if a.dry_run else ""))
+    with cli.progress("asking FreeSWITCH and its Python", after=3):
+        facts = install_probe.probe(a, VERSION)
+    report(facts)
+    if a.uninstall:
+        return uninstall(a, facts)
+    plan = P.build_plan(facts, opts)
+    if _print_plan(plan, a.dry_run):
+        return 1
+    done = Done()
+    if not a.dry_run:
+        done = apply(plan, facts)
         install_probe.recheck(a, facts)
         py = facts.python
         if py and py.package_version:
             print("the embedded Python now imports audio_stream %s from %s%s" % (
                 py.package_version, py.package_path, "; missing: " + "; ".join(py.missing) if py.missing else ""))
-    will_install = a.dry_run and any(step.kind == "pip" for step in plan.steps)
-    steps = P.next_steps(facts, installed, will_install)
+    will_install = a.dry_run and any(step.kind in ("pip", "stage") for step in plan.steps)
+    steps = P.next_steps(facts, done.installed, will_install)
     if steps:
         print("Next:")
         for s in steps:
             print("  - %s" % s)
     blocking = [s for s in steps if not s.startswith("optional:") and not s.startswith("restart")]
     if not blocking:
-        if facts.answers and facts.answers.startswith("-USAGE"):
-            print("audio_stream answers in FreeSWITCH: fs_cli -x 'python audio_stream' -> -USAGE …")
+        if facts.answers and facts.answers.startswith("-USAGE") and not a.dry_run:
+            print("audio_stream answers in FreeSWITCH: %s -x 'python audio_stream' -> -USAGE …" % P.fs_cli(facts))
         else:
             print("nothing blocks the install" if a.dry_run else "done")
         return 0

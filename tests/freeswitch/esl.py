@@ -11,16 +11,20 @@ from audio_stream.tools.esl import read_message as _read_message
 
 
 class EventListener:
-    """Collects CUSTOM events of the given subclasses (plain format) on a thread."""
+    """Collects CUSTOM events of the given subclasses (plain format) on a thread. With
+    `subscribe="log 7", content_type="log/data"`: the switch's log lines instead, in `bodies`."""
 
-    def __init__(self, subclasses, host="127.0.0.1", port=8021, password="ClueCon"):
+    def __init__(self, subclasses, host="127.0.0.1", port=8021, password="ClueCon", subscribe=None,
+                 content_type="text/event-plain"):
         self.conn = Connection(host, port, password)
         self.events = []
+        self.bodies = []
+        self.content_type = content_type
         self.cond = threading.Condition()
-        self.conn.send("event plain CUSTOM " + " ".join(subclasses))
+        self.conn.send(subscribe or "event plain CUSTOM " + " ".join(subclasses))
         h, _ = _read_message(self.conn.f)
         if not h.get("Reply-Text", "").startswith("+OK"):
-            raise ESLError("event subscribe failed: %r" % h)
+            raise ESLError("subscribe failed: %r" % h)
         self.conn.sock.settimeout(None)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -29,7 +33,10 @@ class EventListener:
         try:
             while True:
                 h, body = _read_message(self.conn.f)
-                if h.get("Content-Type") != "text/event-plain":
+                if h.get("Content-Type") != self.content_type:
+                    continue
+                if self.content_type != "text/event-plain":
+                    self.bodies.append(body)
                     continue
                 lines = body.split("\n")
                 ev = {}

@@ -13,13 +13,11 @@ import time
 import pytest
 
 from ..support import WSServer
-from .conftest import MODULE
+from .conftest import api
 
 pytestmark = pytest.mark.usefixtures("has_reload")
 
 
-def api(fs, line):
-    return fs.api("python %s %s" % (MODULE, line))
 
 
 def dtmf_texts(conn):

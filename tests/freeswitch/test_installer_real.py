@@ -1,5 +1,6 @@
 """The installer against the real switch: --dry-run only (others use this switch), and a full
-install of the package into a temporary script dir with the switch's own Python and pip."""
+install of the package into a temporary script dir with the switch's own Python and pip, then
+--uninstall."""
 import os
 import subprocess
 import sys
@@ -7,10 +8,10 @@ import sys
 import pytest
 
 from . import esl
-from .conftest import HOST, PASSWORD, PORT
+from .conftest import HOST, PASSWORD, PORT, why_not_reachable
 
-if not esl.reachable(HOST, PORT, PASSWORD):
-    pytest.skip("no FreeSWITCH event socket at %s:%d (see docs/testing.md)" % (HOST, PORT), allow_module_level=True)
+if why_not_reachable():
+    pytest.skip(why_not_reachable(), allow_module_level=True)
 
 
 def switch_var(name):
@@ -49,7 +50,7 @@ def test_dry_run_finds_everything_and_changes_nothing():
     assert after == before
 
 
-def test_full_install_into_a_temporary_tree_with_the_switchs_python(tmp_path):
+def test_full_install_into_a_temporary_tree_with_the_switchs_python_and_back(tmp_path):
     code, out, err = install("--dry-run", "--method", "none", "--no-conf")
     line = [x for x in out.splitlines() if x.startswith("Python mod_python3 embeds: ")]
     assert line, out
@@ -59,11 +60,15 @@ def test_full_install_into_a_temporary_tree_with_the_switchs_python(tmp_path):
     scripts, conf = tmp_path / "scripts", tmp_path / "conf"
     (conf / "autoload_configs").mkdir(parents=True)
     scripts.mkdir()
-    code, out, err = install("--script-dir", str(scripts), "--conf-dir", str(conf), "--python", python,
-                             "--method", "target", "--no-deps")
+    where = ("--script-dir", str(scripts), "--conf-dir", str(conf), "--python", python)
+    code, out, err = install(*where, "--no-deps")
     assert "Traceback" not in err, err
-    assert "install --upgrade --target %s" % scripts in out, out
-    assert (scripts / "audio_stream" / "__init__.py").exists(), out + err
+    assert "install --target %s/.audio_stream-install/target" % scripts in out, out
+    assert sorted(os.listdir(scripts)) == ["audio_stream"], out + err
+    assert (scripts / "audio_stream" / "__init__.py").exists() and (scripts / "audio_stream" / "install-manifest.json").exists()
     assert "the embedded Python now imports audio_stream" in out and str(scripts / "audio_stream") in out
     assert (conf / "autoload_configs" / "python.conf.xml").exists()
     assert (conf / "dialplan" / "default" / "audio_stream.xml.dist").exists()
+    code, out, err = install(*where, "--uninstall")
+    assert code == 0, out + err
+    assert os.listdir(scripts) == [] and sorted(p.name for p in conf.rglob("*")) == ["autoload_configs"], out

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from ..support import WSServer, dominant_hz, tone
+from .conftest import api
 
 
-def api(fs, line):
-    return fs.api("python audio_stream " + line)
 
 
 def stream_audio_msg(x, rate):

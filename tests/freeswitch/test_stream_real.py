@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ..support import WSServer, dominant_hz
+from .conftest import api
 
 WRITE_TONE_APP = "&endless_playback(tone_stream://%(60000,0,1000))"
 
@@ -22,8 +23,6 @@ def server():
     s.stop()
 
 
-def api(fs, line):
-    return fs.api("python audio_stream " + line)
 
 
 def stream_for(fs, server, a, seconds, mix="mono", rate="16k", metadata=None):
@@ -47,6 +46,8 @@ def test_mono_rates_and_tone(fs, calls, server, events, rate):
     assert 1.6 * hz <= len(x) <= 2.6 * hz, len(x)
     assert abs(dominant_hz(x, hz, 1.0) - 440) < 10
     assert conn.messages[0] == ("text", '{"test":"mono"}')
+    assert (conn.headers["X-Audio-Stream-Encoding"], conn.headers["X-Audio-Stream-Rate"],
+            conn.headers["X-Audio-Stream-Channels"]) == ("L16", str(hz), "1")
     sizes = {len(b) for b in conn.binaries[:-1]}
     assert sizes == {hz * 20 // 1000 * 2}, sizes
     assert conn.close_code == 1000
@@ -58,6 +59,7 @@ def test_mono_rates_and_tone(fs, calls, server, events, rate):
 def test_stereo_left_is_caller(fs, calls, server):
     a, _ = calls.originate("loopback/tone/fstest", WRITE_TONE_APP)
     conn = stream_for(fs, server, a, 2.0, "stereo", "16k")
+    assert (conn.headers["X-Audio-Stream-Rate"], conn.headers["X-Audio-Stream-Channels"]) == ("16000", "2")
     x = conn.audio()
     left, right = x[0::2], x[1::2]
     assert abs(dominant_hz(left, 16000, 1.0) - 440) < 10

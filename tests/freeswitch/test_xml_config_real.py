@@ -9,7 +9,7 @@ import os
 import pytest
 
 from ..support import WSServer
-from .conftest import MODULE
+from .conftest import api
 
 pytestmark = pytest.mark.usefixtures("has_reload")
 
@@ -22,22 +22,6 @@ CONF = """<configuration name="audio_stream.conf" description="test_xml_config_r
 """
 
 
-@pytest.fixture
-def conf_file(fs):
-    conf_dir = fs.api("global_getvar conf_dir").strip()
-    path = os.path.join(conf_dir, "autoload_configs", "audio_stream.conf.xml")
-    if not os.access(os.path.dirname(path), os.W_OK):
-        pytest.skip("cannot write %s" % path)
-    if os.path.exists(path):
-        pytest.skip("%s exists already: not touching it" % path)
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
-        fs.api("reloadxml")
-
-
-def api(fs, line):
-    return fs.api("python %s %s" % (MODULE, line))
 
 
 def stream_headers(fs, calls, server):

@@ -1,0 +1,33 @@
+"""Making a stream: its dialect, outbox, media ports, player, DTMF port and events, wired to each
+other (the API thread, before the attach). `media` is a contracts.MediaPorts, the media path:
+be.media_path() (the compiled accelerator's, switch/accel.py, where it is built; else the
+pure-Python one, switch/media.py) unless another is given."""
+from . import dialects
+from .events import StreamEvents
+from .outbox import Outbox
+from .playback import Player
+from .stream import MAX_TEXT_BYTES, Stream
+from .switch.dtmf import DtmfPort
+
+
+def make_stream(be, runtime, uuid, cmd, settings, call_rate, ptime_ms, plays=True, media=None):
+    kind = dialects.dialect_class(settings.protocol)
+    events = StreamEvents(be, uuid, cmd.stream, settings, cmd.url)
+    s = Stream(be, runtime, uuid, cmd, settings, call_rate, ptime_ms, kind, events)
+    s.dialect = kind.for_stream(uuid, cmd.text, cmd.mix, cmd.rate, settings)
+    fmt = s.dialect.uplink_format()
+    s.rate = fmt.rate
+    # audio held while connecting (and while the server is slow): bounded, oldest dropped
+    bytes_per_ms = fmt.rate * 2 * fmt.channels // 1000
+    s.outbox = Outbox(settings.backlog_ms * bytes_per_ms, MAX_TEXT_BYTES + settings.max_message, bytes_per_ms)
+    loop = runtime.loop()
+    media = media or be.media_path()
+    s.path, s.ws_frames = media.name, media.ws_frames
+    s.capture = media.capture(uuid, cmd.mix, call_rate, ptime_ms, fmt.rate, fmt.chunk_ms)
+    queue = media.queue(uuid, call_rate, ptime_ms, settings) if settings.playback and plays else None
+    s.player = Player(s, call_rate, queue, plays, media.resampler)
+    s.control = media.control(uuid, call_rate, ptime_ms, queue, s.capture, s, s.player, loop)
+    s.player.port = s.control
+    s.outbox.on_put = s.capture.stop_direct
+    s.dtmf_port = DtmfPort(be, s, loop.call_soon_threadsafe) if settings.dtmf else None
+    return s
