@@ -1,6 +1,7 @@
 """Streaming out through the real stack on the switch simulator: the project's ctypes binding,
 media-bug callbacks on native threads, the loop thread, aiohttp, a real WebSocket server."""
 import json
+import threading
 import time
 
 import numpy as np
@@ -360,3 +361,18 @@ def test_several_calls_at_once(h):
         assert conn.closed.wait(5)
         i = [c.uuid for c in calls].index(conn.texts[0])
         assert abs(dominant_hz(conn.audio(), 8000) - (300 + 100 * i)) < 10
+
+
+def test_a_hangup_while_the_loop_is_busy_still_ends_the_stream(h):
+    """The call ends before the loop thread has run anything for the new stream (an overloaded loop):
+    the media thread's end-of-call notice must still reach it (CI once lost it: the accelerated
+    path's wake-up pipe did not exist yet when the bug posted CLOSE)."""
+    server = h.server()
+    ch = h.call(rate=8000)
+    loop = service.loop()
+    busy = threading.Event()
+    loop.call_soon_threadsafe(lambda: (busy.set(), time.sleep(0.5)))
+    assert busy.wait(5)
+    assert h.api("%s start %s mono 8k" % (ch.uuid, server.url)) == "+OK Success"
+    ch.hangup()
+    assert wait_until(lambda: service.get(ch.uuid) is None, 5), "the stream never saw the hangup"

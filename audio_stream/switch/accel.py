@@ -98,6 +98,8 @@ def _watch(loop):
     fd = _accel.event_fd()
     loop.add_reader(fd, dispatch_events)
     _reader_loop = loop
+    # what was posted before the pipe existed (no byte was written for it) is taken now
+    dispatch_events()
 
 
 class AccelPath:
@@ -414,6 +416,7 @@ class AccelControlPort:
             self._codec = codec
             self.p.codec_ready(codec.mutex)
             flags |= PLAY_FLAGS
+        _accel.event_fd()     # the pipe exists before the bug can post: its byte then wakes the loop
         self.loop.call_soon_threadsafe(_watch, self.loop)
         _ports[self.p.id] = self
         self.p.bug_ref()
