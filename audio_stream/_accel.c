@@ -1298,6 +1298,31 @@ static void player_unref(player_t *p)
     free(p);
 }
 
+/* under p->lock: moves up to n bytes from the head of the queue to dst; played blocks go to the free
+ * list (the loop thread frees them: no free() on a media thread). Returns the bytes moved. */
+static size_t queue_take(player_t *p, uint8_t *dst, size_t n)
+{
+    size_t need = n;
+    while (need && p->first) {
+        block_t *b = p->first;
+        size_t avail = b->len - b->head;
+        size_t take = avail <= need ? avail : need;
+        memcpy(dst, b->data + b->head, take);
+        dst += take;
+        need -= take;
+        if (take == avail) {
+            p->first = b->next;
+            if (!p->first)
+                p->last = NULL;
+            b->next = p->free_list;
+            p->free_list = b;
+        } else {
+            b->head += take;
+        }
+    }
+    return n - need;
+}
+
 /* under p->lock. Copies up to n bytes of queued audio to dst (padding with silence); 0 if nothing now */
 static int pull_locked(player_t *p, uint8_t *dst, size_t n, int64_t now, int *started, int *done, int *mark)
 {
@@ -1314,28 +1339,9 @@ static int pull_locked(player_t *p, uint8_t *dst, size_t n, int64_t now, int *st
         return 0;              /* a burst from empty: wait for a cushion (or until the allowance passed) */
     if (p->queued < n && now - p->last_push_ns < p->hold_ns)
         return 0;              /* a short tail: more may be on its way */
-    size_t need = n;
-    uint8_t *w = dst;
-    while (need && p->first) {
-        block_t *b = p->first;
-        size_t avail = b->len - b->head;
-        size_t take = avail <= need ? avail : need;
-        memcpy(w, b->data + b->head, take);
-        w += take;
-        need -= take;
-        if (take == avail) {
-            p->first = b->next;
-            if (!p->first)
-                p->last = NULL;
-            b->next = p->free_list;
-            p->free_list = b;
-        } else {
-            b->head += take;
-        }
-    }
-    size_t got = n - need;
-    if (need)
-        memset(w, 0, need);
+    size_t got = queue_take(p, dst, n);
+    if (got < n)
+        memset(dst + got, 0, n - got);
     p->queued -= got;
     p->played += (int64_t)got;
     if (p->queued < p->min_queued)
@@ -1726,26 +1732,7 @@ static PyObject *Player_drop(PlayerObject *self, PyObject *args)
     }
     size_t consumed = 0;
     for (size_t i = 0; i < scan && dropped / (size_t)frame_bytes < limit; i++) {
-        /* copy the next frame out of the queue */
-        size_t need = (size_t)frame_bytes;
-        uint8_t *w = tmp;
-        while (need && p->first) {
-            block_t *b = p->first;
-            size_t avail = b->len - b->head;
-            size_t take = avail <= need ? avail : need;
-            memcpy(w, b->data + b->head, take);
-            w += take;
-            need -= take;
-            if (take == avail) {
-                p->first = b->next;
-                if (!p->first)
-                    p->last = NULL;
-                b->next = p->free_list;
-                p->free_list = b;
-            } else {
-                b->head += take;
-            }
-        }
+        queue_take(p, tmp, (size_t)frame_bytes);     /* the next frame */
         consumed += (size_t)frame_bytes;
         int silent = 1;
         if (silent_below > 0) {
