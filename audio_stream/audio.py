@@ -378,7 +378,6 @@ def encode_alaw(pcm16):
 
 
 ENCODERS = {"PCMU": encode_ulaw, "PCMA": encode_alaw}     # protocol.ENCODINGS; L16 needs none
-G711_RATE = 8000
 
 
 def sample_bytes(encoding):

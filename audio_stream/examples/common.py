@@ -104,7 +104,7 @@ def stream_audio_like(pcm, fmt):
     format: G.711 (audioDataType pcmu/pcma) for a PCMU/PCMA stream at 8000 Hz, a bot answering in
     the format it receives; raw L16 otherwise."""
     encode = audio.ENCODERS.get(fmt.encoding)
-    if encode is None or fmt.rate != audio.G711_RATE:
+    if encode is None or fmt.rate != protocol.G711_RATE:
         return stream_audio(pcm, fmt.rate)
     return json.dumps({"type": "streamAudio", "data": {
         "audioDataType": fmt.encoding.lower(), "audioData": base64.b64encode(encode(pcm)).decode()}})

@@ -12,8 +12,8 @@ is enough on a clean line. The stream's format comes from the upgrade request's
 X-Audio-Stream-* headers (audio_stream sends them), else the start metadata ("rate",
 "channels"), else --rate/--channels; a stream whose format is none of these is not echoed (the
 log says why). A G.711 stream (STREAM_ENCODING=PCMU or PCMA) is answered in G.711 too
-(streamAudio with audioDataType pcmu or pcma). Stream mono or stereo (the caller is the left channel); mixed also carries the
-bot's own playback, which would barge in on itself.
+(streamAudio with audioDataType pcmu or pcma). Stream mono or stereo (the caller is the left
+channel); mixed also carries the bot's own playback, which would barge in on itself.
 """
 import itertools
 import json

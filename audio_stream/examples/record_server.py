@@ -9,10 +9,10 @@ mark, so you hear the server in the call and see the mark come back.
 The WAV's rate and channels are what the upgrade request's X-Audio-Stream-Rate and
 X-Audio-Stream-Channels headers say (audio_stream sends them on every connection); for another
 client, what its start metadata says ({"rate":16000,"channels":2}), else --rate and --channels.
-G.711 streams (X-Audio-Stream-Encoding PCMU or PCMA: STREAM_ENCODING) are decoded to 16-bit PCM.
 A stream whose format is none of these is not written (the log says why): a WAV with the wrong
-rate plays at the wrong speed. Files are named call-<date>-<time>-<n>.wav and are never
-overwritten.
+rate plays at the wrong speed. G.711 audio (X-Audio-Stream-Encoding PCMU or PCMA, which
+audio_stream sends with STREAM_ENCODING) is decoded to 16-bit PCM. Files are named
+call-<date>-<time>-<n>.wav and are never overwritten.
 """
 import itertools
 import os

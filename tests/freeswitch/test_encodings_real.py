@@ -16,7 +16,7 @@ from audio_stream import audio
 
 from ..support import WSServer, dominant_hz, tone
 from .conftest import api
-from .test_playback_real import read_wav, record_b, segments, tmpwav  # noqa: F401 (a fixture)
+from .test_playback_real import heard_on_b, record_b, tmpwav  # noqa: F401 (a fixture)
 from .test_stream_real import WRITE_TONE_APP
 
 LAWS = {"PCMU": audio.ULAW, "PCMA": audio.ALAW}
@@ -89,11 +89,7 @@ def test_the_servers_g711_answer_is_heard(fs, calls, events, tmpwav, law, how): 
         stopped = events.wait("mod_audio_stream::playback_stopped", a)
         assert stopped is not None and json.loads(stopped["_body"]) == {"reason": "done"}
         time.sleep(0.3)
-        api(fs, "%s stop" % a)
-        fs.api("uuid_record %s stop %s" % (b, tmpwav))
-        time.sleep(0.3)
-        x, rate = read_wav(tmpwav)
-        heard = segments(x, rate, 700)
+        heard = heard_on_b(fs, a, b, tmpwav, 700)
         assert 1.2 <= heard <= 1.8, heard
     finally:
         server.stop()
