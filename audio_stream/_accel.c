@@ -12,7 +12,8 @@
  *    one byte into a pipe the loop watches (no GIL on the media thread, no polling).
  *  - Capture: the callback-less capture bug read for every stream of a tick in one call with the
  *    GIL released (locate, exec_all, read; then the polyphase resampler whose filter audio.py
- *    designs, then chunking into STREAM_BUFFER_SIZE messages).
+ *    designs, the G.711 encoder for a PCMU/PCMA stream, then chunking into STREAM_BUFFER_SIZE
+ *    messages).
  *  - ws_frames: masked WebSocket binary frames for a run of chunks (RFC 6455 5.2/5.3), so the loop
  *    can hand a tick's audio to the socket in one write.
  *
@@ -317,6 +318,77 @@ static ssize_t rs_flush(resampler_t *r, int16_t *out, size_t out_cap)
     return (ssize_t)w;
 }
 
+/* ---- G.711 encoding (STREAM_ENCODING=PCMU/PCMA) ---------------------------------------------------
+ * ITU-T G.711 as Sun's public-domain g711.c computes it (CPython's audioop too; audio.py's numpy tables
+ * are the same, and the tests compare all 65536 inputs): one code per int16, tables built at import. */
+
+enum { ENC_L16 = 0, ENC_PCMU = 1, ENC_PCMA = 2 };
+
+static uint8_t linear_to_ulaw[65536], linear_to_alaw[65536];
+
+static int g711_segment(int mag, const int *ends)
+{
+    int seg = 0;
+    while (seg < 8 && mag > ends[seg])
+        seg++;
+    return seg;
+}
+
+static uint8_t ulaw_code(int16_t pcm)
+{
+    static const int ends[8] = {0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF};
+    int v = pcm >> 2, mask = 0xFF;             /* 14 bits */
+    if (v < 0) {
+        v = -v;
+        mask = 0x7F;
+    }
+    if (v > 8159)                               /* clip */
+        v = 8159;
+    v += 0x84 >> 2;                             /* bias */
+    int seg = g711_segment(v, ends);
+    if (seg >= 8)
+        return (uint8_t)(0x7F ^ mask);
+    return (uint8_t)(((seg << 4) | ((v >> (seg + 1)) & 0x0F)) ^ mask);
+}
+
+static uint8_t alaw_code(int16_t pcm)
+{
+    static const int ends[8] = {0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF};
+    int v = pcm >> 3, mask = 0xD5;             /* 13 bits */
+    if (v < 0) {
+        v = -v - 1;
+        mask = 0x55;
+    }
+    int seg = g711_segment(v, ends);
+    if (seg >= 8)
+        return (uint8_t)(0x7F ^ mask);
+    return (uint8_t)(((seg << 4) | ((v >> (seg < 2 ? 1 : seg)) & 0x0F)) ^ mask);
+}
+
+static void g711_tables(void)
+{
+    for (int x = -32768; x < 32768; x++) {
+        linear_to_ulaw[(uint16_t)x] = ulaw_code((int16_t)x);
+        linear_to_alaw[(uint16_t)x] = alaw_code((int16_t)x);
+    }
+}
+
+static const uint8_t *g711_table(int encoding)
+{
+    return encoding == ENC_PCMU ? linear_to_ulaw : encoding == ENC_PCMA ? linear_to_alaw : NULL;
+}
+
+/* `samples` int16 at p → one code each at p, in place: sample i is read (bytes 2i and 2i+1) before
+ * byte i is written, and no later sample sits below 2i. */
+static void g711_encode(const uint8_t *table, uint8_t *p, size_t samples)
+{
+    for (size_t i = 0; i < samples; i++) {
+        int16_t v;
+        memcpy(&v, p + 2 * i, sizeof(v));
+        p[i] = table[(uint16_t)v];
+    }
+}
+
 /* ---- Capture ------------------------------------------------------------------------------------- */
 
 typedef struct capture_s {
@@ -342,8 +414,10 @@ typedef struct capture_s {
     int resample;                    /* 0: passthrough */
     resampler_t rs;
     int channels;
-    size_t chunk_bytes;              /* 0: hand out whatever was read, unchunked */
-    uint8_t *out;                    /* resampled bytes not yet handed out (a partial chunk) + new */
+    const uint8_t *g711;             /* PCMU/PCMA: the encoder's table (NULL: L16 out) */
+    size_t chunk_bytes;              /* 0: hand out whatever was read, unchunked; else in encoded bytes */
+    uint8_t *out;                    /* resampled (and encoded) bytes not yet handed out (a partial
+                                        chunk) + new */
     size_t out_len, out_cap;
     size_t ready;                    /* bytes of complete chunks at the start of out */
     int remove_now;
@@ -628,7 +702,18 @@ static ssize_t pair_push(capture_t *c, const uint8_t *r, size_t rlen, const uint
     return (ssize_t)out_len;
 }
 
-/* resample + chunk what was read (no GIL needed: only this capture's C buffers) */
+/* `samples` int16 just written at the end of c->out: count them in, encoded for a G.711 stream */
+static void capture_took(capture_t *c, size_t samples)
+{
+    if (c->g711) {
+        g711_encode(c->g711, c->out + c->out_len, samples);
+        c->out_len += samples;
+    } else {
+        c->out_len += samples * 2;
+    }
+}
+
+/* resample + encode + chunk what was read (no GIL needed: only this capture's C buffers) */
 static void capture_process(capture_t *c, const uint8_t *data, size_t len)
 {
     size_t frame_bytes = 2 * (size_t)c->channels;
@@ -646,10 +731,10 @@ static void capture_process(capture_t *c, const uint8_t *data, size_t len)
             c->error = ENOMEM;
             return;
         }
-        c->out_len += (size_t)w * 2;
+        capture_took(c, (size_t)w);
     } else {
         memcpy(c->out + c->out_len, data, frames * frame_bytes);
-        c->out_len += frames * frame_bytes;
+        capture_took(c, frames * (size_t)c->channels);
     }
     c->ready = c->chunk_bytes ? (c->out_len / c->chunk_bytes) * c->chunk_bytes : c->out_len;
 }
@@ -740,15 +825,19 @@ static PyObject *capture_result(capture_t *c)
 
 static int Capture_init(CaptureObject *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"uuid", "frame_bytes", "mix", "chunk_bytes", "taps", "L", "M", "d", NULL};
+    static char *names[] = {"uuid", "frame_bytes", "mix", "chunk_bytes", "taps", "L", "M", "d", "encoding", NULL};
     const char *uuid, *mix = "mono";
     Py_ssize_t uuid_len, frame_bytes;
-    int L = 1, M = 1, d = 0;
+    int L = 1, M = 1, d = 0, encoding = ENC_L16;
     Py_ssize_t chunk_bytes = 0;
     PyObject *taps = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y#n|snOiii", names, &uuid, &uuid_len, &frame_bytes, &mix,
-                                     &chunk_bytes, &taps, &L, &M, &d))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y#n|snOiiii", names, &uuid, &uuid_len, &frame_bytes, &mix,
+                                     &chunk_bytes, &taps, &L, &M, &d, &encoding))
         return -1;
+    if (encoding != ENC_L16 && encoding != ENC_PCMU && encoding != ENC_PCMA) {
+        PyErr_SetString(PyExc_ValueError, "encoding: 0 (L16), 1 (PCMU) or 2 (PCMA)");
+        return -1;
+    }
     int both = strcmp(mix, "mono") != 0, stereo = strcmp(mix, "stereo") == 0;
     if (both && !stereo && strcmp(mix, "mixed") != 0) {
         PyErr_SetString(PyExc_ValueError, "mix: mono, mixed or stereo");
@@ -785,6 +874,7 @@ static int Capture_init(CaptureObject *self, PyObject *args, PyObject *kw)
     c->last_write_ns = INT64_MIN / 2;
     c->channels = channels;
     c->chunk_bytes = (size_t)chunk_bytes;
+    c->g711 = g711_table(encoding);
     if (taps != Py_None) {
         Py_buffer view;
         if (PyObject_GetBuffer(taps, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
@@ -908,7 +998,7 @@ static PyObject *Capture_flush(CaptureObject *self, PyObject *Py_UNUSED(ignored)
         ssize_t w = rs_flush(&c->rs, (int16_t *)(c->out + c->out_len), need / 2);
         if (w < 0)
             return PyErr_NoMemory();
-        c->out_len += (size_t)w * 2;
+        capture_took(c, (size_t)w);
     }
     c->ready = c->out_len;
     return take_ready(c);
@@ -1032,7 +1122,8 @@ static PyTypeObject CaptureType = {
     .tp_name = "audio_stream._accel.Capture",
     .tp_basicsize = sizeof(CaptureObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A callback-less capture bug, read, resampled and chunked in C.",
+    .tp_doc = "A callback-less capture bug, read, resampled, encoded (encoding: 0 L16, 1 PCMU, 2 PCMA) and "
+              "chunked in C.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Capture_init,
     .tp_dealloc = (destructor)Capture_dealloc,
@@ -2490,6 +2581,7 @@ PyMODINIT_FUNC PyInit__accel(void)
     PyModule_AddIntConstant(m, "EV_DONE", EV_DONE);
     PyModule_AddIntConstant(m, "EV_MARK", EV_MARK);
     PyModule_AddIntConstant(m, "EV_CLOSED", EV_CLOSED);
+    g711_tables();
     uint64_t seed = 0;
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {

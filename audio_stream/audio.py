@@ -266,16 +266,20 @@ class Pairer:
 
 class Uplink:
     """Channel frames (L16 at the call's rate, already in the stream's layout) → binary messages
-    of `chunk_ms` at the stream's rate."""
+    of `chunk_ms` at the stream's rate, in `encoding` (L16; PCMU/PCMA: G.711, 1 byte a sample)."""
 
-    def __init__(self, rate_in, rate_out, channels, chunk_ms):
+    def __init__(self, rate_in, rate_out, channels, chunk_ms, encoding="L16"):
         self.resampler = resampler(rate_in, rate_out, channels)
-        self.chunk_bytes = rate_out * chunk_ms // 1000 * 2 * channels
+        self.encode = ENCODERS.get(encoding)
+        self.chunk_bytes = rate_out * chunk_ms // 1000 * sample_bytes(encoding) * channels
         self._buf = bytearray()
+
+    def _add(self, pcm16):
+        self._buf += self.encode(pcm16) if self.encode is not None and pcm16 else pcm16
 
     def feed(self, pcm16):
         """Returns the complete chunks now available (a list of bytes)."""
-        self._buf += self.resampler.process(pcm16)
+        self._add(self.resampler.process(pcm16))
         return self._take()
 
     def _take(self):
@@ -288,7 +292,7 @@ class Uplink:
 
     def flush(self):
         """Everything still held, as a list of chunks (the last one may be short)."""
-        self._buf += self.resampler.flush()
+        self._add(self.resampler.flush())
         out = self._take()
         if self._buf:
             out.append(bytes(self._buf))
@@ -318,6 +322,67 @@ def _alaw_table():
 
 ULAW = _ulaw_table()
 ALAW = _alaw_table()
+
+
+# ---- G.711 encoding (STREAM_ENCODING=PCMU/PCMA on the native protocol's uplink) -----------------------
+#
+# ITU-T G.711 as Sun's public-domain g711.c computes it, bit for bit (CPython's audioop.lin2ulaw and
+# lin2alaw are the same code): μ-law drops the 2 low bits first (14-bit), A-law the 3 low bits
+# (13-bit). One 65536-entry table per law, indexed by the int16's bit pattern; audio_stream/_accel.c
+# builds the same tables for the accelerated path. (Twilio mode keeps its own μ-law encoder,
+# twilio.ULAW_ENCODE, FreeSWITCH's g711.h arithmetic, which rounds 508 negative values one step
+# differently.)
+
+SEG_ULAW_END = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
+SEG_ALAW_END = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF])
+
+
+def _by_bit_pattern(codes):
+    table = np.empty(65536, dtype=np.uint8)
+    table[np.arange(-32768, 32768) & 0xFFFF] = codes
+    return table
+
+
+def _linear_to_ulaw_table():
+    x = np.arange(-32768, 32768, dtype=np.int32) >> 2
+    neg = x < 0
+    mag = np.minimum(np.abs(x), 8159) + (0x84 >> 2)               # clip, then the bias
+    seg = np.searchsorted(SEG_ULAW_END, mag)                      # first segment whose end >= mag
+    s = np.minimum(seg, 7)
+    code = np.where(seg >= 8, 0x7F, (s << 4) | ((mag >> (s + 1)) & 0x0F))
+    return _by_bit_pattern(code ^ np.where(neg, 0x7F, 0xFF))
+
+
+def _linear_to_alaw_table():
+    x = np.arange(-32768, 32768, dtype=np.int32) >> 3
+    neg = x < 0
+    mag = np.where(neg, -x - 1, x)
+    seg = np.searchsorted(SEG_ALAW_END, mag)
+    s = np.minimum(seg, 7)
+    code = np.where(seg >= 8, 0x7F, (s << 4) | ((mag >> np.maximum(s, 1)) & 0x0F))
+    return _by_bit_pattern(code ^ np.where(neg, 0x55, 0xD5))
+
+
+LINEAR_TO_ULAW = _linear_to_ulaw_table()
+LINEAR_TO_ALAW = _linear_to_alaw_table()
+
+
+def encode_ulaw(pcm16):
+    """int16 little-endian bytes → G.711 μ-law bytes, one per sample."""
+    return LINEAR_TO_ULAW[np.frombuffer(pcm16, dtype="<u2", count=len(pcm16) // 2)].tobytes()
+
+
+def encode_alaw(pcm16):
+    """int16 little-endian bytes → G.711 A-law bytes, one per sample."""
+    return LINEAR_TO_ALAW[np.frombuffer(pcm16, dtype="<u2", count=len(pcm16) // 2)].tobytes()
+
+
+ENCODERS = {"PCMU": encode_ulaw, "PCMA": encode_alaw}     # protocol.ENCODINGS; L16 needs none
+
+
+def sample_bytes(encoding):
+    """Bytes per sample per channel of a stream's binary audio: 2 for L16, 1 for G.711."""
+    return 1 if encoding in ENCODERS else 2
 
 
 class AudioFormatError(ValueError):

@@ -9,6 +9,7 @@ from typing import Callable, Optional, Tuple
 
 import ujson
 
+from . import protocol
 from .dialects import NAMES
 from .switch.core import switch_true  # noqa: F401 (FreeSWITCH's truth, shared with switch/)
 
@@ -35,7 +36,7 @@ VARIABLES = (
     "STREAM_MAX_MESSAGE", "STREAM_RECONNECT_BUFFER", "STREAM_SAMPLE_RATE", "STREAM_TLS_CA_FILE",
     "STREAM_TLS_CERT_FILE", "STREAM_TLS_KEY_FILE", "STREAM_TLS_DISABLE_HOSTNAME_VALIDATION", "STREAM_DTMF",
     "STREAM_NO_RECONNECT", "STREAM_RECONNECT_ATTEMPTS", "STREAM_RECONNECT_MAX_SECONDS", "STREAM_GRACEFUL_TIMEOUT",
-    "STREAM_PROTOCOL", "STREAM_TWILIO_ACCOUNT_SID",
+    "STREAM_PROTOCOL", "STREAM_TWILIO_ACCOUNT_SID", "STREAM_ENCODING",
 )
 
 MAX_BUFFER_MS = 10000
@@ -70,6 +71,8 @@ class Settings:
     reconnect_max_s: float = 60.0
     graceful_timeout: float = 5.0
     protocol: str = "audio_stream"        # STREAM_PROTOCOL: audio_stream | twilio
+    encoding: str = "L16"                 # STREAM_ENCODING: L16 | PCMU | PCMA (the uplink's binary audio)
+    encoding_set: bool = False            # STREAM_ENCODING was given (channel variable or audio_stream.conf)
     twilio_account_sid: Optional[str] = None
     sample_rate: Optional[int] = None     # rate of binary audio from the server (None: stream rate)
     tls_ca_file: str = "SYSTEM"
@@ -149,6 +152,18 @@ def _protocol(raw):
     return value
 
 
+ENCODINGS = protocol.ENCODINGS          # L16, PCMU, PCMA
+ENCODING_ALIASES = {"ULAW": "PCMU", "MULAW": "PCMU", "ALAW": "PCMA"}
+
+
+def _encoding(raw):
+    value = (raw or "L16").strip().upper()
+    value = ENCODING_ALIASES.get(value, value)
+    if value not in ENCODINGS:
+        raise ConfigError("STREAM_ENCODING='%s' is not one of %s" % (raw, ", ".join(ENCODINGS)))
+    return value
+
+
 def _deflate(raw):
     return raw is not None and raw.strip() != "" and not switch_true(raw)
 
@@ -191,6 +206,8 @@ def settings_from(get_var: Callable[[str], Optional[str]], ptime_ms: int, defaul
         reconnect_max_s=_number("STREAM_RECONNECT_MAX_SECONDS", var("STREAM_RECONNECT_MAX_SECONDS"), 0, 3600),
         graceful_timeout=_number("STREAM_GRACEFUL_TIMEOUT", var("STREAM_GRACEFUL_TIMEOUT"), 0, 600),
         protocol=_protocol(var("STREAM_PROTOCOL")),
+        encoding=_encoding(var("STREAM_ENCODING")),
+        encoding_set=bool((var("STREAM_ENCODING") or "").strip()),
         twilio_account_sid=var("STREAM_TWILIO_ACCOUNT_SID") or None,
         sample_rate=_int("STREAM_SAMPLE_RATE", rate, 8000, 192000) if rate else None,
         tls_ca_file=var("STREAM_TLS_CA_FILE") or "SYSTEM",

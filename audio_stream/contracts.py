@@ -17,8 +17,8 @@ Frame = Union[str, bytes]
 # ---- media (switch side) --------------------------------------------------------------------------
 
 class CaptureMedia(Protocol):
-    """The call's audio going out, as complete chunks of the stream's audio (its rate, layout and
-    chunk size). attach()/remove() on the API thread with the session read-locked; the rest on the
+    """The call's audio going out, as complete chunks of the stream's audio (its rate, layout,
+    encoding and chunk size). attach()/remove() on the API thread with the session read-locked; the rest on the
     loop thread. `batch`: an object the capture clock reads for every such capture of a tick in one
     call (switch/accel.py), or None (then it calls the stream's poll())."""
 
@@ -89,7 +89,8 @@ class MediaPorts(Protocol):
     resampler: Callable[..., Any]               # audio.resampler() or its C twin
 
     def capture(self, uuid: str, mix: str, call_rate: int, ptime_ms: int, rate: int,
-                chunk_ms: int) -> CaptureMedia: ...
+                chunk_ms: int, encoding: str = "L16") -> CaptureMedia:
+        """`encoding`: the chunks' (L16, or PCMU/PCMA: encoded by the capture, 1 byte a sample)."""
 
     def queue(self, uuid: str, call_rate: int, ptime_ms: int, settings: Any) -> Any:
         """The playback queue (audio.PlaybackQueue's interface)."""

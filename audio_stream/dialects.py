@@ -18,10 +18,12 @@ Frame = Union[str, bytes]          # str: a text frame, bytes: a binary frame
 
 @dataclass(frozen=True)
 class UplinkFormat:
-    """The audio a dialect needs from the stream: signed 16-bit little-endian PCM at `rate`,
-    `channels` interleaved (2: left = the caller, right = what the caller hears), in pieces of
-    `chunk_ms` (a shorter last piece is fine). `encoding`: what goes on the wire (the handshake's
-    X-Audio-Stream-Encoding)."""
+    """The audio a dialect needs from the stream: `rate`, `channels` interleaved (2: left = the
+    caller, right = what the caller hears), in pieces of `chunk_ms` (a shorter last piece is fine).
+    `encoding`: what goes on the wire (the handshake's X-Audio-Stream-Encoding). A dialect whose
+    `binary_audio` is True sends each piece as it is, so the capture hands it the pieces already in
+    `encoding` (L16: signed 16-bit little-endian PCM; PCMU/PCMA: G.711, one byte per sample); one
+    that renders its own frames (Twilio) gets L16 and encodes itself."""
     rate: int
     channels: int
     chunk_ms: int
@@ -44,7 +46,7 @@ class Dialect(Protocol):
         """The first frames of a connection, before any audio (called once per connection)."""
 
     def media(self, pcm16: bytes) -> Sequence[Frame]:
-        """The frames for one chunk of the call's audio."""
+        """The frames for one chunk of the call's audio (see UplinkFormat for its encoding)."""
 
     def skip(self, ms: int) -> None:
         """Audio that was not sent (pause): a dialect with a media clock moves it on."""

@@ -57,7 +57,7 @@ class Player:
         if kind is protocol.StreamAudio:
             self._stream_audio(msg)
         elif kind is protocol.BinaryAudio:
-            self.binary(msg.payload)
+            self.binary(msg.payload, msg.encoding)
         elif kind is protocol.KillAudio:
             self.clear()
         elif kind is protocol.Mark:
@@ -77,11 +77,17 @@ class Player:
                       "(only one stream per call plays)", "playback_not_available")
         return True
 
-    def binary(self, data):
+    def binary(self, data, encoding="L16"):
+        """A binary message: mono L16 at STREAM_SAMPLE_RATE (default the stream's rate), an odd
+        trailing byte carried to the next one; or G.711 (PCMU/PCMA) at 8000 Hz, a byte a sample."""
         if self._listen_only() or self.queue is None:
             return
-        rate = self.host.settings.sample_rate or self.host.rate
-        self._enqueue(self.downlink.binary(data, rate))
+        if encoding == "L16":
+            rate = self.host.settings.sample_rate or self.host.rate
+            self._enqueue(self.downlink.binary(data, rate))
+        else:
+            pcm, rate = audio.decode(encoding.lower(), data, None)
+            self._enqueue(self.downlink.convert(pcm, rate))
 
     def _stream_audio(self, msg):
         if self._listen_only():

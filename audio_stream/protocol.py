@@ -41,7 +41,8 @@ class StreamAudio:
 
 @dataclass(frozen=True)
 class BinaryAudio:
-    payload: bytes   # raw L16 mono at STREAM_SAMPLE_RATE (native dialect's binary frames)
+    payload: bytes   # the native dialect's binary frames: mono audio in the stream's encoding
+    encoding: str = "L16"   # L16 at STREAM_SAMPLE_RATE (default the stream's rate); PCMU/PCMA at 8000
 
 
 @dataclass(frozen=True)
@@ -191,11 +192,12 @@ RATE_HEADER = "X-Audio-Stream-Rate"
 CHANNELS_HEADER = "X-Audio-Stream-Channels"
 AUDIO_HEADERS = (ENCODING_HEADER, RATE_HEADER, CHANNELS_HEADER)
 ENCODINGS = ("L16", "PCMU", "PCMA")     # L16: signed 16-bit little-endian PCM; PCMU/PCMA: G.711
+G711_RATE = 8000                        # PCMU/PCMA: always 8000 Hz
 
 
 def audio_headers(fmt):
-    """The headers that say what goes on the wire, from the dialect's dialects.UplinkFormat (L16 at
-    the stream's rate and channels; Twilio mode: μ-law at 8000 Hz, a channel per track)."""
+    """The headers that say what goes on the wire, from the dialect's dialects.UplinkFormat (the
+    stream's STREAM_ENCODING, rate and channels; Twilio mode: μ-law at 8000 Hz, a channel per track)."""
     return {ENCODING_HEADER: fmt.encoding, RATE_HEADER: str(int(fmt.rate)), CHANNELS_HEADER: str(int(fmt.channels))}
 
 
@@ -239,23 +241,34 @@ def play_body(data, file):
 
 class NativeDialect:
     """mod_audio_stream's wire format (dialects.Dialect): the metadata as the first text, audio as
-    binary L16 frames at the stream's rate and layout, texts verbatim; the server's binary frames
-    are raw L16 to play."""
+    binary frames at the stream's rate and layout in the stream's encoding (STREAM_ENCODING: L16,
+    or G.711 μ-law/A-law at 8000 Hz, one byte per sample), texts verbatim; the server's binary
+    frames are mono audio to play, in the same encoding."""
 
     name = "audio_stream"
     binary_audio = True      # media(chunk) is the chunk itself, one binary message
 
-    def __init__(self, metadata_text=None, rate=8000, channels=1, chunk_ms=20):
+    def __init__(self, metadata_text=None, rate=8000, channels=1, chunk_ms=20, encoding="L16"):
         self.metadata = metadata_text
-        self._format = UplinkFormat(rate, channels, chunk_ms)
+        self._format = UplinkFormat(rate, channels, chunk_ms, encoding)
 
     @staticmethod
     def refuse(mix, rate, settings):
+        """G.711 is 8 kHz audio: a PCMU/PCMA stream at another rate is refused (not resampled
+        behind the operator's back), and so is a STREAM_SAMPLE_RATE that is not 8000."""
+        encoding = settings.encoding
+        if encoding == "L16":
+            return None
+        if rate != G711_RATE:
+            return "STREAM_ENCODING=%s sends 8 kHz G.711: use 8k, not %d" % (encoding, rate)
+        if settings.sample_rate not in (None, G711_RATE):
+            return ("STREAM_ENCODING=%s: the server's binary audio is G.711 at 8000 Hz, so STREAM_SAMPLE_RATE "
+                    "must be 8000 or unset, not %d" % (encoding, settings.sample_rate))
         return None
 
     @classmethod
     def for_stream(cls, call_uuid, metadata, mix, rate, settings):
-        return cls(metadata, rate, 2 if mix == "stereo" else 1, settings.buffer_ms)
+        return cls(metadata, rate, 2 if mix == "stereo" else 1, settings.buffer_ms, settings.encoding)
 
     def uplink_format(self):
         return self._format
@@ -298,6 +311,5 @@ class NativeDialect:
     def parse(text):
         return parse_text(text)
 
-    @staticmethod
-    def parse_binary(data):
-        return BinaryAudio(data)
+    def parse_binary(self, data):
+        return BinaryAudio(data, self._format.encoding)

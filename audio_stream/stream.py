@@ -107,6 +107,7 @@ class Stream:
             "name": self.name,
             "url": connection.redact(self.url),
             "protocol": self.settings.protocol,
+            "encoding": self.dialect.uplink_format().encoding,
             "path": self.path,
             "state": self.machine.state,
             "mix": self.mix,

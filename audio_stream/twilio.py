@@ -154,6 +154,9 @@ class TwilioDialect:
             return "STREAM_PROTOCOL=twilio streams 8 kHz mu-law: use 8k, not %d" % rate
         if not settings.playback:
             return "STREAM_PLAYBACK=false (file mode) does not apply to STREAM_PROTOCOL=twilio"
+        if settings.encoding_set and settings.encoding != "PCMU":
+            return ("STREAM_PROTOCOL=twilio streams mu-law (PCMU) only: STREAM_ENCODING=%s does not apply "
+                    "(leave it unset or PCMU)" % settings.encoding)
         return None
 
     @classmethod

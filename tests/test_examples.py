@@ -10,6 +10,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from audio_stream import audio
 from audio_stream.examples.echo_bot import Echo
 
 from .servers import Spawned, run_cli
@@ -100,10 +101,29 @@ def test_the_recorder_trusts_the_headers_and_never_guesses(spawn, tmp_path):
                             r"-Channels headers, no \"rate\" and \"channels\" in the start metadata, and no --rate "
                             r"and --channels\)")
     assert server.wait_line(r"16000 bytes of audio not written")
-    asyncio.run(_record(server.url, None, mono16k[:4000], 8000, 1, headers=audio_headers("PCMU", 8000, 1)))
-    assert server.wait_line(r"not recording this stream: its audio is PCMU \(the X-Audio-Stream-\* headers\), and "
-                            r"this recorder writes L16 only")
     assert len(_wavs(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("encoding", ["PCMU", "PCMA"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_recorder_decodes_g711_into_the_wav(spawn, tmp_path, encoding, channels):
+    """STREAM_ENCODING=PCMU/PCMA: one byte a sample on the wire, 16-bit PCM in the WAV."""
+    server = spawn("audio_stream.examples.record_server", "--dir", str(tmp_path))
+    left, right = tone(440, 8000, 0.5), tone(1000, 8000, 0.5)
+    pcm = np.column_stack([left, right]).reshape(-1) if channels == 2 else left
+    g711 = np.frombuffer(audio.ENCODERS[encoding](pcm.tobytes()), dtype=np.uint8)
+    asyncio.run(_record(server.url, None, g711, 8000, channels, headers=audio_headers(encoding, 8000, channels)))
+    assert server.wait_line(r"wrote .*\.wav \(0\.50 s, 8000 Hz, %d channels?, from %s\)" % (channels, encoding))
+    (path,) = _wavs(tmp_path)
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (channels, 2, 8000)
+        got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, channels)
+    assert len(got) == 4000
+    table = audio.ULAW if encoding == "PCMU" else audio.ALAW
+    assert np.array_equal(got.reshape(-1), table[g711])           # decoded sample by sample
+    assert abs(dominant_hz(got[:, 0], 8000) - 440) < 5
+    if channels == 2:
+        assert abs(dominant_hz(got[:, 1], 8000) - 1000) < 5
 
 
 def test_the_recorder_takes_the_options_for_a_client_that_says_nothing(spawn, tmp_path):
@@ -230,6 +250,27 @@ def test_echo_bot_echoes_marks_and_barges_in(spawn):
     assert bot.wait_line(r"mark echo-1 playout")
     assert bot.wait_line(r"barge-in: .*echo-2, sent killAudio")
     assert bot.wait_line(r"mark echo-2 cleared")
+
+
+@pytest.mark.parametrize("encoding", ["PCMU", "PCMA"])
+def test_echo_bot_answers_a_g711_stream_in_g711(spawn, encoding):
+    bot = spawn("audio_stream.examples.echo_bot", "--pause", "0.4")
+    said = np.concatenate([tone(500, 8000, 0.6), _silence(8000, 0.6)])
+    g711 = np.frombuffer(audio.ENCODERS[encoding](said.tobytes()), dtype=np.uint8)
+
+    async def call():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(bot.url, headers=audio_headers(encoding, 8000, 1)) as ws:
+                await ws.send_str('{"call":"echo"}')
+                for chunk in frames(g711, 8000):
+                    await ws.send_bytes(chunk)
+                return await _next_json(ws)
+
+    play = asyncio.run(call())
+    assert play["type"] == "streamAudio" and play["data"]["audioDataType"] == encoding.lower()
+    pcm, rate = audio.decode(encoding.lower(), base64.b64decode(play["data"]["audioData"]), None)
+    pcm = np.frombuffer(pcm, dtype="<i2")
+    assert rate == 8000 and abs(dominant_hz(pcm, 8000) - 500) < 10 and 0.6 <= len(pcm) / 8000 < 1.0
 
 
 def test_echo_bot_help():

@@ -98,18 +98,19 @@ def test_second_utterance_on_a_parked_call_plays_on_the_next_frame(h):
 
 
 @pytest.mark.parametrize("playback", ["true", "false"])
-def test_hangup_delivers_every_frame_captured(h, playback):
+@pytest.mark.parametrize("encoding, rate, frame_bytes", [("L16", "16k", 640), ("PCMU", "8k", 160)])
+def test_hangup_delivers_every_frame_captured(h, playback, encoding, rate, frame_bytes):
     """At hangup the core closes every bug under one lock before it frees any: the control bug's
-    CLOSE reads what the capture clock had not read yet."""
+    CLOSE reads what the capture clock had not read yet (and a G.711 stream encodes it too)."""
     server = h.server()
-    ch = h.call(rate=16000, start=False, STREAM_PLAYBACK=playback)
+    ch = h.call(rate=16000, start=False, STREAM_PLAYBACK=playback, STREAM_ENCODING=encoding)
     ch.start(speed=2.0, ticks=0)
-    conn = h.start(ch, server, "stereo", "16k")
+    conn = h.start(ch, server, "stereo", rate)
     for n in (7, 13, 25):
         ch.run_ticks(n)
     ch.hangup()
     assert conn.closed.wait(5)
-    assert len(conn.audio()) == 45 * 320 * 2
+    assert len(b"".join(conn.binaries)) == 45 * frame_bytes * 2
 
 
 def test_overrun_and_recovery_are_events_at_once(h):

@@ -1,6 +1,7 @@
 """What the example servers share: the command-line options, serving an aiohttp app with clear
 errors, the stream's format (from the X-Audio-Stream-* headers of the upgrade request, else the
-start metadata, else the options; never guessed), and the messages a server sends."""
+start metadata, else the options; never guessed; L16, or G.711 PCMU/PCMA decoded to L16), and the
+messages a server sends."""
 import asyncio
 import base64
 import errno
@@ -12,7 +13,7 @@ import socket
 import numpy as np
 from aiohttp import web
 
-from .. import protocol
+from .. import audio, protocol
 from ..tools import cli
 
 
@@ -84,10 +85,29 @@ def chime(rate=8000):
     return np.concatenate(parts)
 
 
+def to_l16(fmt, data):
+    """A binary message of a stream in `fmt` → L16 bytes: G.711 (PCMU, PCMA) decoded, one sample per
+    byte (stereo stays interleaved); L16 as it is."""
+    if fmt.encoding == "L16":
+        return data
+    return audio.decode(fmt.encoding.lower(), data, None)[0]
+
+
 def stream_audio(pcm, rate):
     """The streamAudio message that plays raw L16 mono `pcm` (bytes) at `rate`."""
     return json.dumps({"type": "streamAudio", "data": {
         "audioDataType": "raw", "sampleRate": rate, "audioData": base64.b64encode(pcm).decode()}})
+
+
+def stream_audio_like(pcm, fmt):
+    """The streamAudio message that plays L16 mono `pcm` (bytes at fmt.rate) in the stream's own
+    format: G.711 (audioDataType pcmu/pcma) for a PCMU/PCMA stream at 8000 Hz, a bot answering in
+    the format it receives; raw L16 otherwise."""
+    encode = audio.ENCODERS.get(fmt.encoding)
+    if encode is None or fmt.rate != protocol.G711_RATE:
+        return stream_audio(pcm, fmt.rate)
+    return json.dumps({"type": "streamAudio", "data": {
+        "audioDataType": fmt.encoding.lower(), "audioData": base64.b64encode(encode(pcm)).decode()}})
 
 
 def mark(name):

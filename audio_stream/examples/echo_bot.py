@@ -11,8 +11,9 @@ Speech is told from silence by energy alone (20 ms frames louder than --threshol
 is enough on a clean line. The stream's format comes from the upgrade request's
 X-Audio-Stream-* headers (audio_stream sends them), else the start metadata ("rate",
 "channels"), else --rate/--channels; a stream whose format is none of these is not echoed (the
-log says why). Stream mono or stereo (the caller is the left channel); mixed also carries the
-bot's own playback, which would barge in on itself.
+log says why). A G.711 stream (STREAM_ENCODING=PCMU or PCMA) is answered in G.711 too
+(streamAudio with audioDataType pcmu or pcma). Stream mono or stereo (the caller is the left
+channel); mixed also carries the bot's own playback, which would barge in on itself.
 """
 import itertools
 import json
@@ -140,15 +141,14 @@ class EchoBot:
             elif msg.type == WSMsgType.BINARY and not refused:
                 if echo is None:
                     fmt = fmt or common.format_from_metadata(None, self.rate, self.channels)
-                    if fmt is None or fmt.encoding != "L16":
+                    if fmt is None:
                         refused = True
-                        say("not echoing this stream: %s" % (
-                            "its format is unknown (%s)" % common.UNKNOWN_FORMAT if fmt is None else
-                            "its audio is %s (%s), and this bot takes L16 only" % (fmt.encoding, fmt.said_by)))
+                        say("not echoing this stream: its format is unknown (%s)" % common.UNKNOWN_FORMAT)
                         continue
                     echo = Echo(fmt.rate, **self.tuning)
                 rate = fmt.rate
-                pcm = np.frombuffer(msg.data[:len(msg.data) // 2 * 2], dtype="<i2")
+                data = common.to_l16(fmt, msg.data)
+                pcm = np.frombuffer(data[:len(data) // 2 * 2], dtype="<i2")
                 if fmt.channels == 2:
                     pcm = pcm[0::2]          # left: the caller
                 for action in echo.feed(pcm):
@@ -156,7 +156,7 @@ class EchoBot:
                         last_mark = "echo-%d" % next(replies)
                         seconds = len(action[1]) / rate
                         marks[last_mark] = "%.2f s" % seconds
-                        await ws.send_str(common.stream_audio(action[1].astype("<i2").tobytes(), rate))
+                        await ws.send_str(common.stream_audio_like(action[1].astype("<i2").tobytes(), fmt))
                         await ws.send_str(common.mark(last_mark))
                         say("heard %.2f s: playing it back, then mark %s" % (seconds, last_mark))
                     else:

@@ -10,8 +10,9 @@ The WAV's rate and channels are what the upgrade request's X-Audio-Stream-Rate a
 X-Audio-Stream-Channels headers say (audio_stream sends them on every connection); for another
 client, what its start metadata says ({"rate":16000,"channels":2}), else --rate and --channels.
 A stream whose format is none of these is not written (the log says why): a WAV with the wrong
-rate plays at the wrong speed. Files are named call-<date>-<time>-<n>.wav and are never
-overwritten.
+rate plays at the wrong speed. G.711 audio (X-Audio-Stream-Encoding PCMU or PCMA, which
+audio_stream sends with STREAM_ENCODING) is decoded to 16-bit PCM. Files are named
+call-<date>-<time>-<n>.wav and are never overwritten.
 """
 import itertools
 import os
@@ -59,7 +60,8 @@ class RecordServer:
         await ws.prepare(request)
         fmt = common.format_from_headers(request.headers)
         w = f = path = None
-        nbytes = 0
+        nbytes = 0          # bytes of audio received
+        written = 0         # bytes of 16-bit PCM written
         first = True
         refused = None
         self.log("server: connection from %s %s%s" % (request.remote, request.path, ": %r" % fmt if fmt else ""))
@@ -87,7 +89,9 @@ class RecordServer:
                             w.setsampwidth(2)
                             w.setframerate(fmt.rate)
                     if w is not None:
-                        w.writeframes(msg.data)
+                        pcm = common.to_l16(fmt, msg.data)
+                        w.writeframes(pcm)
+                        written += len(pcm)
                     nbytes += len(msg.data)
                 first = False
         finally:
@@ -95,9 +99,10 @@ class RecordServer:
                 w.close()
                 f.close()      # wave does not close a file it was handed
                 self.files.append(path)
-                self.log("server: wrote %s (%.2f s, %d Hz, %d channel%s); closed with %s" % (
-                    path, nbytes / (2 * fmt.channels * fmt.rate), fmt.rate, fmt.channels,
-                    "s" if fmt.channels > 1 else "", ws.close_code))
+                self.log("server: wrote %s (%.2f s, %d Hz, %d channel%s%s); closed with %s" % (
+                    path, written / (2 * fmt.channels * fmt.rate), fmt.rate, fmt.channels,
+                    "s" if fmt.channels > 1 else "", "" if fmt.encoding == "L16" else ", from " + fmt.encoding,
+                    ws.close_code))
             elif refused:
                 self.log("server: %d bytes of audio not written (%s); closed with %s" % (nbytes, refused, ws.close_code))
         return ws
@@ -107,8 +112,6 @@ class RecordServer:
         """Why this stream's audio cannot go into a WAV, or None."""
         if fmt is None:
             return "its format is unknown (%s)" % common.UNKNOWN_FORMAT
-        if fmt.encoding != "L16":
-            return "its audio is %s (%s), and this recorder writes L16 only" % (fmt.encoding, fmt.said_by)
         return None
 
 

@@ -20,7 +20,8 @@ import os
 import numpy as np
 
 from . import core as C
-from ..audio import PolyphaseResampler, Passthrough, Uplink, jitter_bytes, resampler as audio_resampler
+from ..audio import (PolyphaseResampler, Passthrough, Uplink, jitter_bytes, resampler as audio_resampler,
+                     sample_bytes)
 from .media import CAPTURE_BUG, CONTROL_BUG, CONTROL_FLAGS, PLAY_FLAGS
 
 from .. import accelerator
@@ -111,8 +112,8 @@ class AccelPath:
         self.workers = _accel.set_workers(min(os.cpu_count() or 1, 8))
         self.resampler = resampler            # the server's audio to the call's rate
 
-    def capture(self, uuid, mix, call_rate, ptime_ms, rate, chunk_ms):
-        return AccelCapture(self.core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms)
+    def capture(self, uuid, mix, call_rate, ptime_ms, rate, chunk_ms, encoding="L16"):
+        return AccelCapture(self.core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms, encoding)
 
     def queue(self, uuid, call_rate, ptime_ms, settings):
         return AccelQueue(uuid, call_rate, ptime_ms, settings.playback_buffer_ms, settings.playback_jitter_ms)
@@ -139,28 +140,32 @@ def resampler(rate_in, rate_out, channels=1):
 
 # ---- capture ----------------------------------------------------------------------------------------
 
+ENCODING_CODES = {"L16": 0, "PCMU": 1, "PCMA": 2}     # _accel.Capture's `encoding`
+
+
 class AccelCapture:
     """The capture bug read in C: `batch` goes to _accel.capture_pass once per tick; `convert()`
     turns its result into complete chunks (one bytes object, a multiple of chunk_bytes), or None
-    when the bug is gone (the call's media ended)."""
+    when the bug is gone (the call's media ended). With `encoding` PCMU/PCMA the chunks are G.711
+    (encoded in C, or in Python where Python resamples)."""
 
-    def __init__(self, core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms):
+    def __init__(self, core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms, encoding="L16"):
         self.core = core
         self.uuid = uuid
         self.both = mix != "mono"
         channels = 2 if mix == "stereo" else 1
-        self.chunk_bytes = rate * chunk_ms // 1000 * 2 * channels
+        self.chunk_bytes = rate * chunk_ms // 1000 * sample_bytes(encoding) * channels
         rs = audio_resampler(call_rate, rate, channels)
         kw = {"uuid": uuid.encode("utf-8", "surrogateescape"), "frame_bytes": call_rate * ptime_ms // 1000 * 2,
               "mix": mix}
         self.uplink = None
         if isinstance(rs, Passthrough):
-            kw["chunk_bytes"] = self.chunk_bytes
+            kw.update(chunk_bytes=self.chunk_bytes, encoding=ENCODING_CODES[encoding])
         elif isinstance(rs, PolyphaseResampler):
-            kw.update(chunk_bytes=self.chunk_bytes, taps=np.concatenate(rs.h).astype(np.float32),
-                      L=rs.L, M=rs.M, d=rs.d)
-        else:   # a ratio only libsamplerate takes: C reads, Python resamples and chunks
-            self.uplink = Uplink(call_rate, rate, channels, chunk_ms)
+            kw.update(chunk_bytes=self.chunk_bytes, encoding=ENCODING_CODES[encoding],
+                      taps=np.concatenate(rs.h).astype(np.float32), L=rs.L, M=rs.M, d=rs.d)
+        else:   # a ratio only libsamplerate takes: C reads, Python resamples, chunks (and encodes)
+            self.uplink = Uplink(call_rate, rate, channels, chunk_ms, encoding)
         self.batch = _accel.Capture(**kw)
 
     def attach(self, session):

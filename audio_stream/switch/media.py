@@ -424,19 +424,20 @@ class ControlPort:
 
 
 class CaptureSource:
-    """The stream's audio out, pure-Python path: CapturePort + audio.Uplink. `poll()` returns the
-    complete chunks read so far as one bytes object (a multiple of `chunk_bytes`), b"" when there
-    is none, None when the bug is gone (the call's media ended). `batch` is None: the capture clock
-    polls it on its own (switch/accel.py's AccelCapture is read in one C call per tick)."""
+    """The stream's audio out, pure-Python path: CapturePort + audio.Uplink (which encodes G.711
+    for `encoding` PCMU/PCMA). `poll()` returns the complete chunks read so far as one bytes object (a
+    multiple of `chunk_bytes`), b"" when there is none, None when the bug is gone (the call's media
+    ended). `batch` is None: the capture clock polls it on its own (switch/accel.py's AccelCapture
+    is read in one C call per tick)."""
 
     batch = None
 
-    def __init__(self, core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms):
+    def __init__(self, core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms, encoding="L16"):
         self.uuid = uuid
         both = mix in ("mixed", "stereo")
         self.port = CapturePort(core, both)
         self.pairer = Pairer(call_rate * ptime_ms // 1000 * 2, mix == "stereo") if both else None
-        self.uplink = Uplink(call_rate, rate, 2 if mix == "stereo" else 1, chunk_ms)
+        self.uplink = Uplink(call_rate, rate, 2 if mix == "stereo" else 1, chunk_ms, encoding)
         self.chunk_bytes = self.uplink.chunk_bytes
         self.paused = False
 
@@ -505,8 +506,8 @@ class PythonPath:
     def __init__(self, core):
         self.core = core
 
-    def capture(self, uuid, mix, call_rate, ptime_ms, rate, chunk_ms):
-        return CaptureSource(self.core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms)
+    def capture(self, uuid, mix, call_rate, ptime_ms, rate, chunk_ms, encoding="L16"):
+        return CaptureSource(self.core, uuid, mix, call_rate, ptime_ms, rate, chunk_ms, encoding)
 
     def queue(self, uuid, call_rate, ptime_ms, settings):
         return PlaybackQueue(call_rate, settings.playback_buffer_ms, jitter_ms=settings.playback_jitter_ms,

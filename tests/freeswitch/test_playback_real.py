@@ -44,6 +44,15 @@ def segments(x, rate, hz, block=0.1):
     return hits * block
 
 
+def heard_on_b(fs, a, b, path, hz):
+    """Stop A's stream and B's recording: the seconds of `hz` B heard."""
+    api(fs, "%s stop" % a)
+    fs.api("uuid_record %s stop %s" % (b, path))
+    time.sleep(0.3)
+    x, rate = read_wav(path)
+    return segments(x, rate, hz)
+
+
 @pytest.fixture
 def tmpwav():
     fd, path = tempfile.mkstemp(suffix=".wav", dir="/tmp")
@@ -127,11 +136,7 @@ def test_kill_audio_stops_within_a_frame(fs, calls, events, tmpwav):
         stopped = events.wait("mod_audio_stream::playback_stopped", a)
         assert json.loads(stopped["_body"]) == {"reason": "cleared"}
         time.sleep(1.0)
-        api(fs, "%s stop" % a)
-        fs.api("uuid_record %s stop %s" % (b, tmpwav))
-        time.sleep(0.3)
-        x, rate = read_wav(tmpwav)
-        heard = segments(x, rate, 700)
+        heard = heard_on_b(fs, a, b, tmpwav, 700)
         assert 0.7 <= heard <= 1.3, heard
     finally:
         server.stop()
