@@ -1709,6 +1709,56 @@ static void Player_dealloc(PlayerObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Queue `len` bytes of audio at the call's rate (loop thread): 0 refused (over the cap), 1 queued, 2
+ * queued and the consumer is dormant (the caller must wake it), -1 out of memory. *was_empty: the
+ * queue held nothing before. */
+static long player_push(player_t *p, const uint8_t *data, size_t len, int *was_empty)
+{
+    if (was_empty)
+        *was_empty = 0;
+    if (!len)
+        return 1;
+    block_t *b = malloc(sizeof(block_t) + len);
+    if (!b)
+        return -1;
+    b->next = NULL;
+    b->len = len;
+    b->head = 0;
+    memcpy(b->data, data, len);
+    long r = 1;
+    int64_t now = now_ns();
+    pthread_mutex_lock(&p->lock);
+    if (p->queued + len > p->max_bytes) {
+        r = 0;
+    } else {
+        if (was_empty)
+            *was_empty = !p->queued;
+        if (!p->queued && !p->playing) {
+            p->starting = 1;
+            p->first_push_ns = now;
+        }
+        if (p->last)
+            p->last->next = b;
+        else
+            p->first = b;
+        p->last = b;
+        b = NULL;
+        p->queued += len;
+        p->pushed += (int64_t)len;
+        p->last_push_ns = now;
+        if (p->dormant && !p->paused) {
+            p->dormant = 0;
+            r = 2;
+        }
+    }
+    block_t *garbage = p->free_list;
+    p->free_list = NULL;
+    pthread_mutex_unlock(&p->lock);
+    free(b);
+    player_free_blocks(garbage);
+    return r;
+}
+
 /* push(pcm): queue audio at the call's rate; returns 0 (refused: over the cap), 1 (queued), 2 (queued,
  * and the consumer is dormant: the caller must wake it) */
 static PyObject *Player_push(PlayerObject *self, PyObject *arg)
@@ -1716,49 +1766,10 @@ static PyObject *Player_push(PlayerObject *self, PyObject *arg)
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    player_t *p = self->p;
-    long r = 1;
-    if (view.len > 0) {
-        block_t *b = malloc(sizeof(block_t) + (size_t)view.len);
-        if (!b) {
-            PyBuffer_Release(&view);
-            return PyErr_NoMemory();
-        }
-        b->next = NULL;
-        b->len = (size_t)view.len;
-        b->head = 0;
-        memcpy(b->data, view.buf, (size_t)view.len);
-        block_t *garbage = NULL;
-        int64_t now = now_ns();
-        pthread_mutex_lock(&p->lock);
-        if (p->queued + (size_t)view.len > p->max_bytes) {
-            r = 0;
-        } else {
-            if (!p->queued && !p->playing) {
-                p->starting = 1;
-                p->first_push_ns = now;
-            }
-            if (p->last)
-                p->last->next = b;
-            else
-                p->first = b;
-            p->last = b;
-            b = NULL;
-            p->queued += (size_t)view.len;
-            p->pushed += (int64_t)view.len;
-            p->last_push_ns = now;
-            if (p->dormant && !p->paused) {
-                p->dormant = 0;
-                r = 2;
-            }
-        }
-        garbage = p->free_list;
-        p->free_list = NULL;
-        pthread_mutex_unlock(&p->lock);
-        free(b);
-        player_free_blocks(garbage);
-    }
+    long r = player_push(self->p, view.buf, (size_t)view.len, NULL);
     PyBuffer_Release(&view);
+    if (r < 0)
+        return PyErr_NoMemory();
     return PyLong_FromLong(r);
 }
 
@@ -2287,6 +2298,207 @@ static PyTypeObject ResamplerType = {
     .tp_methods = Resampler_methods,
 };
 
+/* ---- BinarySink: the server's binary L16 audio straight into the C queue ------------------------------
+ * playback.Player's binary() for the accelerated path: an odd trailing byte carried to the next message,
+ * the polyphase resampler when the server's rate is not the call's, then the queue. MaskScanner.split
+ * hands it whole binary frames it takes out of what the server sent (no message object, no Python per
+ * frame); Python's push() goes through the same carry and filter, so both share one state. */
+
+enum { SINK_WAKE = 1, SINK_REFUSED = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    PlayerObject *player;
+    ResamplerObject *rs;          /* NULL: the server's rate is the call's */
+    size_t max_frame;             /* larger frames go to the parser (Python says why it refuses them) */
+    int enabled;
+    int has_carry;
+    uint8_t carry;
+    uint8_t *tmp;                 /* carry + payload */
+    size_t tmp_cap;
+    uint8_t *frame;               /* an intercepted frame's payload so far */
+    size_t frame_cap, frame_len;
+    /* since the last take() */
+    uint64_t came;                /* bytes queued (at the call's rate) */
+    int64_t arrived_ns;           /* audio reached an empty queue (0: not since) */
+    int flags;                    /* SINK_WAKE, SINK_REFUSED */
+    size_t refused_bytes;         /* the last refused message, at the call's rate */
+} BinarySinkObject;
+
+static inline PyObject *new_ref(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+
+static int BinarySink_init(BinarySinkObject *self, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"player", "resampler", "max_frame", NULL};
+    PyObject *player, *rs = Py_None;
+    Py_ssize_t max_frame = 1 << 20;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|On", names, &PlayerType, &player, &rs, &max_frame))
+        return -1;
+    if (rs != Py_None && !PyObject_TypeCheck(rs, &ResamplerType)) {
+        PyErr_SetString(PyExc_TypeError, "resampler: an _accel.Resampler or None");
+        return -1;
+    }
+    if (rs != Py_None && (((ResamplerObject *)rs)->rs.channels != 1 || !((ResamplerObject *)rs)->ready)) {
+        PyErr_SetString(PyExc_ValueError, "resampler: a mono one");
+        return -1;
+    }
+    Py_XSETREF(self->player, (PlayerObject *)new_ref(player));
+    Py_XSETREF(self->rs, rs == Py_None ? NULL : (ResamplerObject *)new_ref(rs));
+    self->max_frame = max_frame > 0 ? (size_t)max_frame : 0;
+    self->enabled = 1;
+    return 0;
+}
+
+static void BinarySink_dealloc(BinarySinkObject *self)
+{
+    Py_XDECREF(self->player);
+    Py_XDECREF(self->rs);
+    free(self->tmp);
+    free(self->frame);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* the server's bytes (L16 at its rate) to the queue: 0 refused, 1 queued, 2 queued and must wake, -1 nomem */
+static long sink_push(BinarySinkObject *s, const uint8_t *data, size_t len)
+{
+    const uint8_t *src = data;
+    size_t total = len;
+    if (s->has_carry) {
+        if (grow(&s->tmp, &s->tmp_cap, len + 1) < 0)
+            return -1;
+        s->tmp[0] = s->carry;
+        memcpy(s->tmp + 1, data, len);
+        src = s->tmp;
+        total = len + 1;
+    }
+    size_t cut = total & ~(size_t)1;
+    s->has_carry = (int)(total & 1);
+    if (s->has_carry)
+        s->carry = src[cut];
+    const uint8_t *pcm = src;
+    size_t n = cut;
+    if (s->rs && cut) {
+        ResamplerObject *r = s->rs;
+        if (grow(&r->out, &r->out_cap, rs_max_out(&r->rs, cut / 2) * 2) < 0)
+            return -1;
+        ssize_t w = rs_process(&r->rs, (const int16_t *)src, cut / 2, (int16_t *)r->out);
+        if (w < 0)
+            return -1;
+        pcm = r->out;
+        n = (size_t)w * 2;
+    }
+    if (!n)
+        return 1;
+    int was_empty = 0;
+    long res = player_push(s->player->p, pcm, n, &was_empty);
+    if (res > 0) {
+        s->came += n;
+        if (was_empty)
+            s->arrived_ns = now_ns();
+        if (res == 2)
+            s->flags |= SINK_WAKE;
+    } else if (res == 0) {
+        s->refused_bytes = n;
+        s->flags |= SINK_REFUSED;
+    }
+    return res;
+}
+
+static PyObject *BinarySink_push(BinarySinkObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int flags = self->flags;
+    long r = sink_push(self, view.buf, (size_t)view.len);
+    self->flags = flags;                /* the caller handles this one itself */
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return PyErr_NoMemory();
+    return PyLong_FromLong(r);
+}
+
+static PyObject *BinarySink_reset(BinarySinkObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->has_carry = 0;
+    if (self->rs)
+        rs_reset(&self->rs->rs);
+    Py_RETURN_NONE;
+}
+
+/* take_flags(): (flags, refused_bytes) of the frames split() took since the last call */
+static PyObject *BinarySink_take_flags(BinarySinkObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int flags = self->flags;
+    self->flags = 0;
+    return Py_BuildValue("(in)", flags, (Py_ssize_t)self->refused_bytes);
+}
+
+/* take_came(): bytes queued (at the call's rate) since the last call */
+static PyObject *BinarySink_take_came(BinarySinkObject *self, PyObject *Py_UNUSED(ignored))
+{
+    unsigned long long came = self->came;
+    self->came = 0;
+    return PyLong_FromUnsignedLongLong(came);
+}
+
+/* take_arrived(): when audio last reached an empty queue (time.monotonic() seconds), or None */
+static PyObject *BinarySink_take_arrived(BinarySinkObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int64_t arrived = self->arrived_ns;
+    self->arrived_ns = 0;
+    if (!arrived)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(arrived / 1e9);
+}
+
+static PyObject *BinarySink_get_enabled(BinarySinkObject *self, void *closure)
+{
+    return PyBool_FromLong(self->enabled);
+}
+
+static int BinarySink_set_enabled(BinarySinkObject *self, PyObject *v, void *closure)
+{
+    int on = v ? PyObject_IsTrue(v) : 0;
+    if (on < 0)
+        return -1;
+    self->enabled = on;
+    return 0;
+}
+
+static PyMethodDef BinarySink_methods[] = {
+    {"push", (PyCFunction)BinarySink_push, METH_O,
+     "a binary message's bytes: 0 refused (queue full), 1 queued, 2 queued and the player must be woken"},
+    {"reset", (PyCFunction)BinarySink_reset, METH_NOARGS, "after a clear: no carried byte, no filter state"},
+    {"take_flags", (PyCFunction)BinarySink_take_flags, METH_NOARGS,
+     "(flags, refused_bytes) of the frames split() took since the last call: WAKE 1, REFUSED 2"},
+    {"take_came", (PyCFunction)BinarySink_take_came, METH_NOARGS, "bytes queued since the last call"},
+    {"take_arrived", (PyCFunction)BinarySink_take_arrived, METH_NOARGS,
+     "when audio last reached an empty queue (monotonic s), or None; since the last call"},
+    {NULL}};
+
+static PyGetSetDef BinarySink_getset[] = {
+    {"enabled", (getter)BinarySink_get_enabled, (setter)BinarySink_set_enabled,
+     "frames are taken only while True", NULL},
+    {NULL}};
+
+static PyTypeObject BinarySinkType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "audio_stream._accel.BinarySink",
+    .tp_basicsize = sizeof(BinarySinkObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "BinarySink(player, resampler=None, max_frame=1 MiB): binary L16 from the server to a Player",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)BinarySink_init,
+    .tp_dealloc = (destructor)BinarySink_dealloc,
+    .tp_methods = BinarySink_methods,
+    .tp_getset = BinarySink_getset,
+};
+
 /* ---- MaskScanner: connection.MaskGuard's frame walk (RFC 6455 5.1: a server must not mask) ---------- */
 
 typedef struct {
@@ -2294,7 +2506,17 @@ typedef struct {
     uint8_t hdr[10];
     int hdr_len;
     uint64_t skip;
+    /* split() only */
+    int taking;                   /* the frame being read goes to the sink (skip: its bytes still to come) */
+    int fragmented;               /* a data frame without FIN went to the parser: until its last fragment, nothing is taken */
+    BinarySinkObject *sink;       /* the sink of the frame being taken (a reference) */
 } MaskScannerObject;
+
+static void MaskScanner_dealloc(MaskScannerObject *self)
+{
+    Py_XDECREF(self->sink);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
 
 /* scan(data, limit): connection.MaskGuard._scan. Follow the frames through the bytes the server sent;
  * returns (masked, end): masked True as soon as a frame header has the mask bit (end just after that
@@ -2345,7 +2567,133 @@ static PyObject *MaskScanner_scan(MaskScannerObject *self, PyObject *args)
     return Py_BuildValue("(On)", masked ? Py_True : Py_False, (Py_ssize_t)i);
 }
 
+/* split(data, limit, sink, take): scan() that also takes whole unfragmented binary frames (FIN, opcode 2,
+ * no RSV bits, unmasked, at most the sink's max_frame) out of the stream into `sink`, while `take` is
+ * true (the caller: aiohttp's queue is empty, so nothing parsed waits before them) and no frame has gone
+ * to the parser earlier in this call (what goes to the parser is handled later: audio after it must wait
+ * too). Header bytes are held until the header is complete, then go with their frame.
+ * Returns (masked, end, out, frames, nbytes): `out` the bytes for aiohttp's parser (None: none), `end`
+ * as scan(), frames/nbytes the binary frames taken and their payload bytes. */
+static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t limit;
+    PyObject *sink_obj;
+    int take;
+    if (!PyArg_ParseTuple(args, "y*nOp", &view, &limit, &sink_obj, &take))
+        return NULL;
+    if (sink_obj != Py_None && !PyObject_TypeCheck(sink_obj, &BinarySinkType)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "sink: a BinarySink or None");
+        return NULL;
+    }
+    BinarySinkObject *sink = sink_obj == Py_None ? NULL : (BinarySinkObject *)sink_obj;
+    const uint8_t *d = view.buf;
+    size_t i = 0, n = (size_t)view.len;
+    uint8_t *out = malloc(n + 16);
+    if (!out) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    size_t out_len = 0;
+    Py_ssize_t frames = 0, taken = 0;
+    unsigned long long taken_bytes = 0;
+    int masked = 0, nomem = 0;
+    int passed = self->skip && !self->taking;     /* a frame begun in an earlier call goes on to the parser */
+    while (i < n) {
+        if (self->skip) {
+            uint64_t step = n - i < self->skip ? n - i : self->skip;
+            if (self->taking) {
+                BinarySinkObject *s = self->sink;
+                memcpy(s->frame + s->frame_len, d + i, (size_t)step);
+                s->frame_len += (size_t)step;
+            } else {
+                memcpy(out + out_len, d + i, (size_t)step);
+                out_len += (size_t)step;
+            }
+            self->skip -= step;
+            i += (size_t)step;
+            if (!self->skip) {
+                if (self->taking) {
+                    BinarySinkObject *s = self->sink;
+                    if (s->enabled && sink_push(s, s->frame, s->frame_len) < 0)
+                        nomem = 1;
+                    taken++;
+                    taken_bytes += s->frame_len;
+                    s->frame_len = 0;
+                    self->taking = 0;
+                    Py_CLEAR(self->sink);
+                }
+                if (++frames >= limit)
+                    break;
+            }
+            continue;
+        }
+        self->hdr[self->hdr_len++] = d[i++];
+        if (self->hdr_len < 2)
+            continue;
+        if (self->hdr[1] & 0x80) {
+            masked = 1;
+            break;
+        }
+        int size = self->hdr[1] & 0x7F;
+        int ext = size == 126 ? 2 : size == 127 ? 8 : 0;
+        if (self->hdr_len < 2 + ext)
+            continue;
+        uint64_t len = (uint64_t)size;
+        if (ext) {
+            len = 0;
+            for (int k = 0; k < ext; k++)
+                len = (len << 8) | self->hdr[2 + k];
+        }
+        uint8_t b0 = self->hdr[0];
+        if (take && sink && sink->enabled && !passed && !self->fragmented && b0 == 0x82 && len <= sink->max_frame &&
+            grow(&sink->frame, &sink->frame_cap, (size_t)len ? (size_t)len : 1) == 0) {
+            self->hdr_len = 0;
+            sink->frame_len = 0;
+            if (!len) {
+                taken++;
+                if (++frames >= limit)
+                    break;
+                continue;
+            }
+            self->taking = 1;
+            self->sink = (BinarySinkObject *)new_ref((PyObject *)sink);
+            self->skip = len;
+            continue;
+        }
+        /* to the parser */
+        passed = 1;
+        int opcode = b0 & 0x0F;
+        if (opcode < 8) {
+            if (!(b0 & 0x80) && opcode != 0)
+                self->fragmented = 1;
+            else if ((b0 & 0x80) && opcode == 0)
+                self->fragmented = 0;
+        }
+        memcpy(out + out_len, self->hdr, (size_t)self->hdr_len);
+        out_len += (size_t)self->hdr_len;
+        self->hdr_len = 0;
+        self->skip = len;
+        if (!len && ++frames >= limit)
+            break;
+    }
+    PyBuffer_Release(&view);
+    if (nomem) {
+        free(out);
+        return PyErr_NoMemory();
+    }
+    PyObject *o = out_len ? PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)out_len) : new_ref(Py_None);
+    free(out);
+    if (!o)
+        return NULL;
+    return Py_BuildValue("(OnNnK)", masked ? Py_True : Py_False, (Py_ssize_t)i, o, taken, taken_bytes);
+}
+
 static PyMethodDef MaskScanner_methods[] = {
+    {"split", (PyCFunction)MaskScanner_split, METH_VARARGS,
+     "split(data, limit, sink, take) -> (masked, end, out, frames, nbytes): scan() that takes binary audio "
+     "frames into a BinarySink"},
     {"scan", (PyCFunction)MaskScanner_scan, METH_VARARGS,
      "scan(data, limit) -> (masked, end): connection.MaskGuard._scan in C"},
     {NULL}};
@@ -2357,6 +2705,7 @@ static PyTypeObject MaskScannerType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Follows WebSocket frame headers in what a server sends; says when one is masked.",
     .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)MaskScanner_dealloc,
     .tp_methods = MaskScanner_methods,
 };
 
@@ -2564,7 +2913,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "audio_stream._acc
 PyMODINIT_FUNC PyInit__accel(void)
 {
     if (PyType_Ready(&CaptureType) < 0 || PyType_Ready(&PlayerType) < 0 || PyType_Ready(&ResamplerType) < 0 ||
-        PyType_Ready(&MaskScannerType) < 0)
+        PyType_Ready(&MaskScannerType) < 0 || PyType_Ready(&BinarySinkType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
@@ -2575,12 +2924,16 @@ PyMODINIT_FUNC PyInit__accel(void)
     PyModule_AddObject(m, "Resampler", (PyObject *)&ResamplerType);
     Py_INCREF(&MaskScannerType);
     PyModule_AddObject(m, "MaskScanner", (PyObject *)&MaskScannerType);
+    Py_INCREF(&BinarySinkType);
+    PyModule_AddObject(m, "BinarySink", (PyObject *)&BinarySinkType);
     PyModule_AddObject(m, "Capture", (PyObject *)&CaptureType);
     PyModule_AddObject(m, "Player", (PyObject *)&PlayerType);
     PyModule_AddIntConstant(m, "EV_STARTED", EV_STARTED);
     PyModule_AddIntConstant(m, "EV_DONE", EV_DONE);
     PyModule_AddIntConstant(m, "EV_MARK", EV_MARK);
     PyModule_AddIntConstant(m, "EV_CLOSED", EV_CLOSED);
+    PyModule_AddIntConstant(m, "SINK_WAKE", SINK_WAKE);
+    PyModule_AddIntConstant(m, "SINK_REFUSED", SINK_REFUSED);
     g711_tables();
     uint64_t seed = 0;
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);

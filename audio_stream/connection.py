@@ -47,8 +47,13 @@ class MaskGuard:
         self.failed = False
         self.held = bytearray()     # bytes not yet handed to the parser
         self.paused = False
+        self.sink = None            # take_binary(): binary audio frames go straight to the player
+        self.on_taken = None
+        self._held_off = False      # reading paused by the stream's allowance (on_taken's answer)
         if native is not None:      # the same walk in C
-            self._scan = native.MaskScanner().scan
+            scanner = native.MaskScanner()
+            self._scan = scanner.scan
+            self._split = scanner.split
 
     def feed_data(self, data):
         if self.failed:
@@ -69,18 +74,17 @@ class MaskGuard:
 
     def pump(self):
         """After the stream took a message: hand the parser what was held back, if it can take it."""
-        if not self.held or self.failed or self._queued() > QUEUED_MAX // 2:
+        if not self.held or self.failed or self._held_off or (self._queued() or 0) > QUEUED_MAX // 2:
             return
         data, self.held = bytes(self.held), bytearray()
         self._feed(data)
-        if not self.held and self.paused:
-            self.paused = False
-            try:
-                self.queue._protocol.transport.resume_reading()
-            except (AttributeError, RuntimeError):
-                pass
+        if not self.held:
+            self._resume()
 
     def _feed(self, data):
+        sink = self.sink
+        if sink is not None:
+            return self._feed_split(data, sink)
         masked, end = self._scan(data, FRAMES_PER_FEED)
         if masked:
             self._fail(aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame")
@@ -91,16 +95,56 @@ class MaskGuard:
             self._pause()
         return self.parser.feed_data(data) if data else (False, b"")
 
+    def _feed_split(self, data, sink):
+        """The accelerated path: whole binary audio frames go to the sink (the C playback queue)
+        as they arrive, while nothing parsed waits before them (else they would play ahead of a
+        killAudio still queued); everything else to aiohttp's parser, as _feed()."""
+        masked, end, out, taken, nbytes = self._split(data, FRAMES_PER_FEED, sink, self._queued() == 0)
+        if masked:
+            self._fail(aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame")
+            return True, b""
+        if end < len(data):
+            self.held += data[end:]
+            self._pause()
+        result = self.parser.feed_data(out) if out else (False, b"")
+        if taken:
+            wait = self.on_taken(taken, nbytes)
+            if wait:                   # over the stream's allowance: the server waits in TCP
+                self._held_off = True
+                self._pause()
+                asyncio.get_event_loop().call_later(wait, self._hold_over)
+            elif self.held:            # nothing may reach receive() to pump the rest: pump it here
+                asyncio.get_event_loop().call_soon(self.pump)
+        return result
+
+    def _hold_over(self):
+        self._held_off = False
+        if self.failed:
+            return
+        if self.held:
+            self.pump()
+        else:
+            self._resume()
+
+    def _resume(self):
+        if self.paused and not self._held_off:
+            self.paused = False
+            try:
+                self.queue._protocol.transport.resume_reading()
+            except (AttributeError, RuntimeError):
+                pass
+
     def _fail(self, code, message):
         self.failed = True
         self.held = bytearray()
         self.queue.set_exception(aiohttp.WebSocketError(code, message))
 
     def _queued(self):
+        """Parsed messages waiting for receive(); None when this aiohttp does not say."""
         try:
             return len(self.queue._buffer)
         except (AttributeError, TypeError):
-            return 0
+            return None
 
     def _pause(self):
         if not self.paused:
@@ -439,6 +483,18 @@ async def connect(client, url, settings, extra=None):
                            % (shown, _printable(_describe(e)))) from None
     _guard(ws)
     return ws
+
+
+def take_binary(ws, sink, on_taken):
+    """Binary frames from the server go to `sink` (an _accel.BinarySink) without a message each;
+    `on_taken(frames, nbytes)` after every read that took some answers how long to stop reading (0:
+    go on). False when this connection cannot (no guard, no accelerator)."""
+    guard = ws.__dict__.get("_guarded_parser")
+    if guard is None or native is None:
+        return False
+    guard.on_taken = on_taken
+    guard.sink = sink
+    return True
 
 
 def _guard(ws):

@@ -98,6 +98,10 @@ class MediaPorts(Protocol):
     def control(self, uuid: str, call_rate: int, ptime_ms: int, queue: Any, capture: CaptureMedia,
                 listener: "MediaListener", player: "PlaybackListener", loop: Any) -> ControlMedia: ...
 
+    def binary_sink(self, queue: Any, rate_in: int, rate_out: int, max_frame: int) -> Any:
+        """Where the server's binary L16 frames may go without a Python message each (the
+        accelerated path's _accel.BinarySink: connection.take_binary), or None."""
+
 
 class Ticked(Protocol):
     """What the capture clock calls (loop thread): poll() once per stream per tick (unless its
@@ -146,6 +150,12 @@ class LinkHost(Protocol):
     def on_text(self, text: str) -> None: ...
 
     def on_binary(self, data: bytes) -> None: ...
+
+    def binary_sink(self) -> Any:
+        """Where binary frames may go without a message each (connection.take_binary), or None."""
+
+    def binary_taken(self, frames: int, nbytes: int) -> None:
+        """That sink took `frames` binary frames of `nbytes` bytes in all."""
 
     def link_connected(self) -> None: ...
 

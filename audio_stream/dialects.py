@@ -38,6 +38,8 @@ class Dialect(Protocol):
     name: str
     binary_audio: bool   # media(chunk) is the chunk itself as one binary message (the direct path may
                          # frame it in C): True for mod_audio_stream's wire, False for JSON media
+    binary_playback: Optional[str]   # the encoding of the server's binary frames, which play
+                                     # (parse_binary: BinaryAudio), or None when they are not audio
 
     def uplink_format(self) -> UplinkFormat:
         """The layout of the audio handed to media()."""

@@ -171,6 +171,9 @@ class Link:
         self.ws = ws
         self._loss = None
         self._fail_code = None
+        sink = self.host.binary_sink()
+        if sink is not None:
+            connection.take_binary(ws, sink, self._taken)
         self._receiver = asyncio.ensure_future(self._receive(ws))
         self._wake.set()
         return ws
@@ -436,6 +439,14 @@ class Link:
             else:
                 self._loss = (False, 1006, text, code)
         self._input(L.LOST)
+
+    def _taken(self, frames, nbytes):
+        """connection.take_binary took `frames` binary frames (`nbytes` payload) into the player:
+        counted and paid for as _receive() does messages; returns how long to stop reading."""
+        self.messages_received += frames
+        self.bytes_received += nbytes
+        self.host.binary_taken(frames, nbytes)
+        return self.allowance.take(frames + nbytes // INPUT_BYTES_PER_UNIT, time.monotonic())
 
     async def _stop_receiver(self):
         r, self._receiver = self._receiver, None

@@ -15,6 +15,8 @@ import time
 from . import audio, metrics, protocol
 from .policy import LatencyPolicy
 
+SINK_WAKE, SINK_REFUSED = 1, 2        # _accel.BinarySink.take_flags()
+
 RAW_EXT = {8000: "r8", 16000: "r16", 24000: "r24", 32000: "r32", 48000: "r48", 64000: "r64"}
 
 
@@ -39,6 +41,10 @@ class Player:
         self._files = []
         self._file_n = 0
         self._arrived = None
+        # the accelerated path's _accel.BinarySink: binary L16 goes through it to the C queue (the
+        # frames connection.take_binary takes, and the ones that come as messages: one carry, one
+        # filter state), or None
+        self.sink = None
 
     @property
     def playing(self):
@@ -83,6 +89,9 @@ class Player:
         if self._listen_only() or self.queue is None:
             return
         if encoding == "L16":
+            if self.sink is not None:
+                self._pushed(self.sink.push(data), self.sink)
+                return
             rate = self.host.settings.sample_rate or self.host.rate
             self._enqueue(self.downlink.binary(data, rate))
         else:
@@ -110,16 +119,35 @@ class Player:
         if not queue.queued:
             self._arrived = time.monotonic()     # audio arriving at an empty queue
         if not queue.push(pcm):
-            ms, cap = len(pcm) * 1000 // (2 * queue.rate), self.host.settings.playback_buffer_ms
-            if ms > cap:
-                reason = "audio of %d ms in one message is longer than STREAM_PLAYBACK_BUFFER (%d ms): refused" % (ms, cap)
-            else:
-                reason = "playback queue full: %d ms queued, this message holds %d ms, STREAM_PLAYBACK_BUFFER is " \
-                         "%d ms: audio refused" % (queue.queued_ms, ms, cap)
-            self.host.bad(reason, "playback_buffer_full")
+            self._refused(len(pcm))
             return
         if queue.take_wake():
             self.host.wake_playback()
+
+    def _refused(self, nbytes):
+        queue = self.queue
+        ms, cap = nbytes * 1000 // (2 * queue.rate), self.host.settings.playback_buffer_ms
+        if ms > cap:
+            reason = "audio of %d ms in one message is longer than STREAM_PLAYBACK_BUFFER (%d ms): refused" % (ms, cap)
+        else:
+            reason = "playback queue full: %d ms queued, this message holds %d ms, STREAM_PLAYBACK_BUFFER is " \
+                     "%d ms: audio refused" % (queue.queued_ms, ms, cap)
+        self.host.bad(reason, "playback_buffer_full")
+
+    def _pushed(self, result, sink):
+        """What a sink push answered (0 refused, 1 queued, 2 queued: wake the player)."""
+        if result == 2:
+            self.host.wake_playback()
+        elif not result:
+            self._refused(sink.take_flags()[1])
+
+    def sink_took(self):
+        """connection.take_binary took binary frames into the sink: what they need from here."""
+        flags, refused_bytes = self.sink.take_flags()
+        if flags & SINK_WAKE:
+            self.host.wake_playback()
+        if flags & SINK_REFUSED:
+            self._refused(refused_bytes)
 
     def _play_file(self, msg):
         """mod_audio_stream's behaviour: write the payload to a file, fire ::play with its path."""
@@ -157,6 +185,8 @@ class Player:
             return
         dropped, _ = self.queue.clear()
         self.downlink.reset()
+        if self.sink is not None:
+            self.sink.reset()
         self._stop_playing("cleared")
         self._ack_marks(dropped, "cleared")
 
@@ -174,6 +204,8 @@ class Player:
         if self.latency is None:
             return
         came, self._came = self._came, 0
+        if self.sink is not None:
+            came += self.sink.take_came()
         elapsed = now - self._maintained_at if self._maintained_at is not None else 0.0
         self._maintained_at = now
         low, debt = self.queue.take_stats()
@@ -202,6 +234,10 @@ class Player:
         self._episode = True
         body = {"queued_ms": self.queue.queued_ms}
         arrived, self._arrived = self._arrived, None
+        if self.sink is not None:
+            took = self.sink.take_arrived()      # the latest audio to reach an empty queue wins
+            if took is not None and (arrived is None or took > arrived):
+                arrived = took
         if arrived is not None and t >= arrived:
             # from the server's audio reaching us (at an empty queue) to its first frame in the call
             body["latency_ms"] = round((t - arrived) * 1000, 1)
@@ -220,6 +256,8 @@ class Player:
         """The playback bug is gone (hangup, stop, or the stream's own removal)."""
         if self.queue is not None:
             self.queue.stop_playing()
+        if self.sink is not None:
+            self.sink.enabled = False        # what still arrives comes as messages again
         self._stop_playing("stopped" if self.stop_requested else "hangup")
 
     # ---- end --------------------------------------------------------------------------------------

@@ -251,6 +251,7 @@ class NativeDialect:
     def __init__(self, metadata_text=None, rate=8000, channels=1, chunk_ms=20, encoding="L16"):
         self.metadata = metadata_text
         self._format = UplinkFormat(rate, channels, chunk_ms, encoding)
+        self.binary_playback = encoding      # parse_binary(): audio in the stream's encoding
 
     @staticmethod
     def refuse(mix, rate, settings):

@@ -117,6 +117,8 @@ class Stream:
             "frames_captured": self.capture.frames_read,
             "messages_sent": sent[0],
             "bytes_sent": sent[1],
+            "messages_received": link.messages_received if link else 0,
+            "bytes_received": link.bytes_received if link else 0,
             "dropped_ms": self.outbox.dropped_ms,
             "queued_ms": self.outbox.queued_ms,
             "reconnects": link.policy.reconnects if link else 0,
@@ -320,6 +322,14 @@ class Stream:
                      % (len(text), self.settings.max_message), "message_too_large")
             return
         self._handle(self.dialect.parse(text))
+
+    def binary_sink(self):
+        sink = self.player.sink
+        return sink if sink is not None and sink.enabled else None
+
+    def binary_taken(self, frames, nbytes):
+        metrics.received_binary(frames, nbytes)
+        self.player.sink_took()
 
     def on_binary(self, data):
         metrics.received("binary", len(data))

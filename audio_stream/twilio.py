@@ -122,6 +122,7 @@ class TwilioDialect:
     """
 
     binary_audio = False     # every chunk becomes JSON media frames
+    binary_playback = None   # a binary frame is refused (parse_binary)
 
     name = "twilio"
 

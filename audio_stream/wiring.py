@@ -29,6 +29,8 @@ def make_stream(be, runtime, uuid, cmd, settings, call_rate, ptime_ms, plays=Tru
     s.capture = media.capture(uuid, cmd.mix, call_rate, ptime_ms, fmt.rate, fmt.chunk_ms, encoding)
     queue = media.queue(uuid, call_rate, ptime_ms, settings) if settings.playback and plays else None
     s.player = Player(s, call_rate, queue, plays, media.resampler)
+    if queue is not None and s.dialect.binary_playback == "L16":
+        s.player.sink = media.binary_sink(queue, settings.sample_rate or s.rate, call_rate, settings.max_message)
     s.control = media.control(uuid, call_rate, ptime_ms, queue, s.capture, s, s.player, loop)
     s.player.port = s.control
     s.outbox.on_put = s.capture.stop_direct

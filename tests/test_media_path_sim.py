@@ -5,6 +5,7 @@ import base64
 import json
 import time
 
+import numpy as np
 import pytest
 
 from audio_stream.policy import PlaybackPolicy
@@ -162,3 +163,42 @@ def test_one_slow_server_does_not_delay_another_stream(h):
         c.close()
     lsock.close()
     t.join(2)
+
+
+def test_binary_audio_plays_the_same_whether_or_not_python_sees_each_frame(h, monkeypatch):
+    """On the accelerated path the server's binary frames go from the socket to the C queue without
+    a Python message each (connection.take_binary); the pure path parses every one. Either way each
+    utterance plays whole and in order (a dormant player is woken for the next), the latency is
+    reported, status counts every message, and a killAudio clears what came before it."""
+    from audio_stream import stream as stream_mod
+    seen = []
+    on_binary = stream_mod.Stream.on_binary
+    monkeypatch.setattr(stream_mod.Stream, "on_binary", lambda self, data: (seen.append(len(data)),
+                                                                             on_binary(self, data)))
+    server = h.server()
+    ch = h.call(rate=8000, core_writing=0)
+    conn = h.start(ch, server)
+    x = tone(700, 8000, 0.2, 6000)
+    x[x == 0] = 1
+    frames = [x[i:i + 160].tobytes() for i in range(0, len(x), 160)]
+    for n in range(3):
+        for f in frames:
+            server.send(conn, f)
+        assert wait_until(lambda: len(h.events("playback_stopped")) > n, 5)
+        assert "latency_ms" in json.loads(h.events("playback_started")[n]["_body"])
+        time.sleep(0.15)                               # dormant again before the next one
+    heard = ch.heard()
+    assert np.array_equal(heard[heard != 0], np.tile(x, 3))      # every sample, in order, bit-exact
+    status = json.loads(h.api("%s status" % ch.uuid))["streams"][0]
+    assert status["messages_received"] >= 3 * len(frames)
+    path = status["path"]
+    if path == "accel":
+        assert len(seen) < len(frames)                 # most never became a Python message
+    else:
+        assert len(seen) == 3 * len(frames)
+    # a long utterance, then a clear: nothing of it plays on
+    server.send(conn, tone(700, 8000, 3.0, 6000).tobytes())
+    assert wait_until(lambda: len(h.events("playback_started")) > 3, 5)
+    server.send(conn, '{"type":"killAudio"}')
+    h.event("playback_stopped", predicate=lambda e: json.loads(e["_body"])["reason"] == "cleared")
+    assert json.loads(h.api("%s status" % ch.uuid))["streams"][0]["playback_queued_ms"] == 0

@@ -239,6 +239,9 @@ class LinkHost:
     def on_text(self, text):
         self.seen.append(("text", text))
 
+    def binary_sink(self):
+        return None
+
     def on_binary(self, data):
         self.seen.append(("binary", data))
 

@@ -103,6 +103,9 @@ def _watch(loop):
     dispatch_events()
 
 
+SINK_MAX_FRAME = 1 << 20      # larger binary frames go through aiohttp and Python (rare: seconds of audio)
+
+
 class AccelPath:
     name = "accel"
 
@@ -117,6 +120,17 @@ class AccelPath:
 
     def queue(self, uuid, call_rate, ptime_ms, settings):
         return AccelQueue(uuid, call_rate, ptime_ms, settings.playback_buffer_ms, settings.playback_jitter_ms)
+
+    def binary_sink(self, queue, rate_in, rate_out, max_frame):
+        """The server's binary L16 at rate_in straight into `queue` (an AccelQueue) at the call's
+        rate, in C: an _accel.BinarySink, or None where the ratio needs libsamplerate."""
+        rs = None
+        if rate_in != rate_out:
+            rs = resampler(rate_in, rate_out, 1)
+            if not isinstance(rs, Resampler):
+                return None
+            rs = rs._r
+        return _accel.BinarySink(queue.p, rs, min(max_frame, SINK_MAX_FRAME))
 
     def control(self, uuid, call_rate, ptime_ms, queue, capture, listener, player, loop):
         return AccelControlPort(self.core, uuid, call_rate, ptime_ms, queue, capture, listener, player, loop)

@@ -513,6 +513,9 @@ class PythonPath:
         return PlaybackQueue(call_rate, settings.playback_buffer_ms, jitter_ms=settings.playback_jitter_ms,
                              ptime_ms=ptime_ms)
 
+    def binary_sink(self, queue, rate_in, rate_out, max_frame):
+        return None           # the server's binary frames come as messages (playback.Player.binary)
+
     def control(self, uuid, call_rate, ptime_ms, queue, capture, listener, player, loop):
         return ControlPort(self.core, call_rate, ptime_ms, queue, capture.port, listener, player,
                            loop.call_soon_threadsafe, uuid)
