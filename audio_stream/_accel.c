@@ -2323,6 +2323,9 @@ typedef struct {
     int64_t arrived_ns;           /* audio reached an empty queue (0: not since) */
     int flags;                    /* SINK_WAKE, SINK_REFUSED */
     size_t refused_bytes;         /* the last refused message, at the call's rate */
+    /* frames split() took that Python has not counted yet (take_pending) */
+    uint64_t pending_frames, pending_bytes;
+    uint64_t batch;               /* split() asks for attention once this many are pending */
 } BinarySinkObject;
 
 static inline PyObject *new_ref(PyObject *o)
@@ -2350,6 +2353,7 @@ static int BinarySink_init(BinarySinkObject *self, PyObject *args, PyObject *kw)
     Py_XSETREF(self->rs, rs == Py_None ? NULL : (ResamplerObject *)new_ref(rs));
     self->max_frame = max_frame > 0 ? (size_t)max_frame : 0;
     self->enabled = 1;
+    self->batch = 8;
     return 0;
 }
 
@@ -2438,6 +2442,34 @@ static PyObject *BinarySink_take_flags(BinarySinkObject *self, PyObject *Py_UNUS
     return Py_BuildValue("(in)", flags, (Py_ssize_t)self->refused_bytes);
 }
 
+/* take_pending(): (frames, bytes) split() took since the last call */
+static PyObject *BinarySink_take_pending(BinarySinkObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = Py_BuildValue("(KK)", (unsigned long long)self->pending_frames,
+                                (unsigned long long)self->pending_bytes);
+    self->pending_frames = self->pending_bytes = 0;
+    return r;
+}
+
+static PyObject *BinarySink_get_pending(BinarySinkObject *self, void *closure)
+{
+    return Py_BuildValue("(KK)", (unsigned long long)self->pending_frames, (unsigned long long)self->pending_bytes);
+}
+
+static PyObject *BinarySink_get_batch(BinarySinkObject *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->batch);
+}
+
+static int BinarySink_set_batch(BinarySinkObject *self, PyObject *v, void *closure)
+{
+    unsigned long long b = v ? PyLong_AsUnsignedLongLong(v) : 0;
+    if (PyErr_Occurred())
+        return -1;
+    self->batch = b ? b : 1;
+    return 0;
+}
+
 /* take_came(): bytes queued (at the call's rate) since the last call */
 static PyObject *BinarySink_take_came(BinarySinkObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -2477,6 +2509,8 @@ static PyMethodDef BinarySink_methods[] = {
     {"take_flags", (PyCFunction)BinarySink_take_flags, METH_NOARGS,
      "(flags, refused_bytes) of the frames split() took since the last call: WAKE 1, REFUSED 2"},
     {"take_came", (PyCFunction)BinarySink_take_came, METH_NOARGS, "bytes queued since the last call"},
+    {"take_pending", (PyCFunction)BinarySink_take_pending, METH_NOARGS,
+     "(frames, bytes) split() took since the last call (to count and charge them)"},
     {"take_arrived", (PyCFunction)BinarySink_take_arrived, METH_NOARGS,
      "when audio last reached an empty queue (monotonic s), or None; since the last call"},
     {NULL}};
@@ -2484,6 +2518,9 @@ static PyMethodDef BinarySink_methods[] = {
 static PyGetSetDef BinarySink_getset[] = {
     {"enabled", (getter)BinarySink_get_enabled, (setter)BinarySink_set_enabled,
      "frames are taken only while True", NULL},
+    {"pending", (getter)BinarySink_get_pending, NULL, "(frames, bytes) taken, not yet take_pending()", NULL},
+    {"batch", (getter)BinarySink_get_batch, (setter)BinarySink_set_batch,
+     "split() asks for attention once this many frames are pending (default 8)", NULL},
     {NULL}};
 
 static PyTypeObject BinarySinkType = {
@@ -2572,8 +2609,9 @@ static PyObject *MaskScanner_scan(MaskScannerObject *self, PyObject *args)
  * true (the caller: aiohttp's queue is empty, so nothing parsed waits before them) and no frame has gone
  * to the parser earlier in this call (what goes to the parser is handled later: audio after it must wait
  * too). Header bytes are held until the header is complete, then go with their frame.
- * Returns (masked, end, out, frames, nbytes): `out` the bytes for aiohttp's parser (None: none), `end`
- * as scan(), frames/nbytes the binary frames taken and their payload bytes. */
+ * Returns (masked, end, out, attention): `out` the bytes for aiohttp's parser (None: none), `end` as
+ * scan(), `attention` True when frames were taken and the sink's flags are set or `batch` frames are
+ * pending (then the caller counts and charges them: take_pending, take_flags). */
 static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
 {
     Py_buffer view;
@@ -2618,6 +2656,8 @@ static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
                     BinarySinkObject *s = self->sink;
                     if (s->enabled && sink_push(s, s->frame, s->frame_len) < 0)
                         nomem = 1;
+                    s->pending_frames++;
+                    s->pending_bytes += s->frame_len;
                     taken++;
                     taken_bytes += s->frame_len;
                     s->frame_len = 0;
@@ -2652,6 +2692,7 @@ static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
             self->hdr_len = 0;
             sink->frame_len = 0;
             if (!len) {
+                sink->pending_frames++;
                 taken++;
                 if (++frames >= limit)
                     break;
@@ -2687,12 +2728,15 @@ static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
     free(out);
     if (!o)
         return NULL;
-    return Py_BuildValue("(OnNnK)", masked ? Py_True : Py_False, (Py_ssize_t)i, o, taken, taken_bytes);
+    (void)taken_bytes;
+    /* attention: the player must act (wake, refused), or enough is pending to count and charge */
+    int attention = sink && taken && (sink->flags || sink->pending_frames >= sink->batch);
+    return Py_BuildValue("(OnNO)", masked ? Py_True : Py_False, (Py_ssize_t)i, o, attention ? Py_True : Py_False);
 }
 
 static PyMethodDef MaskScanner_methods[] = {
     {"split", (PyCFunction)MaskScanner_split, METH_VARARGS,
-     "split(data, limit, sink, take) -> (masked, end, out, frames, nbytes): scan() that takes binary audio "
+     "split(data, limit, sink, take) -> (masked, end, out, attention): scan() that takes binary audio "
      "frames into a BinarySink"},
     {"scan", (PyCFunction)MaskScanner_scan, METH_VARARGS,
      "scan(data, limit) -> (masked, end): connection.MaskGuard._scan in C"},

@@ -99,7 +99,7 @@ class MaskGuard:
         """The accelerated path: whole binary audio frames go to the sink (the C playback queue)
         as they arrive, while nothing parsed waits before them (else they would play ahead of a
         killAudio still queued); everything else to aiohttp's parser, as _feed()."""
-        masked, end, out, taken, nbytes = self._split(data, FRAMES_PER_FEED, sink, self._queued() == 0)
+        masked, end, out, attention = self._split(data, FRAMES_PER_FEED, sink, self._queued() == 0)
         if masked:
             self._fail(aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame")
             return True, b""
@@ -107,14 +107,15 @@ class MaskGuard:
             self.held += data[end:]
             self._pause()
         result = self.parser.feed_data(out) if out else (False, b"")
-        if taken:
-            wait = self.on_taken(taken, nbytes)
+        wait = 0.0
+        if attention:                  # the player must act, or enough frames to count and charge
+            wait = self.on_taken(*sink.take_pending())
             if wait:                   # over the stream's allowance: the server waits in TCP
                 self._held_off = True
                 self._pause()
                 asyncio.get_event_loop().call_later(wait, self._hold_over)
-            elif self.held:            # nothing may reach receive() to pump the rest: pump it here
-                asyncio.get_event_loop().call_soon(self.pump)
+        if self.held and not wait and not self._queued():
+            asyncio.get_event_loop().call_soon(self.pump)    # no receive() may come to pump the rest
         return result
 
     def _hold_over(self):
@@ -487,8 +488,9 @@ async def connect(client, url, settings, extra=None):
 
 def take_binary(ws, sink, on_taken):
     """Binary frames from the server go to `sink` (an _accel.BinarySink) without a message each;
-    `on_taken(frames, nbytes)` after every read that took some answers how long to stop reading (0:
-    go on). False when this connection cannot (no guard, no accelerator)."""
+    `on_taken(frames, nbytes)`, called when the player must act (wake, refused) or every
+    `sink.batch` frames, counts them and answers how long to stop reading (0: go on). False when
+    this connection cannot (no guard, no accelerator)."""
     guard = ws.__dict__.get("_guarded_parser")
     if guard is None or native is None:
         return False

@@ -50,6 +50,7 @@ class Link:
         self._last_reason = None
         self._dropped_before = 0
         self._receiver = None
+        self._sink = None          # connection.take_binary's, for the open connection
         self._action = None               # the last action the machine asked for
         self._deadline = None
         self._linger_until = None
@@ -171,7 +172,7 @@ class Link:
         self.ws = ws
         self._loss = None
         self._fail_code = None
-        sink = self.host.binary_sink()
+        sink = self._sink = self.host.binary_sink()
         if sink is not None:
             connection.take_binary(ws, sink, self._taken)
         self._receiver = asyncio.ensure_future(self._receive(ws))
@@ -427,6 +428,8 @@ class Link:
         except Exception as e:
             host.log("ERR", "receive failed: %r" % (e,))
             event = (connection.LOST, protocol.ERR_IO, "receive failed: %r" % (e,))
+        if self._sink is not None:      # count what the sink took and no batch counted yet
+            self._taken(*self._sink.take_pending())
         if ws is not self.ws:
             return
         self._stop_direct()
@@ -439,6 +442,14 @@ class Link:
             else:
                 self._loss = (False, 1006, text, code)
         self._input(L.LOST)
+
+    def received(self):
+        """(messages, bytes) received, frames the sink took and nobody counted yet included."""
+        messages, nbytes = self.messages_received, self.bytes_received
+        if self._sink is not None:
+            frames, more = self._sink.pending
+            messages, nbytes = messages + frames, nbytes + more
+        return messages, nbytes
 
     def _taken(self, frames, nbytes):
         """connection.take_binary took `frames` binary frames (`nbytes` payload) into the player:

@@ -101,6 +101,7 @@ class Stream:
         """What `status` shows of this stream (loop thread)."""
         link = self.link
         sent = self.sent_totals()
+        received = link.received() if link else (0, 0)
         queue = self.player.queue
         return {
             "uuid": self.uuid,
@@ -117,8 +118,8 @@ class Stream:
             "frames_captured": self.capture.frames_read,
             "messages_sent": sent[0],
             "bytes_sent": sent[1],
-            "messages_received": link.messages_received if link else 0,
-            "bytes_received": link.bytes_received if link else 0,
+            "messages_received": received[0],
+            "bytes_received": received[1],
             "dropped_ms": self.outbox.dropped_ms,
             "queued_ms": self.outbox.queued_ms,
             "reconnects": link.policy.reconnects if link else 0,

@@ -51,10 +51,10 @@ class Rig:
         """Feed `data` whole or cut into `pieces` bytes: (taken frames, parser bytes)."""
         step = pieces or len(data) or 1
         for i in range(0, len(data), step):
-            masked, end, out, frames, nbytes = self.scanner.split(data[i:i + step], limit, self.sink, take)
+            masked, end, out, attention = self.scanner.split(data[i:i + step], limit, self.sink, take)
             assert not masked and end == len(data[i:i + step])
-            self.taken += frames
             self.parsed += out or b""
+        self.taken += self.sink.take_pending()[0]
         return self.taken, self.parsed
 
 
@@ -129,15 +129,27 @@ def test_frames_it_may_not_take_go_to_the_parser(what):
 
 def test_a_masked_frame_is_reported():
     r = Rig()
-    masked, end, out, frames, nbytes = r.scanner.split(frame(b"ab", masked=True), 100, r.sink, True)
-    assert masked and end == 2 and frames == 0
+    masked, end, out, attention = r.scanner.split(frame(b"ab", masked=True), 100, r.sink, True)
+    assert masked and end == 2 and not attention and r.sink.pending == (0, 0)
 
 
 def test_the_frame_limit_counts_taken_frames_too():
     r = Rig()
     data = frame(pcm(10)) * 5
-    masked, end, out, frames, nbytes = r.scanner.split(data, 3, r.sink, True)
-    assert (masked, end, out, frames, nbytes) == (False, 3 * len(frame(pcm(10))), None, 3, 60)
+    masked, end, out, attention = r.scanner.split(data, 3, r.sink, True)
+    assert (masked, end, out, r.sink.take_pending()) == (False, 3 * len(frame(pcm(10))), None, (3, 60))
+
+
+def test_attention_when_the_player_must_act_or_a_batch_is_pending():
+    r = Rig(max_ms=100)
+    r.sink.batch = 3
+    one = frame(pcm(10))
+    assert r.scanner.split(one * 2, 100, r.sink, True)[3] is False      # 2 pending, nothing to do
+    assert r.scanner.split(one, 100, r.sink, True)[3] is True           # 3 pending: count them
+    assert r.sink.take_pending() == (3, 60)
+    assert r.scanner.split(frame(pcm(800)), 100, r.sink, True)[3] is True   # refused: at once
+    assert r.sink.take_flags()[0] & playback.SINK_REFUSED
+    assert r.scanner.split(text("x"), 100, r.sink, True)[3] is False    # nothing taken
 
 
 def test_an_odd_byte_is_carried_to_the_next_frame():
