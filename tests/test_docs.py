@@ -125,3 +125,18 @@ def test_every_command_is_documented_and_every_documented_one_exists():
     "should be refused (or ignored", "suggested name", "graceful_shutdown"])
 def test_what_the_docs_once_said_wrongly_is_gone(wrong):
     assert wrong not in docs_text()
+
+
+def test_the_offline_install_downloads_what_the_package_requires():
+    """docs/operations.md's `pip download` line names every requirement with setup.cfg's minimum
+    (and the build requirements, which pip needs to build the checkout without an index)."""
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    required = {r.strip().replace(" ", "") for r in cfg["options"]["install_requires"].split("\n") if r.strip()}
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        build = set(re.search(r"requires = \[([^\]]*)\]", f.read()).group(1).replace('"', "").replace(" ", "").split(","))
+    (line,) = [x for x in _read(os.path.join(ROOT, "docs", "operations.md")).splitlines() if "pip download -d" in x]
+    line += " " + _read(os.path.join(ROOT, "docs", "operations.md")).split(line, 1)[1].splitlines()[1]
+    named = set(re.findall(r"'([^']+)'", line)) | ({"wheel"} if re.search(r"\bwheel\b", line) else set())
+    assert required | build == named
