@@ -306,6 +306,7 @@ def test_next_steps_say_exactly_what_to_do():
     f = facts(answers="-USAGE: …", answered_before=True, startup_script_set=False)
     restart, optional = P.next_steps(f, True)
     assert restart.startswith("restart FreeSWITCH") and optional.startswith("optional: add " + P.STARTUP_LINE)
+    assert optional.endswith("(from the next start of FreeSWITCH: mod_python3 cannot be reloaded)")  # reload mod_python3: -ERR
     assert P.next_steps(facts(answers="-USAGE: …"), True) == []
     f = facts(mod_python3_so=None)
     assert "apt-get install freeswitch-mod-python3" in P.next_steps(f, False)[0]
