@@ -140,3 +140,26 @@ def test_the_offline_install_downloads_what_the_package_requires():
     line += " " + _read(os.path.join(ROOT, "docs", "operations.md")).split(line, 1)[1].splitlines()[1]
     named = set(re.findall(r"'([^']+)'", line)) | ({"wheel"} if re.search(r"\bwheel\b", line) else set())
     assert required | build == named
+
+
+def _slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped (not - and _), spaces to -."""
+    text = re.sub(r"`|\*", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text, flags=re.UNICODE).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_reaches_its_file_and_heading():
+    broken = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _read(path)):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+            if not os.path.exists(dest):
+                broken.append((os.path.relpath(path, ROOT), target, "no such file"))
+            elif anchor and dest.endswith(".md"):
+                slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", _read(dest), re.M)}
+                if anchor not in slugs:
+                    broken.append((os.path.relpath(path, ROOT), target, "no such heading"))
+    assert broken == []
