@@ -163,3 +163,25 @@ def test_every_link_between_the_docs_reaches_its_file_and_heading():
                 if anchor not in slugs:
                     broken.append((os.path.relpath(path, ROOT), target, "no such heading"))
     assert broken == []
+
+
+def test_the_metrics_table_names_every_metric_and_its_label_values():
+    """operations.md's table of Prometheus metrics against metrics.py: the same names, and the
+    label values it lists are the ones the code exports."""
+    from audio_stream import metrics
+    code = set(re.findall(r'"(audio_stream_[a-z_]+)"', _read(os.path.join(PACKAGE, "metrics.py"))))
+    ops = _read(os.path.join(ROOT, "docs", "operations.md"))
+    table = ops.split("| metric | type | labels | what |", 1)[1].split("\n\n", 1)[0]
+    rows = [r for r in table.splitlines() if r.startswith("| `")]
+    documented = {n for r in rows for n in re.findall(r"`(audio_stream_[a-z_]+)`", r.split(" | ")[0])}
+    assert documented == code
+    row = {re.search(r"`(audio_stream_[a-z_]+)`", r).group(1): r for r in rows}
+    for name, values in [("audio_stream_streams", metrics.STATES + metrics.PROTOCOLS),
+                         ("audio_stream_streams_ended_total", metrics.END_REASONS),
+                         ("audio_stream_playback_streams", metrics.PLAYBACK_STATES),
+                         ("audio_stream_events_suppressed_total", metrics.SUPPRESSED_KINDS)]:
+        labels = row[name].split(" | ")[2]
+        assert set(re.findall(r"[a-z_-]+", labels.split("`", 2)[2])) >= set(values), (name, labels)
+    # every metric named elsewhere in the docs (queries, examples) exists
+    for name in re.findall(r"\b(audio_stream_[a-z_]+_(?:total|seconds|info|bucket)|audio_stream_streams)\b", docs_text()):
+        assert re.sub(r"_bucket$", "", name) in code, name
