@@ -185,3 +185,17 @@ def test_the_metrics_table_names_every_metric_and_its_label_values():
     # every metric named elsewhere in the docs (queries, examples) exists
     for name in re.findall(r"\b(audio_stream_[a-z_]+_(?:total|seconds|info|bucket)|audio_stream_streams)\b", docs_text()):
         assert re.sub(r"_bucket$", "", name) in code, name
+
+
+def test_the_twilio_page_shows_the_dialect_as_it_is():
+    """docs/twilio.md's sketch of TwilioDialect: its constructor's parameters, and every method
+    it calls exists."""
+    import inspect
+    from audio_stream import twilio
+    page = _read(os.path.join(ROOT, "docs", "twilio.md"))
+    block = page.split("d = TwilioDialect(", 1)[1].split("```", 1)[0]
+    params = re.sub(r"\([^()]*\)", "()", block.split(")\n", 1)[0])        # tracks=("inbound",)
+    named = [p.split("=")[0].strip() for p in params.replace("\n", " ").split(",") if p.strip() not in ("*", "")]
+    assert named == [p for p in inspect.signature(twilio.TwilioDialect).parameters]
+    for method in re.findall(r"^d\.([a-z_]+)\(", block, re.M):
+        assert callable(getattr(twilio.TwilioDialect, method, None)), method
