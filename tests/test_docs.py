@@ -199,3 +199,15 @@ def test_the_twilio_page_shows_the_dialect_as_it_is():
     assert named == [p for p in inspect.signature(twilio.TwilioDialect).parameters]
     for method in re.findall(r"^d\.([a-z_]+)\(", block, re.M):
         assert callable(getattr(twilio.TwilioDialect, method, None)), method
+
+
+@pytest.mark.parametrize("doc", ["README.md", os.path.join("docs", "configuration.md")])
+def test_the_variable_tables_give_the_code_s_defaults(doc):
+    """The default column of README's and configuration.md's variable tables starts with
+    config.DEFAULTS' value, for every variable that has one."""
+    shown = {}
+    for row in _read(os.path.join(ROOT, doc)).splitlines():
+        m = re.match(r"\| `(STREAM_[A-Z_]+)`(?:, `STREAM_[A-Z_]+`)? \| ([^|]*) \|", row)
+        if m:
+            shown[m.group(1)] = m.group(2).replace("`", "").strip().split(" ")[0]
+    assert {v: shown.get(v) for v in config.DEFAULTS} == dict(config.DEFAULTS)
