@@ -40,8 +40,7 @@ def main(argv=None):
         from . import accelerator
         from .version import VERSION
         print(VERSION)
-        print("media path: accel (the compiled accelerator)" if accelerator.native is not None else
-              "media path: python (%s)" % accelerator.why_not)
+        print(accelerator.media_path())
         return 0
     if name not in COMMANDS:
         raise cli.CLIError("unknown command '%s' (one of: %s; see python -m audio_stream --help)"

@@ -53,7 +53,7 @@ def main(argv=None, prog="python -m audio_stream demo"):
     cli.output_dir(a.out)
     rate = a.rate
 
-    from . import fsapi, service
+    from . import accelerator, fsapi, service
     from .examples.record_server import RecordServer
     from .switch import core, install
     from .testing import fake_freeswitch
@@ -82,6 +82,7 @@ def main(argv=None, prog="python -m audio_stream demo"):
     channels = 2 if a.mix == "stereo" else 1
     # the recorder learns the rate and channels from the X-Audio-Stream-* headers of the upgrade
     line = '%s start ws://127.0.0.1:%d/demo %s %d {"demo":true}' % (ch.uuid, port, a.mix, rate)
+    print(accelerator.media_path())
     print("> python audio_stream %s" % line)
     stream = fs.Stream()
     fsapi("na", stream, None, line)

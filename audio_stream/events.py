@@ -128,7 +128,8 @@ class StreamEvents:
         self.fire("connect", protocol.connect_body())
 
     def reconnecting(self, attempt, delay, reason):
-        self.log("WARNING", "connection lost (%s): reconnecting in %d ms, attempt %d" % (reason, delay * 1000, attempt))
+        # the reason says what happened ("connection lost: …", "cannot connect to …"), once
+        self.log("WARNING", "%s: reconnecting in %d ms, attempt %d" % (reason, delay * 1000, attempt))
         self.fire("reconnecting", protocol.dumps({"attempt": attempt, "delay_ms": int(delay * 1000), "reason": reason}))
 
     def reconnected(self, attempt, dropped_ms):

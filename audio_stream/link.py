@@ -236,7 +236,10 @@ class Link:
                 self.host.link_lost(closed, code, reason, err)
             return
         self._decision = decision
-        self._last_reason = reason
+        # a close frame's reason is the server's text, often empty: the reconnecting event and log
+        # line say what happened
+        self._last_reason = ("the server closed the connection with %d%s" % (code, ": " + reason if reason else "")
+                             if closed else reason)
         self._dropped_before = self.outbox.dropped_bytes
         self._input(L.RETRY)
 

@@ -140,3 +140,29 @@ def test_without_the_extension_the_pure_path_is_chosen(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env=dict(env, PYTHONPATH=str(tmp_path)))
     assert out.stdout.split() == ["True", "True", "True"], out.stderr
+
+
+def test_a_checkout_without_the_extension_says_it_shadows_the_installed_copy(tmp_path):
+    """The README's first line runs `pip install .` (the accelerator goes into the venv's copy)
+    and then `python -m audio_stream demo` inside the checkout, which imports the checkout's
+    package: `version` and the demo must say that, not that nothing was built."""
+    import shutil
+    src = os.path.dirname(accelerator.__file__)
+    shutil.copytree(src, tmp_path / "audio_stream", ignore=shutil.ignore_patterns("_accel*.so", "__pycache__"))
+    (tmp_path / "setup.py").write_text("from setuptools import setup\nsetup()\n")
+    env = {k: v for k, v in os.environ.items() if k not in (accelerator.ENV, "PYTHONPATH")}
+    out = subprocess.run([sys.executable, "-c", "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+                          "if 'editable' not in repr(f).lower()]; import runpy; sys.argv = ['x', 'version']; "
+                          "runpy.run_module('audio_stream', run_name='__main__')"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.splitlines()[1]
+    assert line.startswith("media path: python (the compiled accelerator is not built in %s, the checkout"
+                           % (tmp_path / "audio_stream")), line
+    assert "pip install -e . builds it here" in line and "not the copy pip install . put into the venv" in line
+
+
+def test_outside_a_checkout_the_reason_is_the_import_error(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    why = accelerator.not_built(ImportError("no _accel"), str(tmp_path / "pkg"))
+    assert why == "the compiled accelerator is not built (no _accel)"

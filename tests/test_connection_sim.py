@@ -53,6 +53,9 @@ def test_close_codes_that_say_come_back_reconnect(h, code):
     server.close_conn(first, code)
     rec = h.event("reconnecting")
     assert body(rec)["attempt"] == 1 and body(rec)["delay_ms"] <= 100
+    (line,) = [m for _, m in h.fs.logs() if "reconnecting in" in m]
+    assert line.rstrip().endswith("%s: reconnecting in %d ms, attempt 1" % (body(rec)["reason"], body(rec)["delay_ms"]))
+    assert body(rec)["reason"] == "the server closed the connection with %d" % code      # not its empty text
     second = server.wait_conn(2)
     assert body(h.event("reconnected"))["attempt"] == 1
     assert len(h.events("connect")) == 1                       # ::connect stays the first connection only

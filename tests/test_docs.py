@@ -125,3 +125,89 @@ def test_every_command_is_documented_and_every_documented_one_exists():
     "should be refused (or ignored", "suggested name", "graceful_shutdown"])
 def test_what_the_docs_once_said_wrongly_is_gone(wrong):
     assert wrong not in docs_text()
+
+
+def test_the_offline_install_downloads_what_the_package_requires():
+    """docs/operations.md's `pip download` line names every requirement with setup.cfg's minimum
+    (and the build requirements, which pip needs to build the checkout without an index)."""
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    required = {r.strip().replace(" ", "") for r in cfg["options"]["install_requires"].split("\n") if r.strip()}
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        build = set(re.search(r"requires = \[([^\]]*)\]", f.read()).group(1).replace('"', "").replace(" ", "").split(","))
+    (line,) = [x for x in _read(os.path.join(ROOT, "docs", "operations.md")).splitlines() if "pip download -d" in x]
+    line += " " + _read(os.path.join(ROOT, "docs", "operations.md")).split(line, 1)[1].splitlines()[1]
+    named = set(re.findall(r"'([^']+)'", line)) | ({"wheel"} if re.search(r"\bwheel\b", line) else set())
+    assert required | build == named
+
+
+def _slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped (not - and _), spaces to -."""
+    text = re.sub(r"`|\*", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text, flags=re.UNICODE).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_reaches_its_file_and_heading():
+    broken = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _read(path)):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+            if not os.path.exists(dest):
+                broken.append((os.path.relpath(path, ROOT), target, "no such file"))
+            elif anchor and dest.endswith(".md"):
+                slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", _read(dest), re.M)}
+                if anchor not in slugs:
+                    broken.append((os.path.relpath(path, ROOT), target, "no such heading"))
+    assert broken == []
+
+
+def test_the_metrics_table_names_every_metric_and_its_label_values():
+    """operations.md's table of Prometheus metrics against metrics.py: the same names, and the
+    label values it lists are the ones the code exports."""
+    from audio_stream import metrics
+    code = set(re.findall(r'"(audio_stream_[a-z_]+)"', _read(os.path.join(PACKAGE, "metrics.py"))))
+    ops = _read(os.path.join(ROOT, "docs", "operations.md"))
+    table = ops.split("| metric | type | labels | what |", 1)[1].split("\n\n", 1)[0]
+    rows = [r for r in table.splitlines() if r.startswith("| `")]
+    documented = {n for r in rows for n in re.findall(r"`(audio_stream_[a-z_]+)`", r.split(" | ")[0])}
+    assert documented == code
+    row = {re.search(r"`(audio_stream_[a-z_]+)`", r).group(1): r for r in rows}
+    for name, values in [("audio_stream_streams", metrics.STATES + metrics.PROTOCOLS),
+                         ("audio_stream_streams_ended_total", metrics.END_REASONS),
+                         ("audio_stream_playback_streams", metrics.PLAYBACK_STATES),
+                         ("audio_stream_events_suppressed_total", metrics.SUPPRESSED_KINDS)]:
+        labels = row[name].split(" | ")[2]
+        assert set(re.findall(r"[a-z_-]+", labels.split("`", 2)[2])) >= set(values), (name, labels)
+    # every metric named elsewhere in the docs (queries, examples) exists
+    for name in re.findall(r"\b(audio_stream_[a-z_]+_(?:total|seconds|info|bucket)|audio_stream_streams)\b", docs_text()):
+        assert re.sub(r"_bucket$", "", name) in code, name
+
+
+def test_the_twilio_page_shows_the_dialect_as_it_is():
+    """docs/twilio.md's sketch of TwilioDialect: its constructor's parameters, and every method
+    it calls exists."""
+    import inspect
+    from audio_stream import twilio
+    page = _read(os.path.join(ROOT, "docs", "twilio.md"))
+    block = page.split("d = TwilioDialect(", 1)[1].split("```", 1)[0]
+    params = re.sub(r"\([^()]*\)", "()", block.split(")\n", 1)[0])        # tracks=("inbound",)
+    named = [p.split("=")[0].strip() for p in params.replace("\n", " ").split(",") if p.strip() not in ("*", "")]
+    assert named == [p for p in inspect.signature(twilio.TwilioDialect).parameters]
+    for method in re.findall(r"^d\.([a-z_]+)\(", block, re.M):
+        assert callable(getattr(twilio.TwilioDialect, method, None)), method
+
+
+@pytest.mark.parametrize("doc", ["README.md", os.path.join("docs", "configuration.md")])
+def test_the_variable_tables_give_the_code_s_defaults(doc):
+    """The default column of README's and configuration.md's variable tables starts with
+    config.DEFAULTS' value, for every variable that has one."""
+    shown = {}
+    for row in _read(os.path.join(ROOT, doc)).splitlines():
+        m = re.match(r"\| `(STREAM_[A-Z_]+)`(?:, `STREAM_[A-Z_]+`)? \| ([^|]*) \|", row)
+        if m:
+            shown[m.group(1)] = m.group(2).replace("`", "").strip().split(" ")[0]
+    assert {v: shown.get(v) for v in config.DEFAULTS} == dict(config.DEFAULTS)

@@ -247,9 +247,9 @@ def test_echo_bot_echoes_marks_and_barges_in(spawn):
     assert mark == {"type": "mark", "data": {"name": "echo-1"}}
     assert play2["type"] == "streamAudio" and mark2["data"]["name"] == "echo-2"
     assert kill == {"type": "killAudio"}
-    assert bot.wait_line(r"mark echo-1 playout")
+    assert bot.wait_line(r"mark echo-1 playout \(its 0\.\d\d s played\)")
     assert bot.wait_line(r"barge-in: .*echo-2, sent killAudio")
-    assert bot.wait_line(r"mark echo-2 cleared")
+    assert bot.wait_line(r"mark echo-2 cleared \(its 0\.\d\d s cut short or never played\)")
 
 
 @pytest.mark.parametrize("encoding", ["PCMU", "PCMA"])

@@ -69,6 +69,26 @@ def test_python_error_from_log():
     assert P.python_error_from_log("nothing here") is None
 
 
+PIP_OFFLINE = """\
+WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after connection broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPSConnection object at 0x7f94>: Failed to establish a new connection: [Errno -3] Temporary failure in name resolution')': /simple/samplerate/
+ERROR: Could not find a version that satisfies the requirement samplerate>=0.1.0 (from audio-stream) (from versions: none)
+ERROR: No matching distribution found for samplerate>=0.1.0
+"""
+
+
+def test_a_pip_that_cannot_reach_the_index_points_at_the_offline_install():
+    from audio_stream.tools.installer import pip_failure
+    text = pip_failure(1, PIP_OFFLINE)
+    assert text.startswith("pip failed (exit status 1); its last lines:\n")
+    assert "No matching distribution found for samplerate>=0.1.0" in text
+    assert "could not reach the package index" in text and "PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>" in text
+    with open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8") as f:
+        assert "### Without the package index" in f.read()       # the section the hint names
+    # a failure of another kind (here: a build) gets pip's lines alone
+    built = pip_failure(1, "error: command 'gcc' failed: No such file or directory\nERROR: Failed building wheel")
+    assert "package index" not in built and built.endswith("ERROR: Failed building wheel")
+
+
 # ---- deciding ----------------------------------------------------------------------------------
 
 SRC = P.Source("dir", "/src/audio_stream", "the source is the project checkout this installer runs from")
@@ -286,6 +306,7 @@ def test_next_steps_say_exactly_what_to_do():
     f = facts(answers="-USAGE: …", answered_before=True, startup_script_set=False)
     restart, optional = P.next_steps(f, True)
     assert restart.startswith("restart FreeSWITCH") and optional.startswith("optional: add " + P.STARTUP_LINE)
+    assert optional.endswith("(from the next start of FreeSWITCH: mod_python3 cannot be reloaded)")  # reload mod_python3: -ERR
     assert P.next_steps(facts(answers="-USAGE: …"), True) == []
     f = facts(mod_python3_so=None)
     assert "apt-get install freeswitch-mod-python3" in P.next_steps(f, False)[0]

@@ -135,7 +135,11 @@ class EchoBot:
                     else:
                         name, event = ack
                         what = marks.pop(name, None)
-                        say("mark %s %s%s" % (name, event, " (after %s of playback)" % what if what else ""))
+                        if what and event == "playout":
+                            what = " (its %s played)" % what
+                        elif what:
+                            what = " (its %s cut short or never played)" % what
+                        say("mark %s %s%s" % (name, event, what or ""))
                         if echo is not None and name == last_mark:
                             echo.acknowledged()
             elif msg.type == WSMsgType.BINARY and not refused:

@@ -585,7 +585,8 @@ def next_steps(facts, installed, will_install=False):
                    "installed (mod_python3 keeps an imported package until the process ends)")
     if facts.startup_script_set is False:
         out.append("optional: add %s inside <settings> of %s, so audio_stream's loop starts when "
-                   "mod_python3 loads rather than on the first call" % (
+                   "mod_python3 loads rather than on the first call (from the next start of "
+                   "FreeSWITCH: mod_python3 cannot be reloaded)" % (
                        STARTUP_LINE, os.path.join(facts.dirs.get("conf_dir", ("<conf_dir>",))[0],
                                                   "autoload_configs", "python.conf.xml")))
     return out

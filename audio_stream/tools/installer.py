@@ -119,14 +119,32 @@ class Done:
         self.added_dists = ()         # site: distributions that were not there before
 
 
+# what pip prints when it cannot reach the package index (DNS, no route, a proxy, TLS to the index)
+_NO_INDEX = ("Failed to establish a new connection", "Temporary failure in name resolution",
+             "Name or service not known", "Network is unreachable", "ProxyError", "Could not fetch URL",
+             "connection broken by")
+
+
+def pip_failure(returncode, output):
+    """The error for a failed pip: its last lines, and, when it could not reach the package index,
+    the way to install without it (which the operator cannot guess from pip's retries)."""
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    text = "pip failed (exit status %d); its last lines:\n%s" % (returncode, tail)
+    if any(sign in output for sign in _NO_INDEX):
+        text += ("\npip could not reach the package index from this machine. Download the wheels "
+                 "where it can (same Python version) and install from them: PIP_NO_INDEX=1 "
+                 "PIP_FIND_LINKS=<dir> audio-stream-install (docs/operations.md, 'Without the "
+                 "package index')")
+    return text
+
+
 def _run_pip(argv, out):
     out("$ %s" % " ".join(argv))
     with cli.progress("pip is installing (downloads and builds may take a minute)", after=5):
         r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     if r.returncode != 0:
-        tail = "\n".join(r.stdout.strip().splitlines()[-15:])
-        raise cli.CLIError("pip failed (exit status %d); its last lines:\n%s" % (r.returncode, tail))
+        raise cli.CLIError(pip_failure(r.returncode, r.stdout))
     last = [line for line in r.stdout.splitlines() if line.startswith("Successfully installed")]
     out("  %s" % (last[-1] if last else "pip: done"))
 
