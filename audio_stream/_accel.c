@@ -2555,6 +2555,29 @@ static void MaskScanner_dealloc(MaskScannerObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* One more byte of a frame header: -1 the frame is masked, 0 the header needs more bytes, 1 the header is
+ * complete (*len = its payload length; hdr[] still holds it, hdr_len its size). */
+static int hdr_push(MaskScannerObject *self, uint8_t byte, uint64_t *len)
+{
+    self->hdr[self->hdr_len++] = byte;
+    if (self->hdr_len < 2)
+        return 0;
+    if (self->hdr[1] & 0x80)
+        return -1;
+    int size = self->hdr[1] & 0x7F;
+    int ext = size == 126 ? 2 : size == 127 ? 8 : 0;
+    if (self->hdr_len < 2 + ext)
+        return 0;
+    uint64_t n = (uint64_t)size;
+    if (ext) {
+        n = 0;
+        for (int k = 0; k < ext; k++)
+            n = (n << 8) | self->hdr[2 + k];
+    }
+    *len = n;
+    return 1;
+}
+
 /* scan(data, limit): connection.MaskGuard._scan. Follow the frames through the bytes the server sent;
  * returns (masked, end): masked True as soon as a frame header has the mask bit (end just after that
  * byte), else end just after the `limit`-th complete frame, or len(data). 2 header bytes, 0/2/8
@@ -2578,23 +2601,14 @@ static PyObject *MaskScanner_scan(MaskScannerObject *self, PyObject *args)
                 break;
             continue;
         }
-        self->hdr[self->hdr_len++] = d[i++];
-        if (self->hdr_len < 2)
-            continue;
-        if (self->hdr[1] & 0x80) {
+        uint64_t len;
+        int h = hdr_push(self, d[i++], &len);
+        if (h < 0) {
             masked = 1;
             break;
         }
-        int size = self->hdr[1] & 0x7F;
-        int ext = size == 126 ? 2 : size == 127 ? 8 : 0;
-        if (self->hdr_len < 2 + ext)
+        if (!h)
             continue;
-        uint64_t len = (uint64_t)size;
-        if (ext) {
-            len = 0;
-            for (int k = 0; k < ext; k++)
-                len = (len << 8) | self->hdr[2 + k];
-        }
         self->skip = len;
         self->hdr_len = 0;
         if (!len && ++frames >= limit)
@@ -2669,23 +2683,14 @@ static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
             }
             continue;
         }
-        self->hdr[self->hdr_len++] = d[i++];
-        if (self->hdr_len < 2)
-            continue;
-        if (self->hdr[1] & 0x80) {
+        uint64_t len;
+        int h = hdr_push(self, d[i++], &len);
+        if (h < 0) {
             masked = 1;
             break;
         }
-        int size = self->hdr[1] & 0x7F;
-        int ext = size == 126 ? 2 : size == 127 ? 8 : 0;
-        if (self->hdr_len < 2 + ext)
+        if (!h)
             continue;
-        uint64_t len = (uint64_t)size;
-        if (ext) {
-            len = 0;
-            for (int k = 0; k < ext; k++)
-                len = (len << 8) | self->hdr[2 + k];
-        }
         uint8_t b0 = self->hdr[0];
         if (take && sink && sink->enabled && !passed && !self->fragmented && b0 == 0x82 && len <= sink->max_frame &&
             grow(&sink->frame, &sink->frame_cap, (size_t)len ? (size_t)len : 1) == 0) {

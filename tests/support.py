@@ -3,6 +3,7 @@ server on 127.0.0.1 running on its own thread, audio analysis helpers, and a sta
 event socket."""
 import asyncio
 import socket
+import struct
 import threading
 import time
 
@@ -189,6 +190,21 @@ class WSServer:
         self._thread.join(5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+def ws_frame(payload, opcode=2, fin=True, rsv=0, masked=False):
+    """A WebSocket frame as a server would write it (RFC 6455 5.2); `masked` adds a key (servers
+    must not)."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    return head + (b"\x01\x02\x03\x04" if masked else b"") + payload
 
 
 def free_port():

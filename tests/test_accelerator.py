@@ -13,7 +13,7 @@ import pytest
 from audio_stream import accelerator, audio, connection
 from audio_stream.switch import accel
 
-from .support import tone
+from .support import tone, ws_frame
 
 native = accelerator.native
 needs_native = pytest.mark.skipif(native is None, reason="the compiled accelerator is not built here: %s"
@@ -41,19 +41,6 @@ def test_c_resampler_matches_numpy(rates, channels):
     assert d.max() <= 1          # float sums in another order: at most one step of 16 bits
 
 
-def _frame(payload, masked=False, opcode=2):
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 65536:
-        head += bytes([bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", n)
-    return head + (b"\x01\x02\x03\x04" if masked else b"") + payload
-
-
 def _python_scanner():
     guard = connection.MaskGuard.__new__(connection.MaskGuard)
     guard.hdr, guard.skip = bytearray(), 0
@@ -66,9 +53,9 @@ def test_mask_scanner_follows_frames_split_anywhere(impl, split):
     if impl == "c" and native is None:
         pytest.skip("the compiled accelerator is not built here")
     scan = native.MaskScanner().scan if impl == "c" else _python_scanner()
-    stream = _frame(b"a" * 10) + _frame(b"b" * 300) + _frame(b"c" * 70000) + _frame(b"") + \
-        _frame(b"x" * 5, masked=True)
-    clean = len(stream) - len(_frame(b"x" * 5, masked=True))
+    stream = ws_frame(b"a" * 10) + ws_frame(b"b" * 300) + ws_frame(b"c" * 70000) + ws_frame(b"") + \
+        ws_frame(b"x" * 5, masked=True)
+    clean = len(stream) - len(ws_frame(b"x" * 5, masked=True))
     for i in range(0, clean, split):
         piece = stream[i:min(i + split, clean)]
         assert scan(piece, 1000) == (False, len(piece))    # four frames, none masked, any split
@@ -81,11 +68,11 @@ def test_mask_scanner_stops_after_the_limit_of_frames(impl):
     if impl == "c" and native is None:
         pytest.skip("the compiled accelerator is not built here")
     scan = native.MaskScanner().scan if impl == "c" else _python_scanner()
-    pings = _frame(b"", opcode=9) * 10
+    pings = ws_frame(b"", opcode=9) * 10
     assert scan(pings, 4) == (False, 8)                     # 4 empty frames of 2 bytes
     assert scan(pings[8:], 100) == (False, 12)              # the scanner is at a frame boundary
-    data = _frame(b"y" * 200) * 3
-    assert scan(data, 2) == (False, 2 * len(_frame(b"y" * 200)))
+    data = ws_frame(b"y" * 200) * 3
+    assert scan(data, 2) == (False, 2 * len(ws_frame(b"y" * 200)))
 
 
 @needs_native

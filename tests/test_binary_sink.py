@@ -10,24 +10,11 @@ import pytest
 from audio_stream import accelerator, audio, playback
 from audio_stream.switch import accel
 
-from .support import tone
+from .support import tone, ws_frame as frame
 
 native = accelerator.native
 pytestmark = pytest.mark.skipif(native is None, reason="the compiled accelerator is not built here: %s"
                                 % accelerator.why_not)
-
-
-def frame(payload, opcode=2, fin=True, rsv=0, masked=False):
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 65536:
-        head += bytes([bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", n)
-    return head + (b"\x01\x02\x03\x04" if masked else b"") + payload
 
 
 def text(s):
