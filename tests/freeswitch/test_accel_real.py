@@ -7,6 +7,8 @@ no stream left in `status`, no bug left on a call, the process's open file descr
 where they were, and its memory not growing without bound."""
 import asyncio
 import base64
+import collections
+import glob
 import hashlib
 import json
 import os
@@ -22,6 +24,7 @@ import pytest
 from ..support import WSServer, dominant_hz, tone
 from . import esl
 from .conftest import api, HOST, MODULE, PASSWORD, PORT
+from .test_playback_real import read_wav, record_b, segments, tmpwav  # noqa: F401 (a fixture)
 
 
 def paced_originate(calls, n, app="&park()", dest="loopback/park/fstest", variables=""):
@@ -145,16 +148,15 @@ def health(fs, calls):
             assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
             server.wait_conn()
             time.sleep(0.3)
+            _warm["path"] = _path_of(fs, a)
             api(fs, "%s stop" % a)
             fs.api("uuid_kill %s" % a)
             time.sleep(0.5)
         finally:
             server.stop()
         _warm["done"] = True
-        _warm["path"] = fs.api("global_getvar audio_stream_accel").strip()
     h = Health(fs)
-    print("media path: %s (audio_stream_accel=%r)" % (
-        "python" if _warm["path"].lower() in ("false", "0", "no", "off") else "accel (if built)", _warm["path"]))
+    print("media path of new streams: %s" % _warm["path"])
     return h
 
 
@@ -283,27 +285,33 @@ def _chatty(seconds=0.2):
     return talk
 
 
-def test_start_stop_storm_on_one_call(fs, calls, health):
-    server = WSServer(on_connect=_chatty())
+@pytest.fixture
+def chatty(calls):
+    """A server that plays 100 ms of audio and a mark every 100 ms while connected; the test's calls
+    are hung up and the server stopped afterwards."""
+    server = WSServer(on_connect=_chatty(0.1))
+    yield server
+    calls.hangup_all()
+    server.stop()
+
+
+def test_start_stop_storm_on_one_call(fs, calls, chatty, health):
+    server = chatty
     rng = random.Random(3)
-    try:
-        ((a, b),) = paced_originate(calls, 1)
-        for i in range(40):
-            mix = rng.choice(["mono 16k", "mono 8k", "mixed 8k", "stereo 16k"])
-            reply = api(fs, "%s start %s %s" % (a, server.url, mix))
-            assert reply == "+OK Success", (i, reply)
-            time.sleep(rng.uniform(0, 0.06))
-            assert api(fs, "%s stop" % a) == "+OK Success"
-        assert server.wait_for(lambda: len(server.conns) >= 30, 10), len(server.conns)
-        assert server.wait_for(lambda: all(c.closed.is_set() for c in server.conns), 10)
-        health.check(calls)
-    finally:
-        calls.hangup_all()
-        server.stop()
+    ((a, b),) = paced_originate(calls, 1)
+    for i in range(40):
+        mix = rng.choice(["mono 16k", "mono 8k", "mixed 8k", "stereo 16k"])
+        reply = api(fs, "%s start %s %s" % (a, server.url, mix))
+        assert reply == "+OK Success", (i, reply)
+        time.sleep(rng.uniform(0, 0.06))
+        assert api(fs, "%s stop" % a) == "+OK Success"
+    assert server.wait_for(lambda: len(server.conns) >= 30, 10), len(server.conns)
+    assert server.wait_for(lambda: all(c.closed.is_set() for c in server.conns), 10)
+    health.check(calls)
 
 
-def test_start_stop_storm_across_20_calls(fs, calls, health):
-    server = WSServer(on_connect=_chatty())
+def test_start_stop_storm_across_20_calls(fs, calls, chatty, health):
+    server = chatty
     legs = [a for a, _ in paced_originate(calls, 20)]
     errors = []
 
@@ -324,20 +332,17 @@ def test_start_stop_storm_across_20_calls(fs, calls, health):
         finally:
             c.close()
 
-    try:
-        threads = [threading.Thread(target=storm, args=(legs[i::4], i)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not errors, errors[:5]
-        health.check(calls)
-    finally:
-        calls.hangup_all()
-        server.stop()
+    threads = [threading.Thread(target=storm, args=(legs[i::4], i)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:5]
+    health.check(calls)
 
 
 # ---- 2. hangup in the middle of playback, of a clear, of a mark --------------------------------------
+
 
 def _hangup_while(fs, calls, health, kind, mix):
     pcm = binary_tone(700, 8000, 0.1)
@@ -419,31 +424,7 @@ def test_huge_binary_frames(fs, calls, events, health):
         server.stop()
 
 
-def _record_b(fs, b, path):
-    fs.api("uuid_setvar %s RECORD_READ_ONLY true" % b)
-    assert fs.api("uuid_record %s start %s" % (b, path)).startswith("+OK")
-
-
-def _read_wav(path):
-    import wave
-    with wave.open(path, "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
-
-
-def _seconds_of(x, rate, hz, block=0.1):
-    n = int(rate * block)
-    return sum(block for i in range(0, len(x) - n, n) if abs(dominant_hz(x[i:i + n], rate) - hz) < 15)
-
-
-@pytest.fixture
-def wav(tmp_path):
-    path = "/tmp/accel-real-%d-%d.wav" % (os.getpid(), random.randrange(1 << 30))
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
-
-
-def test_fragmented_and_odd_length_binary_frames_play_intact(fs, calls, events, health, wav):
+def test_fragmented_and_odd_length_binary_frames_play_intact(fs, calls, events, health, tmpwav):  # noqa: F811
     """2 s of 600 Hz, sent as binary messages of odd lengths, each in fragments with a ping between
     them: what B hears is the tone, not noise (an odd byte misplaced would turn it into noise)."""
     pcm = binary_tone(600, 8000, 2.0)
@@ -471,16 +452,16 @@ def test_fragmented_and_odd_length_binary_frames_play_intact(fs, calls, events, 
     server = RawServer(serve)
     try:
         ((a, b),) = paced_originate(calls, 1)
-        _record_b(fs, b, wav)
+        record_b(fs, b, tmpwav)
         assert api(fs, "%s start %s mono 8k" % (a, server.url)) == "+OK Success"
         assert events.wait("mod_audio_stream::playback_started", a, timeout=5) is not None
         assert events.wait("mod_audio_stream::playback_stopped", a, timeout=8) is not None
         time.sleep(0.3)
         api(fs, "%s stop" % a)
-        fs.api("uuid_record %s stop %s" % (b, wav))
+        fs.api("uuid_record %s stop %s" % (b, tmpwav))
         time.sleep(0.3)
-        x, rate = _read_wav(wav)
-        heard = _seconds_of(x, rate, 600)
+        x, rate = read_wav(tmpwav)
+        heard = segments(x, rate, 600)
         assert 1.7 <= heard <= 2.3, heard
         fs.api("uuid_kill %s" % a)
         until.set()
@@ -701,18 +682,343 @@ def _churn(fs, calls, server, n, rng):
     calls.uuids.clear()
 
 
-def test_200_quick_calls_churn(fs, calls, health):
-    server = WSServer(on_connect=_chatty(0.1))
+def test_200_quick_calls_churn(fs, calls, chatty, health):
+    server = chatty
     rng = random.Random(200)
+    _churn(fs, calls, server, 100, rng)
+    health.settle(20)
+    mid = _rss_kb(health.pid)
+    _churn(fs, calls, server, 100, rng)
+    grew = health.check(calls, timeout=20)
+    second = _rss_kb(health.pid) - mid
+    print("RSS: +%d KB over 200 calls, +%d KB over the second 100" % (grew, second))
+    assert second < 16 * 1024, "the switch grew %d KB over the second 100 calls" % second
+
+
+# ---- 6. more of a busy switch: named streams, commands, bridges, other bugs, rates, many calls ------------
+
+
+def test_handshake_that_never_completes_then_stop_and_hangup(fs, calls, health):
+    held = []
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    done = threading.Event()
+
+    def accept():
+        while not done.is_set():
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                return
+            held.append(c)
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    url = "ws://127.0.0.1:%d/never" % lsock.getsockname()[1]
     try:
-        _churn(fs, calls, server, 100, rng)
-        health.settle(20)
-        mid = _rss_kb(health.pid)
-        _churn(fs, calls, server, 100, rng)
-        grew = health.check(calls, timeout=20)
-        second = _rss_kb(health.pid) - mid
-        print("RSS: +%d KB over 200 calls, +%d KB over the second 100" % (grew, second))
-        assert second < 16 * 1024, "the switch grew %d KB over the second 100 calls" % second
+        legs = paced_originate(calls, 6)
+        for a, _ in legs:
+            assert api(fs, "%s start %s mono 16k" % (a, url)) == "+OK Success"
+        time.sleep(1.0)
+        for i, (a, b) in enumerate(legs):
+            if i % 2:
+                assert api(fs, "%s stop" % a) == "+OK Success"
+            else:
+                fs.api("uuid_kill %s" % a)
+        health.check(calls)
     finally:
+        done.set()
+        lsock.close()
+        for c in held:
+            c.close()
+
+
+def test_three_named_streams_on_one_call_hangup_while_playing(fs, calls, chatty, health):
+    server = chatty
+    for rnd in range(5):
+        ((a, b),) = paced_originate(calls, 1)
+        for i, mix in enumerate(["mono 16k", "stereo 8k", "mixed 16k"]):
+            r = api(fs, "%s start name=s%d %s %s" % (a, i, server.url, mix))
+            assert r == "+OK Success", r
+        time.sleep(random.uniform(0.3, 0.8))
+        fs.api("uuid_kill %s" % (a if rnd % 2 else b))
+    health.check(calls)
+
+
+def test_pause_resume_storm_while_playing(fs, calls, chatty, health):
+    server = chatty
+    rng = random.Random(7)
+    legs = paced_originate(calls, 4)
+    for a, _ in legs:
+        assert api(fs, "%s start %s stereo 16k" % (a, server.url)) == "+OK Success"
+    server.wait_conn(4)
+    for _ in range(60):
+        a, _ = rng.choice(legs)
+        cmd = rng.choice(["pause", "resume", "playback_pause", "playback_resume", "playback_clear"])
+        r = api(fs, "%s %s" % (a, cmd))
+        assert r.startswith("+OK"), (cmd, r)
+        time.sleep(rng.uniform(0, 0.03))
+    for a, b in legs:
+        fs.api("uuid_kill %s" % a)
+    health.check(calls)
+
+
+def test_bridge_and_unbridge_while_playing(fs, calls, chatty, health):
+    server = chatty
+    for rnd in range(3):
+        (a, b), (c, d) = paced_originate(calls, 2)
+        assert api(fs, "%s start %s stereo 8k" % (a, server.url)) == "+OK Success"
+        time.sleep(0.5)
+        assert fs.api("uuid_bridge %s %s" % (a, c)).startswith("+OK")
+        time.sleep(0.5)
+        fs.api("uuid_transfer %s park inline" % a)
+        time.sleep(0.5)
+        assert _path_of(fs, a) in ("accel", "python")
+        fs.api("uuid_kill %s" % a)
+        fs.api("uuid_kill %s" % c)
+    health.check(calls)
+
+
+def test_other_bugs_on_the_call_while_playing(fs, calls, chatty, health):
+    server = chatty
+    try:
+        for rnd in range(3):
+            ((a, b),) = paced_originate(calls, 1, app="&endless_playback(tone_stream://%(60000,0,300))",
+                                        dest="loopback/park/fstest")
+            assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
+            fs.api("uuid_record %s start /tmp/accel-real-other-%s.wav" % (a, a))
+            fs.api("uuid_displace %s start tone_stream://%%(60000,0,500) 0 mux" % a)
+            time.sleep(0.7)
+            fs.api("uuid_break %s" % a)
+            time.sleep(0.5)
+            fs.api("uuid_displace %s stop" % a)
+            time.sleep(0.3)
+            fs.api("uuid_kill %s" % a)
+        health.check(calls)
+    finally:
+        for f in glob.glob("/tmp/accel-real-other-*.wav"):
+            os.unlink(f)
+
+
+def test_stop_while_the_server_does_not_read_direct_path(fs, calls, health):
+    until = threading.Event()
+
+    def serve(c, n):
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        until.wait(30)
+
+    server = RawServer(serve)
+    try:
+        legs = paced_originate(calls, 3)
+        for a, _ in legs:
+            assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
+        time.sleep(4)
+        t0 = time.monotonic()
+        for a, _ in legs:
+            assert api(fs, "%s stop" % a) == "+OK Success"
+        while time.monotonic() - t0 < 6 and health.streams():
+            time.sleep(0.1)
+        assert not health.streams(), time.monotonic() - t0
+        until.set()
+        health.check(calls)
+    finally:
+        until.set()
+        calls.hangup_all()
+        server.stop()
+
+
+@pytest.mark.parametrize("codec", ["L16@16000h@20i", "PCMU@8000h@30i", "L16@16000h@10i", "L16@48000h@20i", "L16@32000h@40i"])
+def test_other_call_rates_and_ptimes(fs, calls, chatty, health, codec):
+    server = chatty
+    fs.api("global_setvar loopback_initial_codec=%s" % codec)     # a channel variable comes too late
+    try:
+        legs = paced_originate(calls, 2)
+        fs.api("global_setvar loopback_initial_codec=")
+        for (a, _), mix in zip(legs, ["stereo 16k", "mixed 8k"]):
+            assert api(fs, "%s start %s %s" % (a, server.url, mix)) == "+OK Success"
+        server.wait_conn(2)
+        time.sleep(1.5)
+        for (a, _) in legs:
+            doc = json.loads(api(fs, "%s status" % a))["streams"][0]
+            print(codec, doc["call_rate"], doc["frames_captured"], doc["frames_played"], doc["bytes_sent"])
+        for (a, _) in legs:
+            fs.api("uuid_kill %s" % a)
+        health.check(calls)
+    finally:
+        fs.api("global_setvar loopback_initial_codec=")
+
+
+@pytest.mark.skipif(os.environ.get("AUDIO_STREAM_ESL_RESTART") != "1",
+                    reason="restarts the switch (fsctl shutdown restart): set AUDIO_STREAM_ESL_RESTART=1")
+def test_switch_restart_while_10_calls_play(fs, calls):
+    server = WSServer(on_connect=_chatty(0.1))
+    try:
+        legs = paced_originate(calls, 10)
+        for i, (a, _) in enumerate(legs):
+            assert api(fs, "%s start %s %s" % (a, server.url, ["stereo 16k", "mono 16k", "mixed 8k"][i % 3])) == "+OK Success"
+        server.wait_conn(10)
+        time.sleep(1.0)
+        try:
+            fs.api("fsctl shutdown restart", timeout=5)
+        except Exception:
+            pass
+        assert server.wait_for(lambda: all(c.closed.is_set() for c in server.conns), 10)
+        assert [c.close_code for c in server.conns] == [1001] * 10, [c.close_code for c in server.conns]
+    finally:
+        server.stop()
+        calls.uuids.clear()
+
+
+def test_twelve_busy_calls_each_get_all_their_audio(fs, calls, chatty, health):
+    """12 calls at once (a capture pass then shares the work with its worker threads): each
+    server gets the caller's 440 Hz on the left, as many seconds as the stream lasted, while
+    the server's audio plays into the call."""
+    server = chatty
+    legs = paced_originate(calls, 12, dest="loopback/tone/fstest")
+    t_start = {}
+    for a, _ in legs:
+        t_start[a] = time.monotonic()             # no audio can be older than this
+        assert api(fs, "%s start %s stereo 16k" % (a, server.url)) == "+OK Success"
+    server.wait_conn(12)
+    time.sleep(4)
+    lasted = {}
+    for a, _ in legs:
+        assert api(fs, "%s stop" % a) == "+OK Success"
+        lasted[a] = time.monotonic() - t_start[a]
+    assert server.wait_for(lambda: all(c.closed.is_set() for c in server.conns), 10)
+    shortest, longest = min(lasted.values()), max(lasted.values())
+    for conn in server.conns:            # (in the order they connected, not necessarily started)
+        x = conn.audio().reshape(-1, 2)
+        secs = len(x) / 16000.0
+        left = x[:, 0]
+        hits = sum(abs(dominant_hz(left[i:i + 1600], 16000) - 440) < 15 for i in range(0, len(left) - 1600, 1600))
+        print("%.2f s of audio for %.2f-%.2f s of stream; 440 Hz in %d of %d blocks"
+              % (secs, shortest, longest, hits, len(left) // 1600))
+        assert shortest - 0.4 <= secs <= longest + 0.03, (secs, shortest, longest)
+        assert hits >= 0.7 * (len(left) // 1600)
+    health.check(calls)
+
+
+def test_rolling_churn_with_playback(fs, calls, chatty, health):
+    server = chatty
+    rng = random.Random(9)
+    window = collections.deque()
+    rss = []
+    for i in range(240):
+        time.sleep(0.07)
+        a, b = calls.originate("loopback/tone/fstest" if i % 2 else "loopback/park/fstest", "&park()")
+        r = api(fs, "%s start %s %s" % (a, server.url, rng.choice(["mono 16k", "stereo 16k", "mixed 8k"])))
+        assert r == "+OK Success", r
+        window.append((a, b))
+        if len(window) > 10:
+            x, y = window.popleft()
+            if rng.random() < 0.3:
+                api(fs, "%s stop" % x)
+            fs.api("uuid_kill %s" % (x if rng.random() < 0.5 else y))
+        if i % 80 == 79:
+            rss.append(_rss_kb(health.pid))
+    print("RSS after each 80 calls: %r KB" % rss)
+    for x, _ in window:
+        fs.api("uuid_kill %s" % x)
+    health.check(calls, timeout=20)
+    assert rss[-1] - rss[-2] < 8 * 1024, rss
+
+
+def parse_client_frames(buf):
+    """Complete masked client frames at the start of buf: ([(opcode, fin, payload)], rest). Raises on
+    anything a client must not send."""
+    out = []
+    i = 0
+    while True:
+        if len(buf) - i < 2:
+            break
+        b0, b1 = buf[i], buf[i + 1]
+        fin, op, masked, n = b0 >> 7, b0 & 0x0F, b1 >> 7, b1 & 0x7F
+        assert b0 & 0x70 == 0, "RSV bits set: %r" % buf[i:i + 16]
+        assert op in (0, 1, 2, 8, 9, 10), "opcode %d at %d" % (op, i)
+        assert masked, "unmasked client frame"
+        j = i + 2
+        if n == 126:
+            if len(buf) - j < 2:
+                break
+            n = struct.unpack(">H", buf[j:j + 2])[0]
+            j += 2
+        elif n == 127:
+            if len(buf) - j < 8:
+                break
+            n = struct.unpack(">Q", buf[j:j + 8])[0]
+            j += 8
+        if len(buf) - j < 4 + n:
+            break
+        key = buf[j:j + 4]
+        j += 4
+        payload = bytes(b ^ key[k & 3] for k, b in enumerate(buf[j:j + n])) if op != 2 else \
+            (np.frombuffer(buf[j:j + n], np.uint8) ^ np.resize(np.frombuffer(key, np.uint8), n)).tobytes()
+        out.append((op, fin, payload))
+        i = j + n
+    return out, buf[i:]
+
+
+def test_a_slow_reader_gets_whole_frames_in_order(fs, calls, health):
+    """The server reads slower than the stream for 3 s, then catches up for 1 s, again and again:
+    the direct path turns off (a short send, the outbox) and on again; every frame the server gets
+    is a whole, valid frame, the metadata first, no chunk twice."""
+    until = threading.Event()
+    got = {}
+
+    def serve(c, n):
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        c.settimeout(0.5)
+        buf = b""
+        frames = got.setdefault(n, [])
+        try:
+            while not until.is_set():
+                try:
+                    slow = int(time.monotonic()) % 4      # 3 s at ~10 KB/s, then 1 s at full speed
+                    d = c.recv(512 if slow else 65536)
+                except socket.timeout:
+                    continue
+                if not d:
+                    break
+                buf += d
+                fr, buf = parse_client_frames(buf)
+                frames.extend(fr)
+                if any(op == 8 for op, _, _ in fr):
+                    c.sendall(frame(0x8, struct.pack(">H", 1000)))
+                    break
+                time.sleep(0.05 if slow else 0)
+        except AssertionError as e:
+            frames.append(("bad", str(e), b""))
+
+    server = RawServer(serve)
+    try:
+        legs = paced_originate(calls, 3, dest="loopback/tone/fstest")
+        t0 = time.monotonic()
+        for a, _ in legs:
+            assert api(fs, "%s start %s mono 16k {\"call\":\"%s\"}" % (a, server.url, a)) == "+OK Success"
+        time.sleep(7)
+        for a, _ in legs:
+            doc = json.loads(api(fs, "%s status" % a))["streams"][0]
+            print("sent %d bytes, %d ms dropped, %d messages" % (doc["bytes_sent"], doc["dropped_ms"], doc["messages_sent"]))
+            fs.api("uuid_kill %s" % a)
+        lasted = time.monotonic() - t0
+        time.sleep(1)
+        until.set()
+        for n, frames in got.items():
+            bad = [f for f in frames if f[0] == "bad"]
+            assert not bad, bad
+            assert frames and frames[0][0] == 1, frames[:1]
+            assert json.loads(frames[0][2].decode())["call"] in dict(legs)       # the metadata first
+            sizes = [len(p) for op, _, p in frames if op == 2]
+            print("got %d frames, %d bytes of audio" % (len(frames), sum(sizes)))
+            assert set(sizes) == {640}, set(sizes)
+            assert sum(sizes) <= 32000 * (lasted + 0.1), (sum(sizes), lasted)   # (the hangup is not instant)
+            audio = [p for op, _, p in frames if op == 2]
+            twice = [i for i in range(1, len(audio)) if audio[i] == audio[i - 1]
+                     and np.abs(np.frombuffer(audio[i], "<i2")).max() > 100]
+            assert not twice, "the same chunk twice in a row at %r" % twice[:5]
+        health.check(calls)
+    finally:
+        until.set()
         calls.hangup_all()
         server.stop()
