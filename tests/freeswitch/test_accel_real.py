@@ -848,27 +848,6 @@ def test_other_call_rates_and_ptimes(fs, calls, chatty, health, codec):
         fs.api("global_setvar loopback_initial_codec=")
 
 
-@pytest.mark.skipif(os.environ.get("AUDIO_STREAM_ESL_RESTART") != "1",
-                    reason="restarts the switch (fsctl shutdown restart): set AUDIO_STREAM_ESL_RESTART=1")
-def test_switch_restart_while_10_calls_play(fs, calls):
-    server = WSServer(on_connect=_chatty(0.1))
-    try:
-        legs = paced_originate(calls, 10)
-        for i, (a, _) in enumerate(legs):
-            assert api(fs, "%s start %s %s" % (a, server.url, ["stereo 16k", "mono 16k", "mixed 8k"][i % 3])) == "+OK Success"
-        server.wait_conn(10)
-        time.sleep(1.0)
-        try:
-            fs.api("fsctl shutdown restart", timeout=5)
-        except Exception:
-            pass
-        assert server.wait_for(lambda: all(c.closed.is_set() for c in server.conns), 10)
-        assert [c.close_code for c in server.conns] == [1001] * 10, [c.close_code for c in server.conns]
-    finally:
-        server.stop()
-        calls.uuids.clear()
-
-
 def test_twelve_busy_calls_each_get_all_their_audio(fs, calls, chatty, health):
     """12 calls at once (a capture pass then shares the work with its worker threads): each
     server gets the caller's 440 Hz on the left, as many seconds as the stream lasted, while
