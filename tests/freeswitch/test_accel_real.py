@@ -165,6 +165,17 @@ def _path_of(fs, u):
     return doc["streams"][0]["path"] if doc.get("streams") else None
 
 
+def _start_all(fs, legs, url, mix):
+    for a, _ in legs:
+        assert api(fs, "%s start %s %s" % (a, url, mix)) == "+OK Success"
+
+
+def _hang_up_and_check(fs, calls, health, legs):
+    for a, _ in legs:
+        fs.api("uuid_kill %s" % a)
+    return health.check(calls)
+
+
 # ---- a raw WebSocket server (frames by hand), any number of connections ------------------------------
 
 class RawServer:
@@ -518,8 +529,7 @@ def test_binary_at_ten_times_real_time_stays_bounded(fs, calls, events, health):
     server = WSServer(on_connect=fast)
     try:
         legs = paced_originate(calls, 3, variables="STREAM_PLAYBACK_BUFFER=2000")
-        for a, _ in legs:
-            assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
+        _start_all(fs, legs, server.url, "mono 16k")
         worst, played = 0, 0
         t_end = time.monotonic() + 8
         while time.monotonic() < t_end:
@@ -590,9 +600,7 @@ def test_server_resets_while_the_direct_path_sends(fs, calls, events, health):
             assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
             assert _path_of(fs, a) in ("accel", "python")
         assert server.wait_for(lambda: len(server.conns) >= 12, 20), len(server.conns)
-        for a, _ in legs:
-            fs.api("uuid_kill %s" % a)
-        health.check(calls)
+        _hang_up_and_check(fs, calls, health, legs)
     finally:
         calls.hangup_all()
         server.stop()
@@ -623,12 +631,9 @@ def test_server_closes_while_the_direct_path_sends(fs, calls, health):
     server = RawServer(serve)
     try:
         legs = paced_originate(calls, 4, variables="STREAM_RECONNECT_ATTEMPTS=50")
-        for a, _ in legs:
-            assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
+        _start_all(fs, legs, server.url, "mono 16k")
         time.sleep(4)
-        for a, _ in legs:
-            fs.api("uuid_kill %s" % a)
-        health.check(calls)
+        _hang_up_and_check(fs, calls, health, legs)
     finally:
         calls.hangup_all()
         server.stop()
@@ -648,8 +653,7 @@ def test_server_that_stops_reading_while_playback_runs(fs, calls, health):
     server = RawServer(serve)
     try:
         legs = paced_originate(calls, 2)
-        for a, _ in legs:
-            assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
+        _start_all(fs, legs, server.url, "mono 16k")
         time.sleep(4)
         for a, _ in legs:
             doc = json.loads(api(fs, "%s status" % a))["streams"][0]
@@ -717,8 +721,7 @@ def test_handshake_that_never_completes_then_stop_and_hangup(fs, calls, health):
     url = "ws://127.0.0.1:%d/never" % lsock.getsockname()[1]
     try:
         legs = paced_originate(calls, 6)
-        for a, _ in legs:
-            assert api(fs, "%s start %s mono 16k" % (a, url)) == "+OK Success"
+        _start_all(fs, legs, url, "mono 16k")
         time.sleep(1.0)
         for i, (a, b) in enumerate(legs):
             if i % 2:
@@ -749,8 +752,7 @@ def test_pause_resume_storm_while_playing(fs, calls, chatty, health):
     server = chatty
     rng = random.Random(7)
     legs = paced_originate(calls, 4)
-    for a, _ in legs:
-        assert api(fs, "%s start %s stereo 16k" % (a, server.url)) == "+OK Success"
+    _start_all(fs, legs, server.url, "stereo 16k")
     server.wait_conn(4)
     for _ in range(60):
         a, _ = rng.choice(legs)
@@ -810,8 +812,7 @@ def test_stop_while_the_server_does_not_read_direct_path(fs, calls, health):
     server = RawServer(serve)
     try:
         legs = paced_originate(calls, 3)
-        for a, _ in legs:
-            assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
+        _start_all(fs, legs, server.url, "mono 16k")
         time.sleep(4)
         t0 = time.monotonic()
         for a, _ in legs:
