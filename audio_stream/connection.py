@@ -405,6 +405,11 @@ def abort(ws):
             transport.abort()
     except AttributeError:
         pass
+    # and hand the connection back to aiohttp's connector now: left to the garbage collector, it is
+    # reported as "Unclosed connection" through the loop's exception handler (the switch's console)
+    response = getattr(ws, "_response", None)
+    if response is not None:
+        response.close()
 
 
 _SSL_REPR = re.compile(r"\s*ssl:(<[^>]*>|default|None|True|False)")   # aiohttp's "ssl:<SSLContext …>"

@@ -1,6 +1,7 @@
 """Limits that hold whatever the server does, on the switch simulator: servers that accept and
 drop every connection, never answer pings, stop reading while a big text is being sent; secrets
 in URLs; readable messages."""
+import asyncio
 import json
 import socket
 import threading
@@ -77,6 +78,35 @@ def test_hangup_lets_go_within_5_s_with_a_big_text_queued(h):
     for c in held:
         c.close()
     lsock.close()
+
+
+def test_a_dropped_connection_goes_back_to_aiohttp_at_once(h):
+    """The hangup drops a connection the server does not read (its close cannot get through): it is
+    handed back to aiohttp's connector there and then. Left to the garbage collector it was
+    reported as "Unclosed connection" through the loop's exception handler (two lines on the
+    switch's console for every such connection, seen on a real switch)."""
+    import gc
+    reported = []
+    loop = service.loop()
+    loop.call_soon_threadsafe(loop.set_exception_handler, lambda lp, ctx: reported.append(ctx.get("message")))
+    lsock, t, held = stalled_server()
+    try:
+        ch = h.call(rate=8000)
+        h.start(ch, "ws://127.0.0.1:%d/" % lsock.getsockname()[1])
+        t.join(5)
+        assert h.api("%s send_text %s" % (ch.uuid, "x" * 400000)) == "+OK Success"
+        time.sleep(0.5)
+        ch.hangup()
+        assert wait_until(lambda: not service.busy(), 8)
+        service.call(asyncio.sleep(0.1))
+        gc.collect()
+        service.call(asyncio.sleep(0.1))
+        assert not [m for m in reported if m and "Unclosed" in m], reported
+    finally:
+        loop.call_soon_threadsafe(loop.set_exception_handler, None)
+        for c in held:
+            c.close()
+        lsock.close()
 
 
 def test_graceful_shutdown_ends_at_hangup_and_fires_nothing_for_the_dead_call(h):
