@@ -33,6 +33,7 @@ def loop():
             return _loop
         ready = threading.Event()
         new_loop = asyncio.new_event_loop()
+        new_loop.set_exception_handler(_loop_error)
 
         def run():
             asyncio.set_event_loop(new_loop)
@@ -53,6 +54,19 @@ def loop():
             raise RuntimeError("audio_stream loop thread did not start")
         _loop, _thread = new_loop, t
         return _loop
+
+
+def _loop_error(loop, context):
+    """What asyncio reports itself (a callback that raised, a connection nobody closed) goes to the
+    switch's log, where the operator looks, not only to the switch's stderr."""
+    message = context.get("message") or "unhandled error"
+    exc = context.get("exception")
+    if exc is not None:
+        message += ": %r" % (exc,)
+    try:
+        backend().log("ERR", "loop thread: " + message)
+    except Exception:
+        loop.default_exception_handler(context)
 
 
 def call(coro, timeout=5.0):

@@ -376,3 +376,13 @@ def test_a_hangup_while_the_loop_is_busy_still_ends_the_stream(h):
     assert h.api("%s start %s mono 8k" % (ch.uuid, server.url)) == "+OK Success"
     ch.hangup()
     assert wait_until(lambda: service.get(ch.uuid) is None, 5), "the stream never saw the hangup"
+
+
+def test_what_asyncio_reports_goes_to_the_switch_log(h):
+    """A callback on the loop that raises (our bug, or aiohttp's report of a connection left open)
+    is an ERR line in the switch's log, not only a line on its stderr."""
+    def broken():
+        raise RuntimeError("something on the loop broke")
+    service.loop().call_soon_threadsafe(broken)
+    assert wait_until(lambda: any(level == "ERR" and "something on the loop broke" in m
+                                  for level, m in h.fs.logs()), 5)
