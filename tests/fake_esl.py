@@ -61,6 +61,8 @@ class FakeESL:
                         self.apis.append(cmd[4:])
                     body = (self.answer(cmd[4:]) + "\n").encode()
                     conn.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
+                else:
+                    conn.sendall(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
         except OSError:
             pass
         finally:

@@ -11,6 +11,8 @@ import numpy as np
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from .fake_esl import FakeESL
+
 # set on Ctrl-C (tests/conftest.py): fixtures then clean up what they can and check nothing, since
 # a test cut short leaves its streams, threads and sockets as they were
 interrupted = threading.Event()
@@ -279,49 +281,13 @@ def flooding_server(frame):
     return lsock, t, stop
 
 
-class FakeEventSocket:
-    """Answers `api` commands from a dict, +OK to everything else; counts the api commands."""
+class FakeEventSocket(FakeESL):
+    """FakeESL answering `api` commands from a dict (FreeSWITCH's "Command not found" otherwise);
+    `asked`: the api commands, in order."""
 
     def __init__(self, replies):
-        self.replies = replies
-        self.asked = []
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.port = self.srv.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(lambda cmd: replies.get(cmd, "-ERR %s Command not found!" % cmd))
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        f = conn.makefile("rb")
-        conn.sendall(b"Content-Type: auth/request\n\n")
-        try:
-            while True:
-                line = f.readline()
-                if not line:
-                    break
-                cmd = line.decode().strip()
-                if not cmd:
-                    continue
-                while f.readline().strip():      # the rest of the command's headers
-                    pass
-                if cmd.startswith("api "):
-                    self.asked.append(cmd[4:])
-                    body = (self.replies.get(cmd[4:], "-ERR %s Command not found!" % cmd[4:]) + "\n").encode()
-                    conn.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
-                else:
-                    conn.sendall(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.srv.close()
+    @property
+    def asked(self):
+        return self.apis
