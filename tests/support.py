@@ -217,28 +217,38 @@ def free_port():
     return port
 
 
+def accept_ws_handshake(c):
+    """Answer a client's WebSocket upgrade request on socket `c` by hand (101 with its accept key).
+    False when the client closed before its request was complete."""
+    import base64
+    import hashlib
+
+    req = b""
+    while b"\r\n\r\n" not in req:
+        got = c.recv(4096)
+        if not got:
+            return False
+        req += got
+    key = [ln.split(b":", 1)[1].strip() for ln in req.split(b"\r\n")
+           if ln.lower().startswith(b"sec-websocket-key")][0]
+    acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+    return True
+
+
 def raw_ws_server(after_handshake, host="127.0.0.1"):
     """A bare TCP server that completes one WebSocket handshake by hand, then calls
     `after_handshake(sock)` on its own thread (to misbehave: stop reading, send masked frames...).
     Returns (listening socket, thread); close the socket and join the thread when done."""
-    import base64
-    import hashlib
-
     lsock = socket.socket()
     lsock.bind((host, 0))
     lsock.listen(1)
 
     def serve():
         c, _ = lsock.accept()
-        req = b""
-        while b"\r\n\r\n" not in req:
-            req += c.recv(4096)
-        key = [ln.split(b":", 1)[1].strip() for ln in req.split(b"\r\n")
-               if ln.lower().startswith(b"sec-websocket-key")][0]
-        acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
-        after_handshake(c)
+        if accept_ws_handshake(c):
+            after_handshake(c)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import collections
 import glob
-import hashlib
 import json
 import os
 import random
@@ -21,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from ..support import WSServer, dominant_hz, tone
+from ..support import WSServer, accept_ws_handshake, dominant_hz, tone, ws_frame
 from . import esl
 from .conftest import api, HOST, MODULE, PASSWORD, PORT
 from .test_playback_real import read_wav, record_b, segments, tmpwav  # noqa: F401 (a fixture)
@@ -216,18 +215,8 @@ class RawServer:
     def _one(self, c, n):
         try:
             c.settimeout(10)
-            req = b""
-            while b"\r\n\r\n" not in req:
-                got = c.recv(4096)
-                if not got:
-                    return
-                req += got
-            key = [ln.split(b":", 1)[1].strip() for ln in req.split(b"\r\n")
-                   if ln.lower().startswith(b"sec-websocket-key")][0]
-            acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
-            self.serve(c, n)
+            if accept_ws_handshake(c):
+                self.serve(c, n)
         except OSError:
             pass
         finally:
@@ -246,19 +235,6 @@ class RawServer:
                 pass
         for t in self.threads:
             t.join(5)
-
-
-def frame(opcode, payload, fin=True):
-    """One unmasked server frame."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([n])
-    elif n < 65536:
-        head += bytes([126]) + struct.pack(">H", n)
-    else:
-        head += bytes([127]) + struct.pack(">Q", n)
-    return head + payload
 
 
 def drain(c, until):
@@ -453,10 +429,10 @@ def test_fragmented_and_odd_length_binary_frames_play_intact(fs, calls, events, 
             parts = [msg[k:k + 50] for k in range(0, len(msg), 50)] or [b""]
             for k, part in enumerate(parts):
                 first, last = k == 0, k == len(parts) - 1
-                out += frame(0x2 if first else 0x0, part, fin=last)
+                out += ws_frame(part, 0x2 if first else 0x0, fin=last)
                 if not last and k == 1:
-                    out += frame(0x9, b"p")            # a control frame between fragments
-            out += frame(0x2, b"")                     # an empty message now and then
+                    out += ws_frame(b"p", 0x9)            # a control frame between fragments
+            out += ws_frame(b"", 0x2)                     # an empty message now and then
         c.sendall(bytes(out))
         drain(c, until)
 
@@ -488,8 +464,8 @@ def test_a_text_frame_inside_a_fragmented_binary_message_fails_the_connection(fs
 
     def serve(c, n):
         time.sleep(0.2)
-        c.sendall(frame(0x2, b"\x00\x01" * 50, fin=False) + frame(0x1, b'{"type":"x"}') +
-                  frame(0x0, b"\x00\x01" * 50))
+        c.sendall(ws_frame(b"\x00\x01" * 50, 0x2, fin=False) + ws_frame(b'{"type":"x"}', 0x1) +
+                  ws_frame(b"\x00\x01" * 50, 0x0))
         drain(c, until)
 
     server = RawServer(serve)
@@ -618,7 +594,7 @@ def test_server_closes_while_the_direct_path_sends(fs, calls, health):
             except OSError:
                 return
         if n % 2:
-            c.sendall(frame(0x8, struct.pack(">H", 1000)))
+            c.sendall(ws_frame(struct.pack(">H", 1000), 0x8))
         c.shutdown(socket.SHUT_WR)
         t_end = time.monotonic() + 1
         while time.monotonic() < t_end:
@@ -647,7 +623,7 @@ def test_server_that_stops_reading_while_playback_runs(fs, calls, health):
 
     def serve(c, n):
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        c.sendall(frame(0x1, audio))
+        c.sendall(ws_frame(audio, 0x1))
         until.wait(30)
 
     server = RawServer(serve)
@@ -964,7 +940,7 @@ def test_a_slow_reader_gets_whole_frames_in_order(fs, calls, health):
                 fr, buf = parse_client_frames(buf)
                 frames.extend(fr)
                 if any(op == 8 for op, _, _ in fr):
-                    c.sendall(frame(0x8, struct.pack(">H", 1000)))
+                    c.sendall(ws_frame(struct.pack(">H", 1000), 0x8))
                     break
                 time.sleep(0.05 if slow else 0)
         except AssertionError as e:
