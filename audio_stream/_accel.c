@@ -2417,9 +2417,7 @@ static PyObject *BinarySink_push(BinarySinkObject *self, PyObject *arg)
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    int flags = self->flags;
     long r = sink_push(self, view.buf, (size_t)view.len);
-    self->flags = flags;                /* the caller handles this one itself */
     PyBuffer_Release(&view);
     if (r < 0)
         return PyErr_NoMemory();
@@ -2504,7 +2502,8 @@ static int BinarySink_set_enabled(BinarySinkObject *self, PyObject *v, void *clo
 
 static PyMethodDef BinarySink_methods[] = {
     {"push", (PyCFunction)BinarySink_push, METH_O,
-     "a binary message's bytes: 0 refused (queue full), 1 queued, 2 queued and the player must be woken"},
+     "a binary message's bytes: 0 refused (queue full), 1 queued, 2 queued and the player must be woken "
+     "(take_flags() says the same)"},
     {"reset", (PyCFunction)BinarySink_reset, METH_NOARGS, "after a clear: no carried byte, no filter state"},
     {"take_flags", (PyCFunction)BinarySink_take_flags, METH_NOARGS,
      "(flags, refused_bytes) of the frames split() took since the last call: WAKE 1, REFUSED 2"},
@@ -2547,11 +2546,14 @@ typedef struct {
     int taking;                   /* the frame being read goes to the sink (skip: its bytes still to come) */
     int fragmented;               /* a data frame without FIN went to the parser: until its last fragment, nothing is taken */
     BinarySinkObject *sink;       /* the sink of the frame being taken (a reference) */
+    uint8_t *out;                 /* what goes to the parser, kept between calls */
+    size_t out_cap;
 } MaskScannerObject;
 
 static void MaskScanner_dealloc(MaskScannerObject *self)
 {
     Py_XDECREF(self->sink);
+    free(self->out);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -2642,14 +2644,13 @@ static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
     BinarySinkObject *sink = sink_obj == Py_None ? NULL : (BinarySinkObject *)sink_obj;
     const uint8_t *d = view.buf;
     size_t i = 0, n = (size_t)view.len;
-    uint8_t *out = malloc(n + 16);
-    if (!out) {
+    if (grow(&self->out, &self->out_cap, n + 16) < 0) {
         PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
+    uint8_t *out = self->out;
     size_t out_len = 0;
     Py_ssize_t frames = 0, taken = 0;
-    unsigned long long taken_bytes = 0;
     int masked = 0, nomem = 0;
     int passed = self->skip && !self->taking;     /* a frame begun in an earlier call goes on to the parser */
     while (i < n) {
@@ -2673,7 +2674,6 @@ static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
                     s->pending_frames++;
                     s->pending_bytes += s->frame_len;
                     taken++;
-                    taken_bytes += s->frame_len;
                     s->frame_len = 0;
                     self->taking = 0;
                     Py_CLEAR(self->sink);
@@ -2725,15 +2725,11 @@ static PyObject *MaskScanner_split(MaskScannerObject *self, PyObject *args)
             break;
     }
     PyBuffer_Release(&view);
-    if (nomem) {
-        free(out);
+    if (nomem)
         return PyErr_NoMemory();
-    }
     PyObject *o = out_len ? PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)out_len) : new_ref(Py_None);
-    free(out);
     if (!o)
         return NULL;
-    (void)taken_bytes;
     /* attention: the player must act (wake, refused), or enough is pending to count and charge */
     int attention = sink && taken && (sink->flags || sink->pending_frames >= sink->batch);
     return Py_BuildValue("(OnNO)", masked ? Py_True : Py_False, (Py_ssize_t)i, o, attention ? Py_True : Py_False);

@@ -90,7 +90,8 @@ class Player:
             return
         if encoding == "L16":
             if self.sink is not None:
-                self._pushed(self.sink.push(data), self.sink)
+                self.sink.push(data)
+                self.sink_took()
                 return
             rate = self.host.settings.sample_rate or self.host.rate
             self._enqueue(self.downlink.binary(data, rate))
@@ -134,15 +135,9 @@ class Player:
                      "%d ms: audio refused" % (queue.queued_ms, ms, cap)
         self.host.bad(reason, "playback_buffer_full")
 
-    def _pushed(self, result, sink):
-        """What a sink push answered (0 refused, 1 queued, 2 queued: wake the player)."""
-        if result == 2:
-            self.host.wake_playback()
-        elif not result:
-            self._refused(sink.take_flags()[1])
-
     def sink_took(self):
-        """connection.take_binary took binary frames into the sink: what they need from here."""
+        """Audio went into the sink (frames connection.take_binary took, or binary()): wake the
+        player, or say what was refused."""
         flags, refused_bytes = self.sink.take_flags()
         if flags & SINK_WAKE:
             self.host.wake_playback()
