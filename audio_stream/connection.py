@@ -82,24 +82,16 @@ class MaskGuard:
             self._resume()
 
     def _feed(self, data):
+        """Hand the parser the frames of `data` it may take now, hold the rest. On the accelerated
+        path (a sink) whole binary audio frames go to the sink (the C playback queue) as they
+        arrive, while nothing parsed waits before them (else they would play ahead of a killAudio
+        still queued); everything else to aiohttp's parser."""
         sink = self.sink
-        if sink is not None:
-            return self._feed_split(data, sink)
-        masked, end = self._scan(data, FRAMES_PER_FEED)
-        if masked:
-            self._fail(aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame")
-            return True, b""
-        if end < len(data):
-            self.held += data[end:]
-            data = data[:end]
-            self._pause()
-        return self.parser.feed_data(data) if data else (False, b"")
-
-    def _feed_split(self, data, sink):
-        """The accelerated path: whole binary audio frames go to the sink (the C playback queue)
-        as they arrive, while nothing parsed waits before them (else they would play ahead of a
-        killAudio still queued); everything else to aiohttp's parser, as _feed()."""
-        masked, end, out, attention = self._split(data, FRAMES_PER_FEED, sink, self._queued() == 0)
+        if sink is None:
+            masked, end = self._scan(data, FRAMES_PER_FEED)
+            out, attention = data[:end], False
+        else:
+            masked, end, out, attention = self._split(data, FRAMES_PER_FEED, sink, self._queued() == 0)
         if masked:
             self._fail(aiohttp.WSCloseCode.PROTOCOL_ERROR, "the server sent a masked frame")
             return True, b""
@@ -107,6 +99,8 @@ class MaskGuard:
             self.held += data[end:]
             self._pause()
         result = self.parser.feed_data(out) if out else (False, b"")
+        if sink is None:
+            return result
         wait = 0.0
         if attention:                  # the player must act, or enough frames to count and charge
             wait = self.on_taken(*sink.take_pending())

@@ -347,15 +347,10 @@ def connected(stream):
     CONNECT.observe(max(0.0, time.time() - stream.started_at))
 
 
-def received(kind, size):
-    """A message from the server: kind "text" (size in characters) or "binary" (bytes)."""
-    RECEIVED_MESSAGES.labels(kind).inc()
-    RECEIVED_BYTES.inc(size)
-
-
-def received_binary(messages, size):
-    """Binary messages the accelerated path took without a Python message each."""
-    RECEIVED_MESSAGES.labels("binary").inc(messages)
+def received(kind, size, messages=1):
+    """Messages from the server: kind "text" (size in characters) or "binary" (bytes, all
+    `messages` together: the accelerated path counts the frames it took a batch at a time)."""
+    RECEIVED_MESSAGES.labels(kind).inc(messages)
     RECEIVED_BYTES.inc(size)
 
 

@@ -329,7 +329,7 @@ class Stream:
         return sink if sink is not None and sink.enabled else None
 
     def binary_taken(self, frames, nbytes):
-        metrics.received_binary(frames, nbytes)
+        metrics.received("binary", nbytes, frames)
         self.player.sink_took()
 
     def on_binary(self, data):
