@@ -10,4 +10,4 @@ from setuptools import Extension, setup
 REQUIRED = os.environ.get("AUDIO_STREAM_ACCEL_REQUIRED", "") not in ("", "0")
 
 setup(ext_modules=[Extension("audio_stream._accel", ["audio_stream/_accel.c"], optional=not REQUIRED,
-                             extra_compile_args=["-O2", "-fvisibility=hidden", "-Wno-unused-parameter"])])
+                             extra_compile_args=["-O2", "-fno-math-errno", "-fvisibility=hidden", "-Wno-unused-parameter"])])

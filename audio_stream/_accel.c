@@ -230,16 +230,38 @@ static inline float dot(const float *a, const float *b, int n)
     return acc;
 }
 
-static size_t rs_run(resampler_t *r, int64_t upto, int16_t *out)
+/* the filter loop is most of a resampler's cost: where the compiler and the C library can pick a
+ * function at load time (GCC and clang on x86-64 Linux: target_clones), a build that runs on any
+ * x86-64 also has an AVX2 copy of it, used where the CPU has it */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
+    (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 6)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+CLONES static size_t rs_run(resampler_t *r, int64_t upto, int16_t *out)
 {
     const int L = r->L, M = r->M, K = r->K, ch = r->channels;
     size_t w = 0;
-    for (int64_t j = r->n_out; j < upto; j++) {
-        /* r->h holds each branch reversed: the K inputs ending at the newest one, oldest first */
-        const float *f = r->h + (size_t)((j * M + r->d) % L) * K;
-        int64_t e = rs_newest(r, j) - r->base;
-        for (int c = 0; c < ch; c++)
-            out[w++] = to_i16(dot(f, r->buf + (size_t)c * r->cap + e - (K - 1), K));
+    if (r->n_out < upto) {
+        /* output j's branch is (j·M + d) mod L and its newest input floor((j·M + d) / L): both
+         * carried from one output to the next (no 64-bit division per sample) */
+        int64_t num = r->n_out * M + r->d;
+        int64_t e = floordiv(num, L);
+        int64_t p = num - e * L;                          /* 0 <= p < L */
+        e -= r->base;
+        for (int64_t j = r->n_out; j < upto; j++) {
+            /* r->h holds each branch reversed: the K inputs ending at the newest one, oldest first */
+            const float *f = r->h + (size_t)p * K;
+            for (int c = 0; c < ch; c++)
+                out[w++] = to_i16(dot(f, r->buf + (size_t)c * r->cap + e - (K - 1), K));
+            p += M;
+            if (p >= L) {
+                e += p / L;
+                p %= L;
+            }
+        }
     }
     if (upto > r->n_out)
         r->n_out = upto;
@@ -1252,6 +1274,17 @@ static void run_pass(capture_t **cs, size_t n)
     pthread_mutex_unlock(&pool.lock);
 }
 
+/* what the passes cost their caller (the loop thread) with the GIL released: its own CPU time, and
+ * the wall time it waited for the pass (its share and the workers'). Only the caller of capture_pass
+ * writes them, holding the GIL. */
+static long long pass_cpu_ns, pass_wall_ns;
+
+/* pass_times(): (cpu_s, wall_s) the loop thread spent in capture passes, GIL released */
+static PyObject *pass_times(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(dd)", pass_cpu_ns / 1e9, pass_wall_ns / 1e9);
+}
+
 /* capture_pass(captures): every capture of a tick, one after the other, with the GIL released. Returns
  * only what needs the caller: a list of (index, result) for the captures that read complete chunks
  * (bytes) or whose bug is gone (None: the call's media ended, said on every pass); the others read
@@ -1280,9 +1313,16 @@ static PyObject *capture_pass(PyObject *mod, PyObject *seq)
             return NULL;
         }
     }
+    struct timespec c0, c1, w0, w1;
     Py_BEGIN_ALLOW_THREADS
+    clock_gettime(CLOCK_MONOTONIC, &w0);               /* the wall time encloses the CPU time */
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
     run_pass(cs, (size_t)n);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    clock_gettime(CLOCK_MONOTONIC, &w1);
     Py_END_ALLOW_THREADS
+    pass_cpu_ns += (c1.tv_sec - c0.tv_sec) * 1000000000LL + (c1.tv_nsec - c0.tv_nsec);
+    pass_wall_ns += (w1.tv_sec - w0.tv_sec) * 1000000000LL + (w1.tv_nsec - w0.tv_nsec);
     PyObject *out = PyList_New(0);
     for (Py_ssize_t i = 0; out && i < n; i++) {
         capture_t *c = cs[i];
@@ -2940,6 +2980,7 @@ static PyObject *frame_layout(PyObject *mod, PyObject *Py_UNUSED(ignored))
 static PyMethodDef module_methods[] = {
     {"bind", bind_core, METH_O, "bind(dict name -> address): the core's functions"},
     {"capture_pass", capture_pass, METH_O, "read every capture of a tick with the GIL released"},
+    {"pass_times", pass_times, METH_NOARGS, "(cpu_s, wall_s) the caller spent in capture passes, GIL released"},
     {"set_workers", set_workers, METH_O, "threads a pass may use, the caller's included; returns the count"},
     {"take_events", take_events, METH_NOARGS, "[(player_id, kind, value)] posted by media threads since last call"},
     {"event_fd", event_fd, METH_NOARGS, "a file descriptor that becomes readable when events are waiting"},

@@ -102,6 +102,11 @@ class MediaPorts(Protocol):
         """Where the server's binary L16 frames may go without a Python message each (the
         accelerated path's _accel.BinarySink: connection.take_binary), or None."""
 
+    def released_s(self) -> Any:
+        """(cpu_s, wall_s): what the capture passes cost the loop thread with the GIL released
+        (its own CPU; the wall time it waited, its workers' share included), or None (no such
+        pass: the pure-Python path holds the GIL throughout)."""
+
 
 class Ticked(Protocol):
     """What the capture clock calls (loop thread): poll() once per stream per tick (unless its

@@ -393,6 +393,12 @@ GIL_KEYS = {
                    "CPU time of the loop thread (every WebSocket, resampler and event runs there, holding the GIL)."),
     "media_cpu_s": ("audio_stream_media_callback_cpu_seconds_total", Counter,
                     "CPU time of Python run on media threads (playback callbacks), holding the GIL."),
+    "pass_cpu_s": ("audio_stream_loop_thread_pass_cpu_seconds_total", Counter,
+                   "Of the loop thread's CPU time, the part spent in capture passes with the GIL released "
+                   "(accelerated path)."),
+    "pass_wall_s": ("audio_stream_loop_thread_pass_wait_seconds_total", Counter,
+                    "Wall time the loop thread spent in capture passes, GIL released, its worker threads' "
+                    "share included (accelerated path)."),
 }
 
 

@@ -206,12 +206,20 @@ def gil_stats():
     """What the process's Python costs, as far as it is measured, for metrics and status: a dict
     with `loop_cpu_s` (the loop thread's CPU time in s, only when called on the loop thread),
     and, where measured, `media_cpu_s` (Python's CPU time on media threads, s) and `path` (which
-    capture path runs). metrics.GIL_KEYS names what the exporter makes of each key."""
+    capture path runs). On the accelerated path also `pass_cpu_s` (of loop_cpu_s, the part spent
+    in capture passes with the GIL released) and `pass_wall_s` (the wall time the loop thread
+    waited for them, the pass's other threads included): the loop thread holds the GIL for
+    loop_cpu_s - pass_cpu_s, and is busy for that + pass_wall_s. metrics.GIL_KEYS names what the
+    exporter makes of each key."""
     from .switch import media
     cb = media.callback_cpu_s()
-    out = {"callback_cpu_s": cb, "media_cpu_s": cb, "path": backend().media_path().name}
+    path = backend().media_path()
+    out = {"callback_cpu_s": cb, "media_cpu_s": cb, "path": path.name}
     if _thread is not None and threading.current_thread() is _thread:
         out["loop_cpu_s"] = time.thread_time()
+        released = path.released_s()
+        if released is not None:
+            out["pass_cpu_s"], out["pass_wall_s"] = released
     return out
 
 

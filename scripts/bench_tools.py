@@ -130,19 +130,37 @@ def kb_per_stream(before, after, n):
 
 def gil_per_stream(st0, st1, wall_s, n):
     """GIL time per stream from two `status` totals of ours taken `wall_s` apart with `n` streams
-    up: the loop thread's CPU (loop_cpu_s) plus the media-bug callback's (callback_cpu_s), both
-    run holding the GIL. Returns {loop, callback, total} in ms per stream per second of wall
-    time, `capacity` = 1000 / total (streams one process could carry before its GIL is full),
-    and `path`; None when the totals do not carry the figures (an older build, or the C module)."""
+    up, in ms per stream per second of wall time:
+
+    - `loop_ms`: the loop thread's CPU (loop_cpu_s); `pass_ms`: the part of it spent in capture
+      passes with the GIL released (pass_cpu_s; 0 where not reported: the pure-Python path, an
+      older build); `callback_ms`: the media-bug callback's CPU (callback_cpu_s);
+    - `ms`: the GIL held, loop − pass + callback;
+    - `busy_ms`: the loop thread occupied, loop − pass + the wall time it waited for the passes
+      (pass_wall_s: its worker threads' share, spread over the machine's cores, included).
+
+    `capacity_gil` = 1000 / ms (streams before the GIL is full), `capacity_loop` = 1000 / busy_ms
+    (before the loop thread is: on this machine, since the passes' share falls with more cores),
+    `capacity` the smaller, `limit` which ("GIL" or "loop thread"), and `path`. None when the
+    totals do not carry the figures (an older build, or the C module)."""
     keys = ("loop_cpu_s", "callback_cpu_s")
     if not st0 or not st1 or not n or wall_s <= 0 or any(k not in st0 or k not in st1 for k in keys):
         return None
-    loop = (st1["loop_cpu_s"] - st0["loop_cpu_s"]) * 1000.0 / wall_s / n
-    cb = (st1["callback_cpu_s"] - st0["callback_cpu_s"]) * 1000.0 / wall_s / n
-    total = loop + cb
-    return {"loop_ms": loop, "callback_ms": cb, "ms": total,
-            "capacity": (1000.0 / total) if total > 0 else None,
-            "path": st1.get("path") or st0.get("path")}
+
+    def per(key):
+        if key not in st0 or key not in st1:
+            return 0.0
+        return (st1[key] - st0[key]) * 1000.0 / wall_s / n
+    loop, cb, passed, waited = per("loop_cpu_s"), per("callback_cpu_s"), per("pass_cpu_s"), per("pass_wall_s")
+    held = loop - passed + cb
+    busy = loop - passed + waited
+    cap_gil = (1000.0 / held) if held > 0 else None
+    cap_loop = (1000.0 / busy) if busy > 0 else None
+    caps = [(c, name) for c, name in ((cap_gil, "GIL"), (cap_loop, "loop thread")) if c is not None]
+    cap, limit = min(caps) if caps else (None, None)
+    return {"loop_ms": loop, "pass_ms": passed, "callback_ms": cb, "ms": held, "busy_ms": busy,
+            "wait_ms": waited, "capacity_gil": cap_gil, "capacity_loop": cap_loop, "capacity": cap,
+            "limit": limit, "path": st1.get("path") or st0.get("path")}
 
 
 def status_streams(streams):

@@ -732,6 +732,25 @@ def test_gil_per_stream_from_two_status_totals():
     assert bt.gil_per_stream(st0, st0, 10.0, 5)["capacity"] is None
 
 
+def test_gil_per_stream_leaves_out_what_a_pass_runs_without_the_gil():
+    # the accelerated path: of 3 s of loop thread CPU, 1.2 s in capture passes (GIL released), which
+    # kept the loop thread waiting 1.5 s (its worker's share included)
+    st0 = {"loop_cpu_s": 10.0, "callback_cpu_s": 0.0, "pass_cpu_s": 4.0, "pass_wall_s": 5.0, "path": "accel"}
+    st1 = {"loop_cpu_s": 13.0, "callback_cpu_s": 0.0, "pass_cpu_s": 5.2, "pass_wall_s": 6.5, "path": "accel"}
+    g = bt.gil_per_stream(st0, st1, 10.0, 100)
+    assert g["loop_ms"] == pytest.approx(3.0) and g["pass_ms"] == pytest.approx(1.2)
+    assert g["ms"] == pytest.approx(1.8)                  # the GIL held
+    assert g["busy_ms"] == pytest.approx(3.3)             # the loop thread occupied
+    assert g["capacity_gil"] == pytest.approx(1000 / 1.8) and g["capacity_loop"] == pytest.approx(1000 / 3.3)
+    assert g["capacity"] == pytest.approx(1000 / 3.3) and g["limit"] == "loop thread"
+    # a pass spread over more cores: the loop thread waits less for it
+    g = bt.gil_per_stream(st0, dict(st1, pass_wall_s=5.3), 10.0, 100)
+    assert g["busy_ms"] == pytest.approx(2.1) and g["capacity"] == pytest.approx(1000 / 2.1)
+    # media-thread Python (the pure path's callbacks) holds the GIL without the loop thread
+    g = bt.gil_per_stream(dict(st0, callback_cpu_s=1.0), dict(st1, callback_cpu_s=3.0), 10.0, 100)
+    assert g["ms"] == pytest.approx(3.8) and g["limit"] == "GIL" and g["capacity"] == pytest.approx(1000 / 3.8)
+
+
 def test_proc_stat_machine_and_rss_detail():
     a = bt.parse_cpu_line("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n")
     b = bt.parse_cpu_line("cpu  160 0 70 900 70 0 0 0 0 0\ncpu0 1 2 3 4\n")

@@ -274,8 +274,11 @@ def test_rate_limit_refusals_are_counted():
 
 
 def test_gil_stats_become_metrics():
-    fams = scrape(gil={"loop_cpu_s": 12.5, "media_cpu_s": 3.25, "path": "accelerated"})
+    fams = scrape(gil={"loop_cpu_s": 12.5, "media_cpu_s": 3.25, "path": "accelerated", "pass_cpu_s": 4.5,
+                       "pass_wall_s": 6.0})
     assert prom.value(fams, "audio_stream_loop_thread_cpu_seconds_total") == 12.5
+    assert prom.value(fams, "audio_stream_loop_thread_pass_cpu_seconds_total") == 4.5
+    assert prom.value(fams, "audio_stream_loop_thread_pass_wait_seconds_total") == 6.0
     assert prom.value(fams, "audio_stream_media_callback_cpu_seconds_total") == 3.25
     assert prom.value(fams, "audio_stream_capture_path_info", path="accelerated") == 1
 

@@ -72,6 +72,14 @@ def test_status_and_version(h):
     assert (st["mix"], st["call_rate"], st["rate"]) == ("stereo", 8000, 16000)
     assert st["messages_sent"] >= 10 and st["bytes_sent"] >= 10 * 1280 and st["frames_captured"] >= 10
     assert st["dropped_ms"] == 0 and st["reconnects"] == 0 and st["playback"] == "idle"
+    t = doc["totals"]
+    assert t["loop_cpu_s"] > 0 and t["path"] in ("accel", "python")
+    if t["path"] == "accel":
+        # the capture passes ran with the GIL released: part of the loop thread's CPU, and at
+        # least that much of its wall time
+        assert 0 < t["pass_cpu_s"] <= t["loop_cpu_s"] and t["pass_wall_s"] >= t["pass_cpu_s"]
+    else:
+        assert "pass_cpu_s" not in t and "pass_wall_s" not in t
     one = json.loads(h.api("%s status" % ch.uuid))
     assert [s["uuid"] for s in one["streams"]] == [ch.uuid]
     other = h.call(rate=8000)

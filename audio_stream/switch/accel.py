@@ -132,6 +132,9 @@ class AccelPath:
             rs = rs._r
         return _accel.BinarySink(queue.p, rs, min(max_frame, SINK_MAX_FRAME))
 
+    def released_s(self):
+        return _accel.pass_times()
+
     def control(self, uuid, call_rate, ptime_ms, queue, capture, listener, player, loop):
         return AccelControlPort(self.core, uuid, call_rate, ptime_ms, queue, capture, listener, player, loop)
 

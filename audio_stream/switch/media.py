@@ -516,6 +516,9 @@ class PythonPath:
     def binary_sink(self, queue, rate_in, rate_out, max_frame):
         return None           # the server's binary frames come as messages (playback.Player.binary)
 
+    def released_s(self):
+        return None           # no pass runs without the GIL
+
     def control(self, uuid, call_rate, ptime_ms, queue, capture, listener, player, loop):
         return ControlPort(self.core, call_rate, ptime_ms, queue, capture.port, listener, player,
                            loop.call_soon_threadsafe, uuid)
