@@ -390,7 +390,8 @@ def _counter(name, help, value):
 # what the exporter shows of service.gil_stats(): key -> (metric name, kind, help)
 GIL_KEYS = {
     "loop_cpu_s": ("audio_stream_loop_thread_cpu_seconds_total", Counter,
-                   "CPU time of the loop thread (every WebSocket, resampler and event runs there, holding the GIL)."),
+                   "CPU time of the loop thread (every WebSocket and event runs there, holding the GIL; on the "
+                   "accelerated path also its share of the capture passes, GIL released)."),
     "media_cpu_s": ("audio_stream_media_callback_cpu_seconds_total", Counter,
                     "CPU time of Python run on media threads (playback callbacks), holding the GIL."),
     "pass_cpu_s": ("audio_stream_loop_thread_pass_cpu_seconds_total", Counter,

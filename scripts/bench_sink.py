@@ -19,6 +19,9 @@ The bench drives it with a small HTTP API on the same port (JSON in, JSON out):
     GET  /ctl/status?phase=p3     counts of opened / open / closed connections, by implementation
     GET  /ctl/results?phase=p3[&audio_dir=DIR]   every connection's record (audio into DIR)
     POST /ctl/forget?phase=p3     drop the phase's records
+    GET  /ctl/stalls?t0=T&t1=T    the sink's own stalls between two time.monotonic() instants
+                                  (its event loop's lateness, its garbage collector's pauses): a
+                                  round trip or a gap measured then may be the sink's, not the switch's
     POST /ctl/quit
 
 play options: mode; chunk_ms (continuous: each message's audio, default 20); lead_ms
@@ -41,6 +44,7 @@ open get that ear). `POST /ctl/echo_stop
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import math
 import os
@@ -378,8 +382,56 @@ class Sink:
         return web.json_response({"ok": True})
 
 
+class Stalls:
+    """The sink's own stalls, with when they ended (time.monotonic(), the same clock as the bench's
+    in another process): how late its event loop ran a 5 ms timer, and its garbage collector's
+    pauses (each of at least 1 ms)."""
+
+    EVERY_S = 0.005
+
+    def __init__(self, keep=200000):
+        from collections import deque
+        self.late = deque(maxlen=keep)      # (t, ms) lateness of at least 2 ms
+        self.gc = deque(maxlen=keep)        # (t, ms)
+        self._gc_t0 = None
+
+    def gc_callback(self, phase, info):
+        if phase == "start":
+            self._gc_t0 = time.monotonic()
+        elif self._gc_t0 is not None:
+            t = time.monotonic()
+            ms = (t - self._gc_t0) * 1000.0
+            self._gc_t0 = None
+            if ms >= 1.0:
+                self.gc.append((t, ms))
+
+    async def watch(self):
+        mono = time.monotonic
+        while True:
+            t0 = mono()
+            await asyncio.sleep(self.EVERY_S)
+            t = mono()
+            late = (t - t0 - self.EVERY_S) * 1000.0
+            if late >= 2.0:
+                self.late.append((t, late))
+
+    def between(self, t0, t1):
+        late = [ms for t, ms in self.late if t0 <= t <= t1]
+        pauses = [ms for t, ms in self.gc if t0 <= t <= t1]
+        return {"loop_late_ms_max": max(late) if late else 0.0,
+                "loop_late_over_20ms": sum(1 for ms in late if ms > 20),
+                "gc_pause_ms_max": max(pauses) if pauses else 0.0, "gc_pauses": len(pauses)}
+
+
 async def main_async(host, port):
     sink = Sink()
+    stalls = Stalls()
+    gc.callbacks.append(stalls.gc_callback)
+    watcher = asyncio.ensure_future(stalls.watch())
+
+    async def ctl_stalls(request):
+        q = request.query
+        return web.json_response(stalls.between(float(q.get("t0", 0)), float(q.get("t1", 1e18))))
     sink.stop = asyncio.Event()
     app = web.Application(client_max_size=1 << 20)
     app.router.add_post("/ctl/phase", sink.ctl_phase)
@@ -389,6 +441,7 @@ async def main_async(host, port):
     app.router.add_post("/ctl/forget", sink.ctl_forget)
     app.router.add_post("/ctl/echo_stop", sink.ctl_echo_stop)
     app.router.add_post("/ctl/quit", sink.ctl_quit)
+    app.router.add_get("/ctl/stalls", ctl_stalls)
     app.router.add_get("/{tail:.*}", sink.ws_handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
@@ -400,6 +453,7 @@ async def main_async(host, port):
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, sink.stop.set)
     await sink.stop.wait()
+    watcher.cancel()
     for rec in sink.recs:
         if rec.player is not None:
             rec.player.cancel()

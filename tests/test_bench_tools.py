@@ -962,3 +962,28 @@ def test_sink_hears_the_far_end_only_of_observed_calls():
         assert conns["u8"]["echo"]["ears"] == {} and conns["u8"]["echo"]["replies"] == 40
     finally:
         stop_sink(p, ctl)
+
+
+def test_sink_notes_its_own_stalls():
+    """The sink says when its own event loop ran late or its garbage collector paused, so that a
+    round trip or a gap measured then is not blamed on the switch."""
+    import bench_sink
+    st = bench_sink.Stalls()
+
+    async def run():
+        w = asyncio.ensure_future(st.watch())
+        await asyncio.sleep(0.05)
+        t0 = __import__("time").monotonic()
+        __import__("time").sleep(0.06)         # the sink's loop held up for 60 ms
+        await asyncio.sleep(0.03)
+        w.cancel()
+        return t0
+    t0 = asyncio.run(run())
+    st.gc_callback("start", {})
+    st._gc_t0 -= 0.004                          # a 4 ms collection
+    st.gc_callback("stop", {})
+    out = st.between(t0, 1e18)
+    assert out["loop_late_ms_max"] >= 50 and out["loop_late_over_20ms"] == 1
+    assert out["gc_pauses"] == 1 and out["gc_pause_ms_max"] >= 4
+    assert st.between(0, t0 - 1) == {"loop_late_ms_max": 0.0, "loop_late_over_20ms": 0, "gc_pause_ms_max": 0.0,
+                                     "gc_pauses": 0}

@@ -360,5 +360,6 @@ def test_operations_md_documents_every_metric():
     text = (ROOT / "docs" / "operations.md").read_text()
     section = text[text.index("### Prometheus metrics"):]
     documented = set(re.findall(r"`(audio_stream_[a-z_]+)`", section))
-    fams = scrape(gil={"loop_cpu_s": 1.0, "media_cpu_s": 1.0, "path": "python"}, version="1")
+    fams = scrape(gil={"loop_cpu_s": 1.0, "media_cpu_s": 1.0, "path": "accel", "pass_cpu_s": 0.5, "pass_wall_s": 0.6},
+                  version="1")
     assert set(fams) == documented, set(fams) ^ documented
