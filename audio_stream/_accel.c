@@ -1274,12 +1274,12 @@ static void run_pass(capture_t **cs, size_t n)
     pthread_mutex_unlock(&pool.lock);
 }
 
-/* what the passes cost their caller (the loop thread) with the GIL released: its own CPU time, and
- * the wall time it waited for the pass (its share and the workers'). Only the caller of capture_pass
- * writes them, holding the GIL. */
-static long long pass_cpu_ns, pass_wall_ns;
+/* what the passes cost the thread that ran them (the loop thread) with the GIL released: its own
+ * CPU time, and the wall time it waited for the pass (its share and the workers'). Per thread, as
+ * its CPU time is: a new loop thread starts from 0. */
+static _Thread_local long long pass_cpu_ns, pass_wall_ns;
 
-/* pass_times(): (cpu_s, wall_s) the loop thread spent in capture passes, GIL released */
+/* pass_times(): (cpu_s, wall_s) the calling thread spent in capture passes, GIL released */
 static PyObject *pass_times(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     return Py_BuildValue("(dd)", pass_cpu_ns / 1e9, pass_wall_ns / 1e9);

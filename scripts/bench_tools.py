@@ -5,6 +5,7 @@ Everything here is unit-tested (tests/test_bench_tools.py) and documented in doc
 clock is system-wide, so both processes share it).
 """
 import math
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -852,3 +853,46 @@ def table(rows, header=None, align=None):
         if header and j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+# ---- the sink's scheduling -----------------------------------------------------------------------
+
+SCHED_NAMES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE"}
+
+
+def thread_sched(stat_line):
+    """(policy, rt_priority) from a /proc/<pid>/task/<tid>/stat line, or None."""
+    try:
+        fields = stat_line[stat_line.rindex(")") + 2:].split()
+        return int(fields[38]), int(fields[37])       # fields 41 and 40 of proc(5), from the state on
+    except (ValueError, IndexError):
+        return None
+
+
+def lowest_rt(scheds):
+    """The real-time class and priority the switch's least urgent real-time threads run at (its
+    session threads: SCHED_FIFO 1 for FreeSWITCH started with real-time priority), as (policy,
+    priority); None when none of its threads is real-time."""
+    rt = [(prio, pol) for pol, prio in scheds if pol in (1, 2) and prio > 0]
+    if not rt:
+        return None
+    prio, pol = min(rt)
+    return pol, prio
+
+
+def switch_rt(pid):
+    """lowest_rt() of a running process's threads (from /proc), or None."""
+    scheds = []
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                s = thread_sched(f.read())
+        except OSError:
+            continue
+        if s is not None:
+            scheds.append(s)
+    return lowest_rt(scheds)

@@ -987,3 +987,19 @@ def test_sink_notes_its_own_stalls():
     assert out["gc_pauses"] == 1 and out["gc_pause_ms_max"] >= 4
     assert st.between(0, t0 - 1) == {"loop_late_ms_max": 0.0, "loop_late_over_20ms": 0, "gc_pause_ms_max": 0.0,
                                      "gc_pauses": 0}
+
+
+def test_the_sink_runs_in_the_switch_s_real_time_class():
+    """FreeSWITCH runs its threads SCHED_FIFO: the bench reads the least urgent of them from /proc,
+    to put its sinks there (else the switch's threads starve them)."""
+    def stat(name, prio, policy):
+        rest = ["S"] + ["0"] * 36 + [str(prio), str(policy)] + ["0"] * 11
+        return "1234 (%s) %s" % (name, " ".join(rest))
+    assert bt.thread_sched(stat("free switch)", 99, 1)) == (1, 99)       # a ")" in the name
+    assert bt.thread_sched("garbage") is None
+    assert bt.lowest_rt([(1, 99), (1, 10), (1, 1), (0, 0)]) == (1, 1)
+    assert bt.lowest_rt([(0, 0), (3, 0)]) is None                          # not real-time
+    assert bt.lowest_rt([(2, 5)]) == (2, 5)
+    mine = bt.switch_rt(os.getpid())                                        # this test's own threads
+    assert mine is None or mine[0] in (1, 2)
+    assert bt.switch_rt(2 ** 22 + 12345) is None                            # no such process

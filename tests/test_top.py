@@ -237,8 +237,10 @@ def test_top_on_a_terminal_redraws_in_place_and_quits_cleanly_on_ctrl_c(switch):
         assert read(b"0f3c9a7e"), out
         assert read(b"\x1b[H", 3)                     # a second frame: drawn over the first
         proc.send_signal(signal.SIGINT)
+        # a terminal keeps reading: drain the pty meanwhile, or a full pty buffer (a slow machine,
+        # frames every 0.2 s) would block top's last write and the test, not top, would hang
+        assert read(b"\x1b[?1049l", 10), out[-300:]
         assert proc.wait(10) == 0
-        read(b"\x1b[?1049l", 2)
     finally:
         if proc.poll() is None:
             proc.kill()
