@@ -231,9 +231,10 @@ static inline float dot(const float *a, const float *b, int n)
 }
 
 /* the filter loop is most of a resampler's cost: where the compiler and the C library can pick a
- * function at load time (GCC and clang on x86-64 Linux: target_clones), a build that runs on any
- * x86-64 also has an AVX2 copy of it, used where the CPU has it */
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
+ * function at load time (GCC and clang on x86-64 Linux with glibc: target_clones, which needs the
+ * C library's ifunc; musl has none), a build that runs on any x86-64 also has an AVX2 copy of it,
+ * used where the CPU has it */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__GNUC__) && \
     (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 6)
 #define CLONES __attribute__((target_clones("avx2", "default")))
 #else
