@@ -237,6 +237,20 @@ def accept_ws_handshake(c):
     return True
 
 
+def drain(c, until, every_s=0.2):
+    """Read (and throw away) what the client on socket `c` sends until `until` is set or it
+    closes (looking at `until` every `every_s`)."""
+    c.settimeout(every_s)
+    while not until.is_set():
+        try:
+            if not c.recv(65536):
+                return
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+
+
 def raw_ws_server(after_handshake, host="127.0.0.1"):
     """A bare TCP server that completes one WebSocket handshake by hand, then calls
     `after_handshake(sock)` on its own thread (to misbehave: stop reading, send masked frames...).

@@ -8,6 +8,7 @@ where they were, and its memory not growing without bound."""
 import asyncio
 import base64
 import collections
+import contextlib
 import glob
 import json
 import os
@@ -20,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from ..support import WSServer, accept_ws_handshake, dominant_hz, tone, ws_frame
+from ..support import WSServer, accept_ws_handshake, dominant_hz, drain, tone, ws_frame
 from . import esl
 from .conftest import api, HOST, MODULE, PASSWORD, PORT
 from .test_playback_real import read_wav, record_b, segments, tmpwav  # noqa: F401 (a fixture)
@@ -41,6 +42,19 @@ def binary_tone(hz, rate, seconds):
 def stream_audio(x, rate):
     return json.dumps({"type": "streamAudio", "data": {"audioDataType": "raw", "sampleRate": rate,
                                                          "audioData": base64.b64encode(x).decode()}})
+
+
+@contextlib.contextmanager
+def serving(calls, server, until=None):
+    """A scenario against `server`: whatever happens in it, the server's handlers are let go
+    (`until`), the test's calls hung up, then the server stopped."""
+    try:
+        yield server
+    finally:
+        if until is not None:
+            until.set()
+        calls.hangup_all()
+        server.stop()
 
 
 # ---- the switch's health --------------------------------------------------------------------------
@@ -237,19 +251,6 @@ class RawServer:
             t.join(5)
 
 
-def drain(c, until):
-    """Read (and throw away) what the client sends until `until` is set or it closes."""
-    c.settimeout(0.2)
-    while not until.is_set():
-        try:
-            if not c.recv(65536):
-                return
-        except socket.timeout:
-            continue
-        except OSError:
-            return
-
-
 # ---- 1. start/stop storms ----------------------------------------------------------------------------
 
 STORM_REPLIES = ("+OK Success",)
@@ -276,10 +277,8 @@ def _chatty(seconds=0.2):
 def chatty(calls):
     """A server that plays 100 ms of audio and a mark every 100 ms while connected; the test's calls
     are hung up and the server stopped afterwards."""
-    server = WSServer(on_connect=_chatty(0.1))
-    yield server
-    calls.hangup_all()
-    server.stop()
+    with serving(calls, WSServer(on_connect=_chatty(0.1))) as server:
+        yield server
 
 
 def test_start_stop_storm_on_one_call(fs, calls, chatty, health):
@@ -353,7 +352,7 @@ def _hangup_while(fs, calls, health, kind, mix):
 
     server = WSServer(on_connect=act)
     rng = random.Random(kind)
-    try:
+    with serving(calls, server):
         legs = paced_originate(calls, 6)
         for a, _ in legs:
             assert api(fs, "%s start %s %s 8k" % (a, server.url, mix)) == "+OK Success"
@@ -364,9 +363,6 @@ def _hangup_while(fs, calls, health, kind, mix):
             fs.api("uuid_kill %s" % (a if i % 2 else b))
         assert server.wait_for(lambda: all(c.closed.is_set() for c in server.conns), 10)
         health.check(calls)
-    finally:
-        calls.hangup_all()
-        server.stop()
 
 
 @pytest.mark.parametrize("kind", ["playback", "clear", "mark"])
@@ -393,7 +389,7 @@ def test_huge_binary_frames(fs, calls, events, health):
         return lambda e: text in (e.get("_body") or "")
 
     server = WSServer(on_connect=big)
-    try:
+    with serving(calls, server):
         ((a, b),) = paced_originate(calls, 1, variables="STREAM_PLAYBACK_BUFFER=10000")
         assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
         conn = server.wait_conn()
@@ -406,9 +402,6 @@ def test_huge_binary_frames(fs, calls, events, health):
         assert len(server.conns) == 1, "reconnected after a close with 1009"
         grew = health.check(calls)
         assert grew < 64 * 1024, "the switch grew %d KB" % grew
-    finally:
-        calls.hangup_all()
-        server.stop()
 
 
 def test_fragmented_and_odd_length_binary_frames_play_intact(fs, calls, events, health, tmpwav):  # noqa: F811
@@ -437,7 +430,7 @@ def test_fragmented_and_odd_length_binary_frames_play_intact(fs, calls, events, 
         drain(c, until)
 
     server = RawServer(serve)
-    try:
+    with serving(calls, server, until):
         ((a, b),) = paced_originate(calls, 1)
         record_b(fs, b, tmpwav)
         assert api(fs, "%s start %s mono 8k" % (a, server.url)) == "+OK Success"
@@ -453,10 +446,6 @@ def test_fragmented_and_odd_length_binary_frames_play_intact(fs, calls, events, 
         fs.api("uuid_kill %s" % a)
         until.set()
         health.check(calls)
-    finally:
-        until.set()
-        calls.hangup_all()
-        server.stop()
 
 
 def test_a_text_frame_inside_a_fragmented_binary_message_fails_the_connection(fs, calls, events, health):
@@ -469,7 +458,7 @@ def test_a_text_frame_inside_a_fragmented_binary_message_fails_the_connection(fs
         drain(c, until)
 
     server = RawServer(serve)
-    try:
+    with serving(calls, server, until):
         ((a, b),) = paced_originate(calls, 1, variables="STREAM_RECONNECT_ATTEMPTS=1")
         assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
         ev = events.wait("mod_audio_stream::reconnecting", a, timeout=10) or \
@@ -478,10 +467,6 @@ def test_a_text_frame_inside_a_fragmented_binary_message_fails_the_connection(fs
         fs.api("uuid_kill %s" % a)
         until.set()
         health.check(calls)
-    finally:
-        until.set()
-        calls.hangup_all()
-        server.stop()
 
 
 def test_binary_at_ten_times_real_time_stays_bounded(fs, calls, events, health):
@@ -503,7 +488,7 @@ def test_binary_at_ten_times_real_time_stays_bounded(fs, calls, events, health):
         asyncio.ensure_future(go())
 
     server = WSServer(on_connect=fast)
-    try:
+    with serving(calls, server):
         legs = paced_originate(calls, 3, variables="STREAM_PLAYBACK_BUFFER=2000")
         _start_all(fs, legs, server.url, "mono 16k")
         worst, played = 0, 0
@@ -525,9 +510,6 @@ def test_binary_at_ten_times_real_time_stays_bounded(fs, calls, events, health):
         assert server.wait_for(lambda: all(c.closed.is_set() for c in server.conns), 5)
         assert [c.close_code for c in server.conns] == [1008] * 3
         health.check(calls)
-    finally:
-        calls.hangup_all()
-        server.stop()
 
 
 def test_interleaved_text_and_binary_keep_their_order(fs, calls, health):
@@ -542,7 +524,7 @@ def test_interleaved_text_and_binary_keep_their_order(fs, calls, health):
             await conn.ws.send_str('{"type":"transcript","n":%d}' % i)
 
     server = WSServer(on_connect=mix)
-    try:
+    with serving(calls, server):
         ((a, b),) = paced_originate(calls, 1)
         assert api(fs, "%s start %s mono 8k" % (a, server.url)) == "+OK Success"
         conn = server.wait_conn()
@@ -551,9 +533,6 @@ def test_interleaved_text_and_binary_keep_their_order(fs, calls, health):
         assert names == ["m%d" % i for i in range(50)], names
         fs.api("uuid_kill %s" % a)
         health.check(calls)
-    finally:
-        calls.hangup_all()
-        server.stop()
 
 
 # ---- 4. the server goes away or stops reading while the direct path sends -----------------------------
@@ -570,16 +549,13 @@ def test_server_resets_while_the_direct_path_sends(fs, calls, events, health):
         asyncio.ensure_future(go())
 
     server = WSServer(on_connect=reset_soon)
-    try:
+    with serving(calls, server):
         legs = paced_originate(calls, 4, variables="STREAM_RECONNECT_ATTEMPTS=50")
         for a, _ in legs:
             assert api(fs, "%s start %s mono 16k" % (a, server.url)) == "+OK Success"
             assert _path_of(fs, a) in ("accel", "python")
         assert server.wait_for(lambda: len(server.conns) >= 12, 20), len(server.conns)
         _hang_up_and_check(fs, calls, health, legs)
-    finally:
-        calls.hangup_all()
-        server.stop()
 
 
 def test_server_closes_while_the_direct_path_sends(fs, calls, health):
@@ -605,14 +581,11 @@ def test_server_closes_while_the_direct_path_sends(fs, calls, health):
                 return
 
     server = RawServer(serve)
-    try:
+    with serving(calls, server):
         legs = paced_originate(calls, 4, variables="STREAM_RECONNECT_ATTEMPTS=50")
         _start_all(fs, legs, server.url, "mono 16k")
         time.sleep(4)
         _hang_up_and_check(fs, calls, health, legs)
-    finally:
-        calls.hangup_all()
-        server.stop()
 
 
 def test_server_that_stops_reading_while_playback_runs(fs, calls, health):
@@ -627,7 +600,7 @@ def test_server_that_stops_reading_while_playback_runs(fs, calls, health):
         until.wait(30)
 
     server = RawServer(serve)
-    try:
+    with serving(calls, server, until):
         legs = paced_originate(calls, 2)
         _start_all(fs, legs, server.url, "mono 16k")
         time.sleep(4)
@@ -643,10 +616,6 @@ def test_server_that_stops_reading_while_playback_runs(fs, calls, health):
         assert not health.streams(), "still there %.1f s after the hangup" % (time.monotonic() - t0)
         until.set()
         health.check(calls)
-    finally:
-        until.set()
-        calls.hangup_all()
-        server.stop()
 
 
 # ---- 5. churn -------------------------------------------------------------------------------------------
@@ -786,7 +755,7 @@ def test_stop_while_the_server_does_not_read_direct_path(fs, calls, health):
         until.wait(30)
 
     server = RawServer(serve)
-    try:
+    with serving(calls, server, until):
         legs = paced_originate(calls, 3)
         _start_all(fs, legs, server.url, "mono 16k")
         time.sleep(4)
@@ -798,10 +767,6 @@ def test_stop_while_the_server_does_not_read_direct_path(fs, calls, health):
         assert not health.streams(), time.monotonic() - t0
         until.set()
         health.check(calls)
-    finally:
-        until.set()
-        calls.hangup_all()
-        server.stop()
 
 
 @pytest.mark.parametrize("codec", ["L16@16000h@20i", "PCMU@8000h@30i", "L16@16000h@10i", "L16@48000h@20i", "L16@32000h@40i"])
@@ -947,7 +912,7 @@ def test_a_slow_reader_gets_whole_frames_in_order(fs, calls, health):
             frames.append(("bad", str(e), b""))
 
     server = RawServer(serve)
-    try:
+    with serving(calls, server, until):
         legs = paced_originate(calls, 3, dest="loopback/tone/fstest")
         t0 = time.monotonic()
         for a, _ in legs:
@@ -974,7 +939,3 @@ def test_a_slow_reader_gets_whole_frames_in_order(fs, calls, health):
                      and np.abs(np.frombuffer(audio[i], "<i2")).max() > 100]
             assert not twice, "the same chunk twice in a row at %r" % twice[:5]
         health.check(calls)
-    finally:
-        until.set()
-        calls.hangup_all()
-        server.stop()

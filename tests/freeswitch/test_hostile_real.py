@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ..support import CONTROL_FLOODS, WSServer, flooding_server, raw_ws_server, worst_gap
+from ..support import CONTROL_FLOODS, WSServer, drain, flooding_server, raw_ws_server, worst_gap
 from . import esl
 from .conftest import api, HOST, MODULE, PASSWORD, PORT
 
@@ -185,15 +185,7 @@ def test_a_blackholed_connection_is_noticed_with_the_defaults(fs, calls, events)
     done = threading.Event()
 
     def sink(c):
-        c.settimeout(1)
-        while not done.is_set():
-            try:
-                if not c.recv(65536):
-                    break
-            except socket.timeout:
-                continue
-            except OSError:
-                break
+        drain(c, done, every_s=1)
         c.close()
 
     lsock, t = raw_ws_server(sink, host="127.0.0.2")
