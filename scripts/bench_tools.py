@@ -38,11 +38,18 @@ def summary(values, qs=(50, 90, 99)):
 # ---------------------------------------------------------------------------------------------
 # CPU and memory from /proc
 
+def proc_stat_fields(text):
+    """The fields of a /proc/<pid>/stat (or /proc/<pid>/task/<tid>/stat) text from field 3 (state)
+    on, so that field k of proc(5) is [k - 3]. The command name (field 2) may hold spaces and
+    parentheses: split after the last ')'."""
+    return text[text.rindex(")") + 2:].split()
+
+
 def parse_proc_stat(text):
     """utime + stime in clock ticks from the text of /proc/<pid>/stat, and its start time (ticks
-    after boot). The command name (field 2) may hold spaces and parentheses: split after the last ')'."""
-    rest = text[text.rindex(")") + 2:].split()
-    # rest[0] is field 3 (state): utime is field 14, stime 15, starttime 22
+    after boot)."""
+    rest = proc_stat_fields(text)
+    # utime is field 14, stime 15, starttime 22
     utime, stime, start = int(rest[11]), int(rest[12]), int(rest[19])
     return utime + stime, start
 
@@ -863,8 +870,8 @@ SCHED_NAMES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH
 def thread_sched(stat_line):
     """(policy, rt_priority) from a /proc/<pid>/task/<tid>/stat line, or None."""
     try:
-        fields = stat_line[stat_line.rindex(")") + 2:].split()
-        return int(fields[38]), int(fields[37])       # fields 41 and 40 of proc(5), from the state on
+        fields = proc_stat_fields(stat_line)
+        return int(fields[41 - 3]), int(fields[40 - 3])      # policy, rt_priority
     except (ValueError, IndexError):
         return None
 
