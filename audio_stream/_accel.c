@@ -1462,15 +1462,21 @@ static int pull_locked(player_t *p, uint8_t *dst, size_t n, int64_t now, int *st
         if (p->playing && !p->queued && !p->paused) {
             p->playing = 0;
             p->starting = 1;
-            p->dry_since_ns = now;
+            if (!p->dry_since_ns)
+                p->dry_since_ns = now;
             *done = 1;
         }
         return 0;
     }
     if (p->starting && p->jitter_ns > 0 && p->queued < p->jitter_bytes && now - p->first_push_ns < p->jitter_ns)
         return 0;              /* a burst from empty: wait for a cushion (or until the allowance passed) */
-    if (p->queued < n && now - p->last_push_ns < p->hold_ns)
-        return 0;              /* a short tail: more may be on its way */
+    if (p->queued < n && now - p->last_push_ns < p->hold_ns) {
+        /* a short tail: more may be on its way. While playing, the call goes without this frame as
+         * if the queue were dry (a resampler's delay leaves a few samples queued for good) */
+        if (p->playing && !p->dry_since_ns)
+            p->dry_since_ns = now;
+        return 0;
+    }
     size_t got = queue_take(p, dst, n);
     if (got < n)
         memset(dst + got, 0, n - got);
@@ -1482,17 +1488,17 @@ static int pull_locked(player_t *p, uint8_t *dst, size_t n, int64_t now, int *st
         p->mark_at = -1;
         *mark = 1;
     }
+    if (p->dry_since_ns) {               /* the call waited this long for more of the same burst */
+        int64_t dry = now - p->dry_since_ns;
+        if (dry < p->session_gap_ns)
+            p->debt_bytes += dry * p->bytes_per_s / 1000000000LL / 2 * 2;
+        else
+            p->debt_bytes = 0;
+        p->dry_since_ns = 0;
+    }
     if (!p->playing) {
         p->playing = 1;
         *started = 1;
-        if (p->dry_since_ns) {           /* the call waited this long for more of the same burst */
-            int64_t dry = now - p->dry_since_ns;
-            if (dry < p->session_gap_ns)
-                p->debt_bytes += dry * p->bytes_per_s / 1000000000LL;
-            else
-                p->debt_bytes = 0;
-            p->dry_since_ns = 0;
-        }
     }
     p->starting = 0;
     return 1;

@@ -475,8 +475,9 @@ class PlaybackQueue:
     Real-time servers: a burst that starts from an empty queue waits `jitter_s` before it plays, so
     that a message arriving up to that much late still finds audio (no silent frame inside
     continuous audio), unless `jitter_bytes` (the allowance + 80 ms) are queued already: audio sent
-    ahead (a TTS sentence) plays at once. When the queue runs dry while playing and plays again
-    within `session_gap_s`, the time the call waited is *debt*: latency a real-time stream gained
+    ahead (a TTS sentence) plays at once. When the queue runs dry while playing (or holds only a
+    short tail, waiting for the rest of a frame) and plays again within `session_gap_s`, the time
+    the call waited is *debt*: latency a real-time stream gained
     that the server did not ask for; latency recovery (policy.LatencyPolicy) may drop up to that
     much (silence first). Audio a server sends ahead of time never creates debt.
 
@@ -678,7 +679,8 @@ class PlaybackQueue:
                 if self.playing and not self.queued and not self.paused:
                     self.playing = False
                     self._starting = True
-                    self._dry_since = self._clock()
+                    if self._dry_since is None:
+                        self._dry_since = self._clock()
                     return None, None, False, True
                 return None, None, False, False
             now = self._clock()
@@ -686,6 +688,10 @@ class PlaybackQueue:
                     and now - self._first_push < self.jitter_s):
                 return None, None, False, False
             if self.queued < nbytes and now - self._last_push < self.hold_s:
+                # a short tail: more may be on its way. While playing, the call goes without this
+                # frame as if the queue were dry (a resampler's delay leaves a few samples queued)
+                if self.playing and self._dry_since is None:
+                    self._dry_since = now
                 return None, None, False, False
             data = self._take(nbytes)
             got = len(data)
@@ -695,7 +701,7 @@ class PlaybackQueue:
                 self._min_queued = self.queued
             reached = self._reached()
             started = not self.playing
-            if started and self._dry_since is not None:   # the call waited this long for more of the burst
+            if self._dry_since is not None:               # the call waited this long for more of the burst
                 dry = now - self._dry_since
                 self.debt = self.debt + int(dry * self.rate) * 2 if dry < self.session_gap_s else 0
                 self._dry_since = None

@@ -212,6 +212,26 @@ def test_debt_counts_only_time_dry_within_a_burst(make):
     assert q.take_stats()[1] == 0
 
 
+def test_a_short_tail_the_call_waits_for_while_playing_is_debt(make):
+    """16 kHz audio resampled for an 8 kHz call: the filter's delay leaves 288 bytes where a frame
+    is 320. When the next message is late, the call holds that tail and goes without a frame: the
+    audio after it plays 20 ms later, the same as a dry queue, so it is debt."""
+    t = make.t
+    q = make(8000, 5000)
+    t[0] = 1.0
+    q.push(b"\x01\x00" * 144)
+    q.push(b"\x01\x00" * 160)
+    assert q.pull(320)[0] is not None             # playing; 288 bytes left
+    t[0] = 1.02
+    assert q.pull(320) == (None, None, False, False)   # held: more may come
+    t[0] = 1.03
+    q.push(b"\x01\x00" * 160)                   # 10 ms late
+    t[0] = 1.04
+    data, _, started, _ = q.pull(320)
+    assert data is not None and not started       # the same burst goes on...
+    assert q.take_stats()[1] == 20 * 16           # ...20 ms later than it would have
+
+
 def test_audio_sent_ahead_creates_no_debt(make):
     q = make(8000, 5000)
     q.push(b"\x01\x00" * 8000)
@@ -243,3 +263,15 @@ def test_drop_without_silence_takes_the_oldest_frames_and_marks_follow(make):
     dropped, marks = q.drop(640, 320)             # only one frame before the mark is left... and the next
     assert dropped == 640 and marks == ["m"]
     assert q.queued == 0
+
+
+def test_drop_one_piece_of_any_even_size_keeps_the_queue_whole(make):
+    """Latency recovery's sound cut: drop(n, n) takes n bytes from the head, across chunks, and
+    what follows plays on from the next sample."""
+    q = make(8000, 5000)
+    x = bytes(range(256)) * 5                    # 1280 bytes, every sample different
+    q.push(x[:300])
+    q.push(x[300:])
+    dropped, _ = q.drop(288, 288)
+    assert dropped == 288 and q.queued == 1280 - 288
+    assert q.pull(320)[0] == x[288:608]
