@@ -505,7 +505,6 @@ class PlaybackQueue:
         self.jitter_s = jitter_ms / 1000.0
         self.jitter_bytes = jitter_bytes(rate, jitter_ms)
         self.frame_bytes = rate * ptime_ms // 1000 * 2
-        self.cushion_bytes = rate * jitter_ms // 1000 * 2    # what a real-time stream keeps queued
         self.session_gap_s = session_gap_ms / 1000.0
         self._starting = True
         self._dry_since = None

@@ -32,7 +32,7 @@ class Player:
         self.queue = queue
         self.downlink = audio.Downlink(call_rate, make_resampler)
         self.port = None          # the control port (contracts.ControlMedia), set by the stream
-        self.latency = LatencyPolicy(call_rate, queue.frame_bytes, queue.cushion_bytes) if queue is not None else None
+        self.latency = LatencyPolicy(call_rate, queue.frame_bytes) if queue is not None else None
         self.recovered_ms = 0     # latency given back (audio dropped by latency recovery)
         self._came = 0            # bytes of audio queued since the last maintain()
         self._maintained_at = None
@@ -209,9 +209,10 @@ class Player:
             return
         nbytes, sound = decision
         fb = self.queue.frame_bytes
-        dropped, reached = self.queue.drop(nbytes, fb, LatencyPolicy.SILENT_PEAK)     # silence first
-        if dropped < nbytes and sound:
-            more, also = self.queue.drop(min(nbytes - dropped, sound), fb)
+        dropped, reached = self.queue.drop(nbytes, fb, LatencyPolicy.SILENT_PEAK)     # silent frames first
+        rest = min(nbytes - dropped, sound)
+        if rest > 0:                                                     # then sound, in one piece
+            more, also = self.queue.drop(rest, rest)
             dropped += more
             reached = (reached or []) + (also or []) or None
         self.latency.dropped(dropped)

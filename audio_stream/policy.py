@@ -61,56 +61,102 @@ class LatencyPolicy:
     """Latency recovery for a server that streams in real time (h11-style: fed what happened, it
     answers; no clock, no queue of its own). Asked every `every_s` while the call plays.
 
-    A real-time server's audio arrives as fast as it plays, so the playback queue stays at the
-    jitter cushion; but each time the queue ran dry (a server or a switch that stalled), the audio
-    after it plays that much later, for good: the round trip a voice bot hears grows and never
-    comes down. The queue counts that as *debt* (time it was dry inside one burst). When, over
-    `window_s`, the queue never held less than `target` + a frame, audio arrived at about the rate it
-    plays (a real-time server, not one that sent a sentence ahead), and there is debt, this says to
-    drop the excess, at most the debt: silent frames first (anywhere in the next second), and what
-    silence does not cover, at most `SOUND_FRAMES` frames of sound every `every_s` (a 20 % speed-up
-    for a moment: 500 ms undone in about 3 s). Audio a server sends ahead never has debt, so it is
-    never cut.
+    A real-time server's audio arrives as fast as it plays, so the playback queue holds what the
+    jitter allowance put there when the burst started; but each time the queue ran dry (a server,
+    a network or a switch that stalled), the audio after it plays that much later, for good: the
+    round trip a voice bot hears grows and never comes down. The queue counts that as *debt* (time
+    it was dry inside one burst). When, over `window_s`, audio arrived at about the rate it plays
+    (a real-time server, not one that sent a sentence ahead) and there is debt, this gives back
+    what the window shows was not needed, at most the debt: the least the queue held after a frame
+    played, less the *base* (the least it held over any window without debt: where this stream
+    started, its phase and its jitter included) and the stream's *margin*, to the sample (a
+    resampler's delay leaves the queue a few samples short of whole frames for good, and the debt
+    is time). So a stall's backlog goes, but the cushion a new burst waited for after a pause
+    (which counts as debt too: the queue cannot tell a pause from a stall) stays. Silent frames
+    go first (anywhere in the next second), and what silence does not cover, at most
+    `SOUND_FRAMES` frames of sound every `every_s` (a 20 % speed-up for a moment: 500 ms undone in
+    about 3 s). Audio a server sends ahead never has debt, so it is never cut.
 
-    `decide(min_queued, debt, arrived, elapsed)`: min_queued the least queued since the last call
-    (None: did not play), debt in bytes, arrived = bytes of audio that came meanwhile, elapsed s.
-    Returns (bytes to drop, of which at most this many bytes of sound), or None.
+    The margin is the adaptive part of the jitter allowance: it starts at 0, so that after a stall
+    the stream comes back to exactly the latency it started with. A stream that runs dry again
+    within `RELAPSE_S` of catching up is in a spell of stalls its allowance does not cover: it
+    keeps one frame more (up to `MAX_MARGIN_FRAMES`) while the spell lasts, and gives a frame back
+    after `CALM_S` without running dry, so that the round trip is back where it started about 5 s
+    after the last stall. (WebRTC's jitter buffer treats recurring delay peaks the same way.)
+
+    `decide(min_queued, debt, arrived, elapsed)`: min_queued the least queued after a frame played
+    since the last call (None: did not play), debt in bytes, arrived = bytes of audio that came
+    meanwhile, elapsed s. Returns (bytes to drop, of which at most this many bytes of sound), or
+    None. `dropped(n)` says what the queue dropped for it.
     """
 
     SILENT_PEAK = 328         # -40 dBFS: below this a frame is silence
     REAL_TIME = (0.75, 1.33)  # arrival rate / playout rate of a server streaming in real time
     SOUND_FRAMES = 2          # frames of sound dropped at most per decision
+    RELAPSE_S = 10.0          # dry again this soon after catching up: keep a frame more
+    CALM_S = 4.0              # this long without running dry: a frame of margin less
+    MAX_MARGIN_FRAMES = 2
 
-    def __init__(self, rate, frame_bytes, target_bytes, every_s=0.2, window_s=1.0):
+    def __init__(self, rate, frame_bytes, every_s=0.2, window_s=1.0):
         self.bytes_per_s = rate * 2
         self.frame = frame_bytes
-        self.target = target_bytes
         self.every_s = every_s
         self.window = max(1, int(round(window_s / every_s)))
+        self.least = frame_bytes // 4 * 2   # half a frame: less is not worth a cut
         self.history = []         # (min_queued, arrived, elapsed) of the last `window` calls
+        self.margin = 0           # bytes kept over the base (latency over where the stream started)
+        self._spare = 0           # what the last decision found over base + margin
+        self.base = None          # the least queued over a window without debt (None: not seen yet)
+        self._debt = 0            # the debt as of the last call, less what was dropped since
+        self._since_caught_up = None   # s since the debt was last given back in full (None: not yet)
+        self._calm = 0.0          # s since the queue last ran dry
+
+    def _ran_dry(self, debt, elapsed):
+        if debt > self._debt:                                 # the queue ran dry since the last call
+            if self._since_caught_up is not None and self._since_caught_up <= self.RELAPSE_S:
+                self.margin = min(self.margin + self.frame, self.MAX_MARGIN_FRAMES * self.frame)
+            self._since_caught_up = None
+            self._calm = 0.0
+        else:
+            self._calm += elapsed
+            if self._since_caught_up is not None:
+                self._since_caught_up += elapsed
+            if self.margin and self._calm >= self.CALM_S:
+                self.margin -= self.frame
+                self._calm = 0.0
+        self._debt = debt
 
     def decide(self, min_queued, debt, arrived, elapsed):
+        self._ran_dry(debt, elapsed)
         if min_queued is None:                    # not playing: start over
             self.history = []
             return None
         self.history.append((min_queued, arrived, elapsed))
         if len(self.history) > self.window:
             del self.history[0]
-        if len(self.history) < self.window or debt < self.frame:
+        if len(self.history) < self.window:
             return None
         low = min(h[0] for h in self.history)
-        excess = low - self.target - self.frame
+        if not debt:                              # at home: the least this stream's jitter left
+            self.base = low if self.base is None else min(self.base, low)
+        if debt < self.least:
+            return None
+        spare = low - (self.base if self.base is not None else self.frame) - self.margin
         seconds = sum(h[2] for h in self.history)
         rate = sum(h[1] for h in self.history) / (seconds * self.bytes_per_s) if seconds > 0 else 0
-        if excess < self.frame or not self.REAL_TIME[0] <= rate <= self.REAL_TIME[1]:
+        if spare < self.least or not self.REAL_TIME[0] <= rate <= self.REAL_TIME[1]:
             return None
-        want = min(excess, debt) // self.frame * self.frame
+        want = min(spare, debt) & ~1
+        self._spare = spare
         return want, min(want, self.SOUND_FRAMES * self.frame)
 
     def dropped(self, nbytes):
         """What the queue dropped for the last decision."""
         if nbytes:
             self.history = [(max(0, q - nbytes), a, e) for q, a, e in self.history]
+            self._debt = max(0, self._debt - nbytes)
+            if self._spare - nbytes < self.least or self._debt < self.least:
+                self._since_caught_up = 0.0       # back home (or nothing more owed)
 
 
 # ---- reconnection --------------------------------------------------------------------------------

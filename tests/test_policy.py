@@ -103,8 +103,15 @@ FRAME = 320                  # 20 ms at 8 kHz
 RATE_BPS = 16000             # bytes per second at 8 kHz
 
 
-def latency():
-    return LatencyPolicy(8000, FRAME, 20 * 16)        # the cushion: 20 ms
+def latency(home=None):
+    """A policy that has seen `home` bytes as the least queued over a second without debt (where
+    the stream started), or none."""
+    p = LatencyPolicy(8000, FRAME)
+    if home is not None:
+        assert feed(p, 5, home, 0) is None
+        assert p.base == home
+        p.history = []
+    return p
 
 
 def feed(p, calls, low, debt, rate=1.0):
@@ -116,34 +123,117 @@ def feed(p, calls, low, debt, rate=1.0):
     return out
 
 
+def catch_up(p, low, debt, seconds=3.0):
+    """Decisions for `seconds` over a queue holding `low` and owing `debt` less what was dropped:
+    the bytes dropped in all."""
+    total = 0
+    for _ in range(int(seconds / 0.2)):
+        out = feed(p, 1, low - total, debt - total)
+        if out is not None:
+            p.dropped(out[0])
+            total += out[0]
+    return total
+
+
 def test_latency_a_real_time_stream_that_fell_behind_catches_up():
-    p = latency()
+    p = latency(home=FRAME)
     assert feed(p, 4, 300 * 16, 280 * 16) is None           # a second of history first
     want, sound = feed(p, 1, 300 * 16, 280 * 16)
-    assert want == (300 - 20 - 20) * 16 // FRAME * FRAME    # the excess over cushion + frame
+    assert want == 280 * 16                                 # all the debt: the queue never needed it
     assert sound == 2 * FRAME                               # silence first; at most 2 frames of sound
     p.dropped(want)
-    assert p.decide(300 * 16 - want, 280 * 16 - want, RATE_BPS // 5, 0.2) is None   # caught up
+    assert p.decide(300 * 16 - want, 0, RATE_BPS // 5, 0.2) is None   # caught up
+
+
+def test_latency_gives_back_only_what_the_window_did_not_need():
+    p = latency(home=0)
+    assert feed(p, 5, 0, 500 * 16) is None                   # the queue ran to its last byte
+    p = latency(home=0)
+    want, _ = feed(p, 5, 50 * 16, 500 * 16)
+    assert want == 50 * 16                                   # the 50 ms never needed, to the sample
+    p = latency(home=0)
+    assert feed(p, 5, 9 * 16, 500 * 16) is None              # less than half a frame: not worth it
+
+
+def test_latency_keeps_the_cushion_the_stream_started_with():
+    """A bot that paused 500 ms (debt: the queue cannot tell a pause from a stall) and streams on
+    in real time, its new burst's cushion where the first one's was: nothing is cut."""
+    p = latency(home=20 * 16)
+    assert feed(p, 10, 20 * 16, 500 * 16) is None
+    want, _ = feed(p, 5, 35 * 16, 500 * 16)                  # a better phase this time: 15 ms spare
+    assert want == 15 * 16
+
+
+def test_latency_without_a_home_keeps_a_frame():
+    p = latency()
+    assert feed(p, 5, 20 * 16, 500 * 16) is None
+    assert feed(p, 5, 300 * 16, 500 * 16)[0] == 280 * 16
+
+
+def test_latency_a_resamplers_delay_does_not_hold_the_last_frame():
+    """16 kHz audio into an 8 kHz call: the filter's delay leaves the queue 32 bytes short of whole
+    frames at home; a frame late (the call held the short tail: a frame of debt) plays a frame
+    later for good unless that frame goes again."""
+    p = latency(home=FRAME - 32)
+    want, sound = feed(p, 5, 2 * FRAME - 32, FRAME)
+    assert want == FRAME and sound == want
+    p.dropped(want)
+    assert p.decide(FRAME - 32, 0, RATE_BPS // 5, 0.2) is None   # caught up
 
 
 def test_latency_never_more_than_the_debt():
-    p = latency()
+    p = latency(home=0)
     want, sound = feed(p, 5, 1000 * 16, 100 * 16)
     assert want == 100 * 16 and sound == 2 * FRAME
 
 
 def test_latency_leaves_audio_sent_ahead_alone():
-    p = latency()
+    p = latency(home=0)
     assert feed(p, 10, 3000 * 16, 0) is None                 # no debt: a TTS sentence sent ahead
-    p = latency()
+    p = latency(home=0)
     assert feed(p, 10, 3000 * 16, 500 * 16, rate=0.0) is None   # draining a queue sent ahead
-    p = latency()
+    p = latency(home=0)
     assert feed(p, 10, 3000 * 16, 500 * 16, rate=4.0) is None   # arriving 4x faster than it plays
 
 
-def test_latency_a_cushion_is_not_an_excess():
-    p = latency()
-    assert feed(p, 10, 40 * 16, 500 * 16) is None            # cushion + a frame: as it should be
+def test_latency_a_one_off_stall_comes_back_to_where_it_started():
+    """One frame of debt over a queue that held a frame after each play at home: the frame goes,
+    the home's frame stays."""
+    p = latency(home=FRAME)
+    assert catch_up(p, 2 * FRAME, FRAME) == FRAME
+    assert p.margin == 0
+
+
+def test_latency_a_stall_that_recurs_keeps_a_frame_more():
+    p = latency(home=0)
+    assert catch_up(p, FRAME, FRAME) == FRAME
+    feed(p, 10, 0, 0)                                        # 2 s later the queue runs dry again
+    feed(p, 1, FRAME, FRAME)
+    assert p.margin == FRAME
+    assert feed(p, 10, FRAME, FRAME) is None                 # this frame of debt stays
+    p = latency(home=0)
+    catch_up(p, FRAME, FRAME)
+    feed(p, 1, 2 * FRAME, 2 * FRAME)                         # dry again at once: two frames
+    assert catch_up(p, 2 * FRAME, 2 * FRAME) == FRAME        # one goes, one is kept
+    assert p.margin == FRAME
+
+
+def test_latency_the_margin_goes_again_after_a_calm_spell():
+    p = latency(home=0)
+    catch_up(p, FRAME, FRAME)
+    feed(p, 1, FRAME, FRAME)                                 # dry again at once
+    assert p.margin == FRAME
+    feed(p, int(LatencyPolicy.CALM_S / 0.2) + 1, FRAME, FRAME)   # no dry frame for CALM_S
+    assert p.margin == 0
+    assert catch_up(p, FRAME, FRAME) == FRAME
+
+
+def test_latency_a_stall_long_after_catching_up_is_no_relapse():
+    p = latency(home=0)
+    catch_up(p, FRAME, FRAME)
+    feed(p, int(LatencyPolicy.RELAPSE_S / 0.2) + 5, 0, 0)
+    feed(p, 1, FRAME, FRAME)
+    assert p.margin == 0
 
 
 def test_latency_starts_over_when_playback_stops():
@@ -151,3 +241,14 @@ def test_latency_starts_over_when_playback_stops():
     feed(p, 4, 300 * 16, 280 * 16)
     assert p.decide(None, 0, 0, 0.2) is None
     assert feed(p, 4, 300 * 16, 280 * 16) is None            # a new second of history first
+
+
+def test_latency_debt_that_added_no_latency_does_not_undo_the_margin():
+    """A tail held at the burst's start left a frame of debt the queue never showed (the queue is
+    at home): a later stall's frame goes, and when the stall recurs the margin holds the next one."""
+    p = latency(home=FRAME - 32)
+    assert feed(p, 5, FRAME - 32, FRAME) is None             # debt, but nothing over home
+    assert catch_up(p, 2 * FRAME - 32, 2 * FRAME) == FRAME   # a stall: its frame goes
+    feed(p, 1, 2 * FRAME - 32, 2 * FRAME)                    # and it recurs at once
+    assert p.margin == FRAME
+    assert feed(p, 10, 2 * FRAME - 32, 2 * FRAME) is None

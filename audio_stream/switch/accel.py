@@ -301,7 +301,6 @@ class AccelQueue:
         self.max_bytes = rate * max_ms // 1000 * 2
         self.frame_bytes = rate * ptime_ms // 1000 * 2
         self.jitter_bytes = jitter_bytes(rate, jitter_ms)
-        self.cushion_bytes = rate * jitter_ms // 1000 * 2    # what a real-time stream keeps queued
         self.p = _accel.Player(uuid.encode("utf-8", "surrogateescape"), rate, ptime_ms, self.max_bytes,
                                hold_ms=float(hold_ms), jitter_ms=float(jitter_ms), jitter_bytes=self.jitter_bytes)
         self._marks = collections.deque()     # (position, name)
