@@ -160,6 +160,7 @@ static void post_event(int64_t id, int kind, int64_t value)
 
 typedef struct {
     int L, M, K, d, channels;
+    int lead, led;          /* silent samples (per channel) the first output after a reset starts with */
     float *h;               /* L branches of K taps: h[p * K + k] */
     float *buf;             /* channels x cap floats: buf[c * cap + i] = input (base + i) */
     size_t cap, len;
@@ -172,6 +173,7 @@ static void rs_reset(resampler_t *r)
     r->len = (size_t)(r->K - 1);
     memset(r->buf, 0, sizeof(float) * r->cap * r->channels);
     r->n_in = r->n_out = 0;
+    r->led = 0;
 }
 
 static int rs_reserve(resampler_t *r, size_t need)
@@ -299,7 +301,7 @@ static int64_t rs_available(const resampler_t *r)
 /* the most output samples (interleaved) a feed of n input frames can give */
 static size_t rs_max_out(const resampler_t *r, size_t frames)
 {
-    return ((frames + (size_t)r->K + 2) * (size_t)r->L / (size_t)r->M + 2) * (size_t)r->channels;
+    return ((frames + (size_t)r->K + 2) * (size_t)r->L / (size_t)r->M + 2 + (size_t)r->lead) * (size_t)r->channels;
 }
 
 /* feed n interleaved int16 frames; write the outputs now available; -1 on memory failure */
@@ -314,7 +316,13 @@ static ssize_t rs_process(resampler_t *r, const int16_t *in, size_t frames, int1
     }
     r->len += frames;
     r->n_in += (int64_t)frames;
-    return (ssize_t)rs_run(r, rs_available(r), out);
+    size_t w0 = 0;
+    if (r->lead && !r->led) {     /* the filter's lookahead as silence first: whole frames in, whole out */
+        w0 = (size_t)r->lead * (size_t)r->channels;
+        memset(out, 0, sizeof(int16_t) * w0);
+        r->led = 1;
+    }
+    return (ssize_t)(w0 + rs_run(r, rs_available(r), out + w0));
 }
 
 static ssize_t rs_flush(resampler_t *r, int16_t *out, size_t out_cap)
@@ -323,6 +331,8 @@ static ssize_t rs_flush(resampler_t *r, int16_t *out, size_t out_cap)
     int64_t num = r->n_in * r->L, den = r->M;
     int64_t q = num / den, rem = num % den;
     int64_t want = q + ((2 * rem > den) || (2 * rem == den && (q & 1)));
+    if (r->led)
+        want -= r->lead;          /* the silence it started with counts */
     size_t w = 0;
     if (want > r->n_out) {
         if ((size_t)((want - r->n_out) * r->channels) > out_cap)
@@ -2246,12 +2256,12 @@ typedef struct {
 
 static int Resampler_init(ResamplerObject *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"taps", "L", "M", "d", "channels", NULL};
+    static char *names[] = {"taps", "L", "M", "d", "channels", "lead", NULL};
     PyObject *taps;
-    int L, M, d, channels = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiii|i", names, &taps, &L, &M, &d, &channels))
+    int L, M, d, channels = 1, lead = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiii|ii", names, &taps, &L, &M, &d, &channels, &lead))
         return -1;
-    if (self->ready || L < 1 || M < 1 || d < 0 || channels < 1 || channels > 2) {
+    if (self->ready || L < 1 || M < 1 || d < 0 || channels < 1 || channels > 2 || lead < 0 || lead > 4096) {
         PyErr_SetString(PyExc_ValueError, "bad resampler geometry");
         return -1;
     }
@@ -2269,6 +2279,7 @@ static int Resampler_init(ResamplerObject *self, PyObject *args, PyObject *kw)
     self->rs.M = M;
     self->rs.d = d;
     self->rs.channels = channels;
+    self->rs.lead = lead;
     self->rs.K = (int)(view.len / (Py_ssize_t)sizeof(float) / L);
     self->rs.h = malloc((size_t)view.len);
     if (!self->rs.h || rs_reserve(&self->rs, 512) < 0) {
@@ -2319,7 +2330,7 @@ static PyObject *Resampler_flush(ResamplerObject *self, PyObject *Py_UNUSED(igno
         PyErr_SetString(PyExc_RuntimeError, "not initialised");
         return NULL;
     }
-    size_t need = (size_t)(self->rs.K + 4) * (size_t)self->rs.L * (size_t)self->rs.channels * 2 + 64;
+    size_t need = (size_t)(self->rs.K + 4) * (size_t)self->rs.L * (size_t)self->rs.channels * 2 + 64;   /* lead only shortens it */
     if (grow(&self->out, &self->out_cap, need) < 0)
         return PyErr_NoMemory();
     ssize_t w = rs_flush(&self->rs, (int16_t *)self->out, need / 2);

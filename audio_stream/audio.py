@@ -29,15 +29,17 @@ def to_pcm16(x):
     return x.astype("<i2").tobytes()
 
 
-def resampler(rate_in, rate_out, channels=1):
+def resampler(rate_in, rate_out, channels=1, lead=False):
     """A stateful int16 resampler with exact output counts: after n input frames and flush(),
     round(n * rate_out / rate_in) frames have come out. Polyphase FIR for the usual telephony
-    ratios (8k/16k/24k/32k/48k...), libsamplerate for the others; a copy when rates are equal."""
+    ratios (8k/16k/24k/32k/48k...), libsamplerate for the others; a copy when rates are equal.
+    `lead` (polyphase): the output starts with the filter's lookahead as silence, so that at any
+    time about input × ratio has come out (20 ms in, 20 ms out, from the first message on)."""
     if rate_in == rate_out:
         return Passthrough(rate_in, channels)
     g = gcd(rate_in, rate_out)
     if rate_out // g <= MAX_FACTOR and rate_in // g <= MAX_FACTOR:
-        return PolyphaseResampler(rate_in, rate_out, channels)
+        return PolyphaseResampler(rate_in, rate_out, channels, lead)
     return SincResampler(rate_in, rate_out, channels)
 
 
@@ -99,13 +101,15 @@ class PolyphaseResampler:
 
     Output j is the input at time j·M/L, filtered with the filter centred on it (no delay): it
     waits for the inputs up to half the filter length ahead; flush() feeds silence for those.
+    With `lead`, the first output after a reset is `self.lead` samples of silence (that wait, at
+    the output rate), so that whole 20 ms frames in come out as whole frames; flush() counts them.
     """
 
     ZERO_CROSSINGS = 16      # per side of the sinc, at the lower of the two rates
     BETA = 7.0               # Kaiser window
     BAND = 0.92              # cutoff, as a fraction of the lower Nyquist frequency
 
-    def __init__(self, rate_in, rate_out, channels=1):
+    def __init__(self, rate_in, rate_out, channels=1, lead=False):
         g = gcd(rate_in, rate_out)
         self.L, self.M = L, M = rate_out // g, rate_in // g
         self.rate_in, self.rate_out, self.channels = rate_in, rate_out, channels
@@ -121,6 +125,8 @@ class PolyphaseResampler:
         # np.convolve(x, f)[i] = sum_k f[k] x[i - k]: branch p's f[k] = h[p + k·L] weighs the input
         # k samples before the newest one the output needs
         self.h = [h[p::L].astype(np.float32) for p in range(L)]
+        far = 1000 * M                                           # outputs owed in steady state
+        self.lead = int(round(far * L / M)) - ((far * L - 1 - d) // M + 1) if lead else 0
         self._reset()
 
     def _reset(self):
@@ -128,6 +134,7 @@ class PolyphaseResampler:
         self.buf = [np.zeros(self.K - 1, dtype=np.float32) for _ in range(self.channels)]
         self.n_in = 0
         self.n_out = 0
+        self._led = False
 
     def _newest(self, j):
         """The newest input index that output j needs."""
@@ -174,10 +181,14 @@ class PolyphaseResampler:
             x = x.reshape(-1, ch)
             self.buf = [np.concatenate((self.buf[c], x[:, c])) for c in range(ch)]
         self.n_in += n
-        return to_pcm16(self._run(self._available()))
+        y = to_pcm16(self._run(self._available()))
+        if self.lead and not self._led:
+            self._led = True
+            return bytes(2 * self.lead * ch) + y
+        return y
 
     def flush(self):
-        want = int(round(self.n_in * self.ratio))
+        want = int(round(self.n_in * self.ratio)) - (self.lead if self._led else 0)
         y = b""
         if want > self.n_out:
             missing = self._newest(want - 1) - (self.base + len(self.buf[0]) - 1)
@@ -427,7 +438,7 @@ def decode(audio_type, payload, sample_rate):
 
 class Downlink:
     """Server audio at any rate → mono int16 at the call's rate, continuous across messages.
-    `make_resampler(rate_in, rate_out, channels)`: resampler() or the accelerated one."""
+    `make_resampler(rate_in, rate_out, channels, lead=...)`: resampler() or the accelerated one."""
 
     def __init__(self, rate_out, make_resampler=None):
         self.rate_out = rate_out
@@ -437,7 +448,7 @@ class Downlink:
 
     def convert(self, pcm16, rate_in):
         if self._rs is None or self._rs.rate_in != rate_in:
-            self._rs = self._make(rate_in, self.rate_out, 1)
+            self._rs = self._make(rate_in, self.rate_out, 1, lead=True)
         return self._rs.process(pcm16)
 
     def binary(self, data, rate_in):

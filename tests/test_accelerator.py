@@ -64,6 +64,33 @@ def test_c_resampler_matches_numpy_fed_in_uneven_pieces(rates):
     assert d.max() <= 1
 
 
+@pytest.mark.parametrize("impl", ["python", "c"])
+@pytest.mark.parametrize("rates", [(16000, 8000), (8000, 16000), (48000, 8000), (16000, 24000), (24000, 8000)])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_leading_resampler_gives_whole_frames_for_whole_frames(impl, rates, channels):
+    """The playback side's resamplers start with the filter's lookahead as silence: every 20 ms in
+    gives 20 ms out from the first message on (a queue of whole frames), the signal is the same one
+    that much later, and flush() still ends at round(input x ratio)."""
+    if impl == "c" and native is None:
+        pytest.skip("the compiled accelerator is not built here: %s" % accelerator.why_not)
+    a, b = rates
+    make = audio.resampler if impl == "python" else accel.resampler
+    x = tone(440, a, 0.3)
+    if channels == 2:
+        x = np.stack([x, tone(1000, a, 0.3)], axis=1).reshape(-1)
+    pcm = x.astype("<i2").tobytes()
+    step = a // 50 * 2 * channels
+    led, plain = make(a, b, channels, lead=True), make(a, b, channels)
+    assert led.lead > 0
+    outs = [led.process(pcm[i:i + step]) for i in range(0, len(pcm), step)]
+    assert [len(o) for o in outs] == [b // 50 * 2 * channels] * len(outs)
+    y = np.frombuffer(b"".join(outs) + led.flush(), "<i2")
+    ref = np.frombuffer(b"".join(plain.process(pcm[i:i + step]) for i in range(0, len(pcm), step)) + plain.flush(), "<i2")
+    assert len(y) == len(ref) == round(len(pcm) // (2 * channels) * b / a) * channels
+    k = led.lead * channels
+    assert not y[:k].any() and np.array_equal(y[k:], ref[:len(ref) - k])
+
+
 def _python_scanner():
     guard = connection.MaskGuard.__new__(connection.MaskGuard)
     guard.hdr, guard.skip = bytearray(), 0

@@ -28,7 +28,7 @@ class Rig:
         self.q = accel.AccelQueue("u", rate_out, 20, max_ms, 0)
         rs = None
         if rate_in != rate_out:
-            rs = accel.resampler(rate_in, rate_out, 1)._r
+            rs = accel.resampler(rate_in, rate_out, 1, lead=True)._r      # as AccelPath.binary_sink
         self.sink = native.BinarySink(self.q.p, rs, max_frame)
         self.scanner = native.MaskScanner()
         self.taken = 0

@@ -126,7 +126,7 @@ class AccelPath:
         rate, in C: an _accel.BinarySink, or None where the ratio needs libsamplerate."""
         rs = None
         if rate_in != rate_out:
-            rs = resampler(rate_in, rate_out, 1)
+            rs = resampler(rate_in, rate_out, 1, lead=True)
             if not isinstance(rs, Resampler):
                 return None
             rs = rs._r
@@ -144,14 +144,15 @@ class Resampler:
 
     def __init__(self, rs):
         self.rate_in, self.rate_out, self.channels, self.ratio = rs.rate_in, rs.rate_out, rs.channels, rs.ratio
-        self._r = _accel.Resampler(np.concatenate(rs.h).astype(np.float32), rs.L, rs.M, rs.d, rs.channels)
+        self.lead = rs.lead
+        self._r = _accel.Resampler(np.concatenate(rs.h).astype(np.float32), rs.L, rs.M, rs.d, rs.channels, rs.lead)
         self.process = self._r.process
         self.flush = self._r.flush
 
 
-def resampler(rate_in, rate_out, channels=1):
+def resampler(rate_in, rate_out, channels=1, lead=False):
     """audio.resampler(), with the polyphase ratios run in C."""
-    rs = audio_resampler(rate_in, rate_out, channels)
+    rs = audio_resampler(rate_in, rate_out, channels, lead)
     return Resampler(rs) if isinstance(rs, PolyphaseResampler) else rs
 
 
