@@ -1482,7 +1482,7 @@ static int pull_locked(player_t *p, uint8_t *dst, size_t n, int64_t now, int *st
         return 0;              /* a burst from empty: wait for a cushion (or until the allowance passed) */
     if (p->queued < n && now - p->last_push_ns < p->hold_ns) {
         /* a short tail: more may be on its way. While playing, the call goes without this frame as
-         * if the queue were dry (a resampler's delay leaves a few samples queued for good) */
+         * if the queue were dry (a server whose messages are not whole frames) */
         if (p->playing && !p->dry_since_ns)
             p->dry_since_ns = now;
         return 0;

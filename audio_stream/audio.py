@@ -699,7 +699,7 @@ class PlaybackQueue:
                 return None, None, False, False
             if self.queued < nbytes and now - self._last_push < self.hold_s:
                 # a short tail: more may be on its way. While playing, the call goes without this
-                # frame as if the queue were dry (a resampler's delay leaves a few samples queued)
+                # frame as if the queue were dry (a server whose messages are not whole frames)
                 if self.playing and self._dry_since is None:
                     self._dry_since = now
                 return None, None, False, False

@@ -70,8 +70,7 @@ class LatencyPolicy:
     what the window shows was not needed, at most the debt: the least the queue held after a frame
     played, less the *base* (the least it held over any window without debt: where this stream
     started, its phase and its jitter included) and the stream's *margin*, to the sample (a
-    resampler's delay leaves the queue a few samples short of whole frames for good, and the debt
-    is time). So a stall's backlog goes, but the cushion a new burst waited for after a pause
+    server's messages need not be whole frames, and the debt is time). So a stall's backlog goes, but the cushion a new burst waited for after a pause
     (which counts as debt too: the queue cannot tell a pause from a stall) stays. Silent frames
     go first (anywhere in the next second), and what silence does not cover, at most
     `SOUND_FRAMES` frames of sound every `every_s` (a 20 % speed-up for a moment: 500 ms undone in

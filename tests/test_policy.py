@@ -170,10 +170,10 @@ def test_latency_without_a_home_keeps_a_frame():
     assert feed(p, 5, 300 * 16, 500 * 16)[0] == 280 * 16
 
 
-def test_latency_a_resamplers_delay_does_not_hold_the_last_frame():
-    """16 kHz audio into an 8 kHz call: the filter's delay leaves the queue 32 bytes short of whole
-    frames at home; a frame late (the call held the short tail: a frame of debt) plays a frame
-    later for good unless that frame goes again."""
+def test_latency_a_queue_short_of_whole_frames_gives_its_frame_back():
+    """A server whose messages are not whole frames leaves the queue 32 bytes short of them at home;
+    a late message (the call held the short tail: a frame of debt) plays a frame later for good
+    unless that frame goes again."""
     p = latency(home=FRAME - 32)
     want, sound = feed(p, 5, 2 * FRAME - 32, FRAME)
     assert want == FRAME and sound == want
