@@ -125,8 +125,7 @@ class PolyphaseResampler:
         # np.convolve(x, f)[i] = sum_k f[k] x[i - k]: branch p's f[k] = h[p + k·L] weighs the input
         # k samples before the newest one the output needs
         self.h = [h[p::L].astype(np.float32) for p in range(L)]
-        far = 1000 * M                                           # outputs owed in steady state
-        self.lead = int(round(far * L / M)) - ((far * L - 1 - d) // M + 1) if lead else 0
+        self.lead = d // M if lead else 0     # the outputs that wait for the lookahead (_available)
         self._reset()
 
     def _reset(self):

@@ -70,11 +70,12 @@ class LatencyPolicy:
     what the window shows was not needed, at most the debt: the least the queue held after a frame
     played, less the *base* (the least it held over any window without debt: where this stream
     started, its phase and its jitter included) and the stream's *margin*, to the sample (a
-    server's messages need not be whole frames, and the debt is time). So a stall's backlog goes, but the cushion a new burst waited for after a pause
-    (which counts as debt too: the queue cannot tell a pause from a stall) stays. Silent frames
-    go first (anywhere in the next second), and what silence does not cover, at most
-    `SOUND_FRAMES` frames of sound every `every_s` (a 20 % speed-up for a moment: 500 ms undone in
-    about 3 s). Audio a server sends ahead never has debt, so it is never cut.
+    server's messages need not be whole frames, and the debt is time). So a stall's backlog goes,
+    but the cushion a new burst waited for after a pause (which counts as debt too: the queue
+    cannot tell a pause from a stall) stays. Silent frames go first (anywhere in the next second),
+    and what silence does not cover, at most `SOUND_FRAMES` frames of sound every `every_s` (a
+    20 % speed-up for a moment: 500 ms undone in about 3 s). Audio a server sends ahead never has
+    debt, so it is never cut.
 
     The margin is the adaptive part of the jitter allowance: it starts at 0, so that after a stall
     the stream comes back to exactly the latency it started with. A stream that runs dry again
@@ -104,7 +105,6 @@ class LatencyPolicy:
         self.least = frame_bytes // 4 * 2   # half a frame: less is not worth a cut
         self.history = []         # (min_queued, arrived, elapsed) of the last `window` calls
         self.margin = 0           # bytes kept over the base (latency over where the stream started)
-        self._spare = 0           # what the last decision found over base + margin
         self.base = None          # the least queued over a window without debt (None: not seen yet)
         self._debt = 0            # the debt as of the last call, less what was dropped since
         self._since_caught_up = None   # s since the debt was last given back in full (None: not yet)
@@ -140,21 +140,25 @@ class LatencyPolicy:
             self.base = low if self.base is None else min(self.base, low)
         if debt < self.least:
             return None
-        spare = low - (self.base if self.base is not None else self.frame) - self.margin
+        spare = self._spare()
         seconds = sum(h[2] for h in self.history)
         rate = sum(h[1] for h in self.history) / (seconds * self.bytes_per_s) if seconds > 0 else 0
         if spare < self.least or not self.REAL_TIME[0] <= rate <= self.REAL_TIME[1]:
             return None
         want = min(spare, debt) & ~1
-        self._spare = spare
         return want, min(want, self.SOUND_FRAMES * self.frame)
+
+    def _spare(self):
+        """What the window held over home and margin (the frame is the home until one is seen)."""
+        low = min(h[0] for h in self.history)
+        return low - (self.base if self.base is not None else self.frame) - self.margin
 
     def dropped(self, nbytes):
         """What the queue dropped for the last decision."""
         if nbytes:
             self.history = [(max(0, q - nbytes), a, e) for q, a, e in self.history]
             self._debt = max(0, self._debt - nbytes)
-            if self._spare - nbytes < self.least or self._debt < self.least:
+            if self._spare() < self.least or self._debt < self.least:
                 self._since_caught_up = 0.0       # back home (or nothing more owed)
 
 
